@@ -161,3 +161,16 @@ PAPER_B_RESULTS: dict[str, dict[str, float]] = {
     "ResNet-18": {"oa": 92.5},
     "NDVI threshold": {"oa": 78.0},
 }
+
+# ------------------------------------------------------------------- paper B evaluation (06/07)
+#: NDVI bin edges for paper B's NDVI-binned error analysis. Paper B does not publish its
+#: edges: ours are our choice (water/bare < 0, sparse 0-0.2, ..., dense vegetation > 0.6).
+PAPER_B_NDVI_BINS: tuple[float, ...] = (-1.0, 0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+#: Paper B's architecture ablation: variant -> LightweightCNN keyword arguments.
+#: A4's fourth block width (256) is our choice: paper B only says "four blocks".
+PAPER_B_ABLATION: dict[str, dict[str, object]] = {
+    "A1": {"depth": 2, "filters": (32, 64), "kernel_size": 3},
+    "A2": {"depth": 3, "filters": (32, 64, 128), "kernel_size": 3},
+    "A3": {"depth": 3, "filters": (32, 64, 128), "kernel_size": 5},
+    "A4": {"depth": 4, "filters": (32, 64, 128, 256), "kernel_size": 3},
+}
