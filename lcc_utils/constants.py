@@ -43,7 +43,7 @@ UCMERCED_CLASSES: tuple[str, ...] = (
     "runway",
     "sparseresidential",
     "storagetanks",
-    "tenniscourts",
+    "tenniscourt",
 )
 
 #: Relative location of each dataset below the data root: the official archives' own layouts.
@@ -101,9 +101,14 @@ DATASET_SHAPES: dict[str, tuple[int | None, int]] = {
 UCMERCED_SIZE = 256
 
 # --------------------------------------------------------------------------- Sentinel-2
-#: EuroSAT MS band order (13 bands of Sentinel-2 L1C, as in EuroSATallBands.zip).
+#: EuroSAT MS band order *as stored in the GeoTIFFs*: B8A is the LAST band, not the 9th.
+#: The EuroSAT paper (and the shared data README) list B8A 9th, but the files follow the
+#: Sentinel Hub order B01..B12, B8A (phelber/EuroSAT#7; torchgeo fixed the same bug in
+#: torchgeo#2458/#2480). Our own check on the real sample agrees: band 10 (B10, cirrus) has a
+#: mean reflectance of 0.001 and band 13 (B8A) tracks B08 (0.26 vs 0.23) -- see
+#: tests/test_data.py::test_eurosat_ms_band_order_real.
 EUROSAT_MS_BANDS: tuple[str, ...] = (
-    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
+    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A",
 )
 #: Paper B's six bands: blue, green, red, NIR (10 m) and the two SWIR bands (20 m).
 PAPER_B_BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B08", "B11", "B12")

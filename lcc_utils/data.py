@@ -1,0 +1,699 @@
+"""Dataset layer: locate or download, decode once into a memory-mapped cache, split, batch.
+
+Three scene-classification datasets in their official archives' own layouts
+below one data root (``LCC_DATA_DIR``, default ``data/``):
+
+* EuroSAT RGB   ``<root>/eurosat/2750/<Class>/<Class>_N.jpg``   (27,000 x 64x64x3)
+* EuroSAT MS    ``<root>/eurosat-ms/ds/images/remote_sensing/otherDatasets/sentinel_2/tif/...``
+  (13-band L1C GeoTIFFs, 64x64, uint16 digital numbers, UTM-georeferenced)
+* UC Merced     ``<root>/ucmerced/UCMerced_LandUse/Images/<class>/<class>NN.tif|.jpg``
+  (2,100 x 256x256x3)
+
+Decoding is the slow part of a naive pipeline, so every image is decoded exactly
+once into a uint8 (RGB) or uint16 (MS) array memory-mapped from the cache and
+keyed by a hash of the file list (paths and sizes). Resizing, TrivialAugmentWide
+and normalisation then run on batches of tensors (:class:`BatchLoader`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import warnings
+import zipfile
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import constants as C
+from .paths import cache_dir, resolve_data_dir
+
+#: ImageNet statistics: the convention of timm backbones, used for every RGB dataset
+#: (pretrained or not) so that a run can switch to pretrained weights without a new pipeline.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: Scale of each stored dtype to [0, 1]-ish floats: uint8 images /255; uint16 Sentinel-2
+#: digital numbers /10000 (the L1C/L2A quantification value, giving reflectance).
+_DTYPE_SCALE = {np.dtype("uint8"): 255.0, np.dtype("uint16"): C.S2_QUANTIFICATION_VALUE}
+
+ON_BAD_CHOICES = ("raise", "skip")
+SPLIT_KINDS = ("stratified", "spatial")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset is not under the data root and could not be downloaded."""
+
+
+class BadImageError(ValueError):
+    """An image file is corrupt, truncated, of the wrong size or band count."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a dataset looks like on disk."""
+
+    name: str
+    subdir: str
+    classes: tuple[str, ...]
+    extensions: tuple[str, ...]
+    size: int | None
+    bands: tuple[str, ...]
+    resize_to: int | None = None
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "eurosat": DatasetSpec(
+        "eurosat", C.DATASET_SUBDIRS["eurosat"], C.EUROSAT_CLASSES, (".jpg", ".jpeg"), 64,
+        ("R", "G", "B"),
+    ),
+    "eurosat_ms": DatasetSpec(
+        "eurosat_ms", C.DATASET_SUBDIRS["eurosat_ms"], C.EUROSAT_CLASSES, (".tif", ".tiff"), 64,
+        C.EUROSAT_MS_BANDS,
+    ),
+    # The official UC Merced files are .tif; the shared copies are .jpg re-encodings.
+    # A few official images are 247-256 px instead of 256: they are resized to 256x256
+    # (bilinear) on decode and listed in ``ImageDataset.resized`` -- never dropped.
+    "ucmerced": DatasetSpec(
+        "ucmerced", C.DATASET_SUBDIRS["ucmerced"], C.UCMERCED_CLASSES,
+        (".tif", ".tiff", ".jpg", ".jpeg", ".png"), None, ("R", "G", "B"), resize_to=C.UCMERCED_SIZE,
+    ),
+}
+
+
+def get_dataset_spec(name: str) -> DatasetSpec:
+    """Return the spec of dataset ``name`` or raise a ValueError listing the choices."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]
+
+
+@dataclass
+class ImageDataset:
+    """A decoded dataset: images (memory-mapped), labels, and where they came from."""
+
+    name: str
+    root: Path
+    classes: list[str]
+    files: list[str]
+    labels: np.ndarray
+    images: np.ndarray
+    bands: tuple[str, ...]
+    hash: str
+    geo: pd.DataFrame | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    resized: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def class_counts(self) -> pd.DataFrame:
+        """Images per class, in class order."""
+        counts = np.bincount(self.labels, minlength=len(self.classes))
+        return pd.DataFrame({"class": self.classes, "images": counts})
+
+
+# --------------------------------------------------------------------------- download
+def _file_digest(path: Path, algo: str) -> str:
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_archive(path: Path, name: str) -> None:
+    """Check an archive against every published checksum of dataset ``name``; raise if any differs."""
+    info = C.DATASET_ARCHIVES[name]
+    for algo in ("sha256", "md5"):
+        expected = info.get(algo)
+        if expected:
+            got = _file_digest(path, algo)
+            if got != expected:
+                raise BadImageError(
+                    f"archive {path} fails its {algo} check (expected {expected}, got {got}); "
+                    "delete it and download again"
+                )
+
+
+def _download(url: str, dest: Path) -> None:
+    """Download ``url`` to ``dest`` with resume: a ``.part`` file continues with an HTTP Range."""
+    part = dest.with_name(dest.name + ".part")
+    start = part.stat().st_size if part.exists() else 0
+    req = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
+    with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 (documented https/http URLs)
+        mode = "ab" if start and resp.status == 206 else "wb"
+        total = int(resp.headers.get("Content-Length", 0)) + (start if mode == "ab" else 0)
+        with open(part, mode) as f, tqdm(
+            total=total or None, initial=start if mode == "ab" else 0, unit="B", unit_scale=True,
+            desc=f"download {dest.name}",
+        ) as bar:
+            for chunk in iter(lambda: resp.read(1 << 20), b""):
+                f.write(chunk)
+                bar.update(len(chunk))
+    os.replace(part, dest)
+
+
+def _manual_instructions(name: str, root: Path) -> str:
+    info = C.DATASET_ARCHIVES[name]
+    urls = "\n  ".join(info["urls"])  # type: ignore[arg-type]
+    return (
+        f"dataset {name!r} not found at {root / DATASETS[name].subdir}.\n"
+        f"Download {info['filename']} from one of:\n  {urls}\n"
+        f"(md5 {info['md5']}{', sha256 ' + str(info['sha256']) if info['sha256'] else ''}) "
+        f"and either put the zip in {root / 'archives'} or unzip it into "
+        f"{root / str(info['extract_to'])} so that {root / DATASETS[name].subdir} exists; "
+        "or point LCC_DATA_DIR / the data_dir parameter at a folder that already holds it."
+    )
+
+
+def fetch_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> Path:
+    """Return the folder of dataset ``name``, downloading and extracting the official archive if needed.
+
+    Present data is never downloaded again. A verified archive in ``<root>/archives`` is
+    extracted without a download. Offline, the error says exactly what to fetch and where.
+    """
+    spec = get_dataset_spec(name)
+    root = resolve_data_dir(data_dir)
+    folder = root / spec.subdir
+    if folder.is_dir():
+        return folder
+    info = C.DATASET_ARCHIVES[name]
+    archive = root / "archives" / str(info["filename"])
+    if not archive.exists():
+        if not download:
+            raise DatasetNotFoundError(_manual_instructions(name, root))
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        errors = []
+        for url in info["urls"]:  # type: ignore[union-attr]
+            try:
+                _download(str(url), archive)
+                break
+            except (urllib.error.URLError, OSError, TimeoutError) as e:
+                errors.append(f"{url}: {e}")
+        else:
+            raise DatasetNotFoundError(
+                _manual_instructions(name, root) + "\nDownload failed:\n  " + "\n  ".join(errors)
+            )
+    verify_archive(archive, name)
+    target = root / str(info["extract_to"])
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".extract-{name}-"))
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(tmp)
+        target.mkdir(parents=True, exist_ok=True)
+        for child in tmp.iterdir():
+            os.replace(child, target / child.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not folder.is_dir():
+        raise DatasetNotFoundError(f"extracted {archive} but {folder} still does not exist")
+    return folder
+
+
+# --------------------------------------------------------------------------- scanning
+def _natural_key(s: str) -> list:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
+
+
+def scan_folder(spec: DatasetSpec, folder: Path) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
+    """List image files class by class; raise on unknown or empty class folders.
+
+    Returns relative paths, labels and the non-image files found (never silently ignored:
+    the caller raises on them unless ``on_bad="skip"``). Hidden files (``.DS_Store``) are skipped.
+    """
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = [c for c in found if c not in spec.classes]
+    if unknown:
+        raise ValueError(
+            f"unknown class folder(s) {unknown} in {folder}; {spec.name} has: {', '.join(spec.classes)}"
+        )
+    missing = [c for c in spec.classes if c not in found]
+    if missing:
+        raise ValueError(f"class folder(s) {missing} missing from {folder}")
+    files, labels, others = [], [], []
+    for k, cls in enumerate(spec.classes):
+        entries = sorted((p for p in (folder / cls).iterdir() if not p.name.startswith(".")),
+                         key=lambda p: _natural_key(p.name))
+        images = [p for p in entries if p.suffix.lower() in spec.extensions]
+        others += [(str(p.relative_to(folder)), "not an image file of this dataset")
+                   for p in entries if p.suffix.lower() not in spec.extensions]
+        if not images:
+            raise ValueError(f"class folder {folder / cls} is empty (no {'/'.join(spec.extensions)} files)")
+        files += [str(p.relative_to(folder)) for p in images]
+        labels += [k] * len(images)
+    return files, np.asarray(labels, dtype=np.int64), others
+
+
+def file_list_hash(folder: Path, files: Sequence[str]) -> str:
+    """Content key of a dataset: sha256 over relative paths and byte sizes (16 hex digits)."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f}\t{(folder / f).stat().st_size}\n".encode())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- decoding
+def _decode_rgb(path: Path, spec: DatasetSpec) -> tuple[np.ndarray, bool]:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode != "RGB":
+                if im.mode in ("L", "P", "RGBA", "CMYK", "I;16"):
+                    im = im.convert("RGB")
+                else:
+                    raise BadImageError(f"{path}: unsupported image mode {im.mode!r}")
+            resized = False
+            if spec.size is not None and im.size != (spec.size, spec.size):
+                raise BadImageError(
+                    f"{path}: wrong size {im.size[0]}x{im.size[1]}, {spec.name} images are "
+                    f"{spec.size}x{spec.size}"
+                )
+            if spec.resize_to is not None and im.size != (spec.resize_to, spec.resize_to):
+                im = im.resize((spec.resize_to, spec.resize_to), Image.BILINEAR)
+                resized = True
+            return np.asarray(im, dtype=np.uint8), resized
+    except BadImageError:
+        raise
+    except Exception as e:  # PIL raises many types for corrupt/truncated files
+        raise BadImageError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
+
+
+def _decode_ms(path: Path, spec: DatasetSpec) -> tuple[np.ndarray, dict]:
+    import rasterio
+
+    try:
+        with rasterio.open(path) as src:
+            if src.count != len(spec.bands):
+                raise BadImageError(f"{path}: {src.count} bands, {spec.name} needs {len(spec.bands)}")
+            if (src.height, src.width) != (spec.size, spec.size):
+                raise BadImageError(
+                    f"{path}: wrong size {src.width}x{src.height}, expected {spec.size}x{spec.size}"
+                )
+            arr = src.read()
+            b = src.bounds
+            geo = {
+                "crs": src.crs.to_string() if src.crs else "",
+                "x": (b.left + b.right) / 2, "y": (b.bottom + b.top) / 2,
+                "left": b.left, "bottom": b.bottom, "right": b.right, "top": b.top,
+            }
+    except BadImageError:
+        raise
+    except Exception as e:
+        raise BadImageError(f"{path}: cannot read GeoTIFF ({type(e).__name__}: {e})") from e
+    if arr.dtype != np.uint16:
+        raise BadImageError(f"{path}: dtype {arr.dtype}, EuroSAT MS stores uint16 digital numbers")
+    return np.transpose(arr, (1, 2, 0)), geo
+
+
+def _decode_all(
+    spec: DatasetSpec, folder: Path, files: list[str], on_bad: str
+) -> tuple[np.ndarray, list[int], list[tuple[str, str]], list[str], list[dict]]:
+    """Decode every file (2 threads); returns the stacked array and what was kept/skipped."""
+    ms = spec.name == "eurosat_ms"
+    size = spec.size or spec.resize_to
+    dtype = np.uint16 if ms else np.uint8
+    out = np.empty((len(files), size, size, len(spec.bands)), dtype=dtype)
+    ok = np.zeros(len(files), dtype=bool)
+    skipped: list[tuple[str, str]] = []
+    resized: list[str] = []
+    geo: list[dict] = [{}] * len(files)
+
+    def work(i: int):
+        path = folder / files[i]
+        try:
+            if ms:
+                arr, g = _decode_ms(path, spec)
+                geo[i] = g
+            else:
+                arr, r = _decode_rgb(path, spec)
+                if r:
+                    resized.append(files[i])
+            out[i] = arr
+            ok[i] = True
+        except BadImageError as e:
+            if on_bad == "raise":
+                raise
+            skipped.append((files[i], str(e)))
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for _ in tqdm(pool.map(work, range(len(files))), total=len(files), desc=f"decode {spec.name}",
+                      mininterval=1.0):
+            pass
+    keep = [i for i in range(len(files)) if ok[i]]
+    return out, keep, sorted(skipped), sorted(resized), geo
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    on_bad: str = "raise",
+    download: bool = True,
+) -> ImageDataset:
+    """Load a dataset, decoding it once into a memory-mapped cache keyed by its file list.
+
+    Args:
+        name: ``eurosat``, ``eurosat_ms`` or ``ucmerced``.
+        data_dir: data root (else ``LCC_DATA_DIR``, else ``data/``).
+        on_bad: ``"raise"`` (default): a corrupt, truncated, wrongly sized image or a stray
+            file stops everything with an error naming the file. ``"skip"``: such files are
+            left out, counted and named in a warning and in ``ImageDataset.skipped``.
+        download: fetch the official archive when the dataset is missing.
+
+    """
+    if on_bad not in ON_BAD_CHOICES:
+        raise ValueError(f"on_bad={on_bad!r} is not valid; choose one of: {', '.join(ON_BAD_CHOICES)}")
+    spec = get_dataset_spec(name)
+    folder = fetch_dataset(name, data_dir, download=download)
+    files, labels, others = scan_folder(spec, folder)
+    if others and on_bad == "raise":
+        raise BadImageError(
+            f"{folder / others[0][0]}: {others[0][1]} ({len(others)} such file(s); "
+            "remove them or pass on_bad='skip')"
+        )
+    key = file_list_hash(folder, files)
+    cdir = cache_dir() / "decoded"
+    cdir.mkdir(parents=True, exist_ok=True)
+    stem = f"{name}-{key}-{on_bad}"
+    meta_path, arr_path = cdir / f"{stem}.json", cdir / f"{stem}.raw"
+    if meta_path.exists() and arr_path.exists():
+        meta = json.loads(meta_path.read_text())
+    else:
+        arr, keep, skipped, resized, geo = _decode_all(spec, folder, files, on_bad)
+        arr = arr[keep] if len(keep) < len(files) else arr
+        tmp = arr_path.with_suffix(".raw.tmp")
+        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=arr.dtype, shape=arr.shape)
+        mm[:] = arr
+        mm.flush()
+        del mm
+        os.replace(tmp, arr_path)
+        meta = {
+            "name": name, "hash": key, "files": [files[i] for i in keep],
+            "labels": [int(labels[i]) for i in keep], "skipped": skipped + others,
+            "resized": resized, "geo": [geo[i] for i in keep] if name == "eurosat_ms" else None,
+        }
+        tmpm = meta_path.with_suffix(".json.tmp")
+        tmpm.write_text(json.dumps(meta))
+        os.replace(tmpm, meta_path)
+    skipped = [tuple(s) for s in meta["skipped"]]
+    if skipped:
+        names = ", ".join(s[0] for s in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
+        warnings.warn(f"{name}: skipped {len(skipped)} bad file(s) (on_bad='skip'): {names}",
+                      stacklevel=2)
+    images = np.load(arr_path, mmap_mode="r")
+    return ImageDataset(
+        name=name, root=folder, classes=list(spec.classes), files=meta["files"],
+        labels=np.asarray(meta["labels"], dtype=np.int64), images=images, bands=spec.bands,
+        hash=key, geo=pd.DataFrame(meta["geo"]) if meta["geo"] else None,
+        skipped=skipped, resized=meta["resized"],
+    )
+
+
+# --------------------------------------------------------------------------- splits
+@dataclass(frozen=True)
+class Split:
+    """Index arrays into a dataset. ``val`` is carved from the training part only."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    seed: int
+    kind: str
+    hash: str
+
+    def sizes(self) -> pd.DataFrame:
+        """Number of images per part."""
+        return pd.DataFrame({"split": ["train", "val", "test"],
+                             "images": [len(self.train), len(self.val), len(self.test)]})
+
+
+def _indices_hash(train: np.ndarray, val: np.ndarray, test: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in (train, val, test):
+        h.update(np.asarray(a, dtype=np.int64).tobytes())
+        h.update(b"|")
+    return h.hexdigest()[:16]
+
+
+def spatial_blocks(geo: pd.DataFrame, block_size_m: float) -> np.ndarray:
+    """Group georeferenced patches into square blocks of ``block_size_m`` metres, per CRS zone."""
+    bx = np.floor(geo["x"].to_numpy() / block_size_m).astype(np.int64)
+    by = np.floor(geo["y"].to_numpy() / block_size_m).astype(np.int64)
+    keys = [f"{c}:{i}:{j}" for c, i, j in zip(geo["crs"], bx, by, strict=True)]
+    _, groups = np.unique(keys, return_inverse=True)
+    return groups
+
+
+def _two_way(labels: np.ndarray, idx: np.ndarray, fraction: float, seed: int,
+             groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``idx`` into (rest, part) with ``part`` about ``fraction`` of it, stratified by label."""
+    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+    if groups is None:
+        rest, part = train_test_split(idx, test_size=fraction, stratify=labels[idx], random_state=seed)
+    else:
+        # Whole blocks go to one side; StratifiedGroupKFold keeps class shares close.
+        n_splits = max(2, round(1 / fraction))
+        sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        rest_pos, part_pos = next(sgkf.split(idx, labels[idx], groups[idx]))
+        rest, part = idx[rest_pos], idx[part_pos]
+    return np.sort(rest), np.sort(part)
+
+
+def get_split(
+    ds: ImageDataset,
+    seed: int = 0,
+    kind: str = "stratified",
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.1,
+    block_size_m: float = 5000.0,
+) -> Split:
+    """Return the train/val/test split of ``ds``, reading or writing its index file.
+
+    Paper A: stratified 80/20 train/test. The validation part (``val_fraction`` of the
+    train part) selects checkpoints and stops training, so the test set never selects a
+    model. ``kind="spatial"`` (georeferenced data only) keeps every ``block_size_m``
+    block in one part, so neighbouring patches cannot leak between train and test; with
+    whole blocks the fractions are approximate (``n_splits = round(1 / fraction)`` folds).
+    """
+    if kind not in SPLIT_KINDS:
+        raise ValueError(f"unknown split kind {kind!r}; choose one of: {', '.join(SPLIT_KINDS)}")
+    for pname, v in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
+        if not 0 < v < 1:
+            raise ValueError(f"{pname}={v} must be in (0, 1)")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed={seed!r} must be a non-negative integer")
+    groups = None
+    if kind == "spatial":
+        if ds.geo is None:
+            raise ValueError(f"kind='spatial' needs georeferenced patches; {ds.name} has none")
+        groups = spatial_blocks(ds.geo, block_size_m)
+    sdir = cache_dir() / "splits"
+    sdir.mkdir(parents=True, exist_ok=True)
+    path = sdir / (f"{ds.name}-{ds.hash}-{kind}-seed{seed}-test{test_fraction}-val{val_fraction}"
+                   + (f"-block{block_size_m:g}" if groups is not None else "") + ".json")
+    if path.exists():
+        d = json.loads(path.read_text())
+        tr, va, te = (np.asarray(d[k], dtype=np.int64) for k in ("train", "val", "test"))
+        if _indices_hash(tr, va, te) != d["hash"]:
+            raise ValueError(f"split file {path} is corrupt (content hash mismatch); delete it")
+        return Split(tr, va, te, seed, kind, d["hash"])
+    idx = np.arange(len(ds), dtype=np.int64)
+    train_all, test = _two_way(ds.labels, idx, test_fraction, seed, groups)
+    train, val = _two_way(ds.labels, train_all, val_fraction, seed + 1, groups)
+    h = _indices_hash(train, val, test)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"dataset": ds.name, "dataset_hash": ds.hash, "kind": kind,
+                               "seed": seed, "hash": h, "train": train.tolist(),
+                               "val": val.tolist(), "test": test.tolist()}))
+    os.replace(tmp, path)
+    return Split(train, val, test, seed, kind, h)
+
+
+# --------------------------------------------------------------------------- batches
+def _as_float(batch: np.ndarray) -> torch.Tensor:
+    """(B, H, W, C) array -> float32 (B, C, H, W) tensor scaled to reflectance / [0, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
+    scale = _DTYPE_SCALE.get(batch.dtype)
+    if batch.dtype == np.uint16:
+        x = x.to(torch.int32)
+    x = x.float()
+    return x / scale if scale else x
+
+
+class BatchLoader:
+    """Batches of (x, y, idx) from a decoded array: augment, resize and normalise on tensors.
+
+    Augmentation happens at the native resolution *before* resizing (paper A resizes to
+    224 first, then augments): geometric ops commute with resizing up to interpolation
+    and photometric ops act per pixel, so the result matches closely at ~12x less work.
+    3-band uint8 images get TrivialAugmentWide (torchvision v2), one op per image;
+    multispectral or float inputs get the 8 flips/rotations only (colour ops are undefined
+    for 13 reflectance bands).
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        indices: np.ndarray,
+        batch_size: int = 64,
+        image_size: int | None = None,
+        augment: bool = False,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        if images.ndim != 4:
+            raise ValueError(f"images must be (N, H, W, C); got shape {images.shape}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        if image_size is not None and image_size < 8:
+            raise ValueError(f"image_size={image_size} must be >= 8 pixels")
+        self.images, self.all_labels = images, np.asarray(labels)
+        self.indices = np.asarray(indices, dtype=np.int64)
+        if len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= len(images)):
+            raise ValueError("indices out of range for the images array")
+        self.batch_size, self.image_size, self.augment = batch_size, image_size, augment
+        self.shuffle, self.seed, self.drop_last, self.epoch = shuffle, seed, drop_last, 0
+        nb = images.shape[-1]
+        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(1, nb, 1, 1)
+        self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(1, nb, 1, 1)
+        self._trivial = None
+        if augment and images.dtype == np.uint8 and nb == 3:
+            from torchvision.transforms import v2
+
+            self._trivial = v2.TrivialAugmentWide()
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Labels of this loader's images, in index order."""
+        return self.all_labels[self.indices]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed shuffling and augmentation for ``epoch`` (same epoch, same batches)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _augment(self, raw: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        if self._trivial is not None:
+            t = torch.from_numpy(np.ascontiguousarray(raw)).permute(0, 3, 1, 2)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(rng.integers(2**31)))
+                t = torch.stack([self._trivial(img) for img in t])
+            return t.float() / 255.0
+        x = _as_float(raw)
+        k = rng.integers(0, 4, len(x))
+        flip = rng.integers(0, 2, len(x)).astype(bool)
+        out = torch.empty_like(x)
+        for i in range(len(x)):
+            xi = torch.rot90(x[i], int(k[i]), dims=(1, 2))
+            out[i] = torch.flip(xi, dims=(2,)) if flip[i] else xi
+        return out
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.indices) if self.shuffle else self.indices
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            # sorted reads are much faster on a memmap; the batch order is restored after
+            srt = np.argsort(idx, kind="stable")
+            raw = np.empty((len(idx),) + self.images.shape[1:], dtype=self.images.dtype)
+            raw[srt] = self.images[idx[srt]]
+            x = self._augment(raw, rng) if self.augment else _as_float(raw)
+            if self.image_size is not None and x.shape[-1] != self.image_size:
+                x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                                  antialias=True, align_corners=False)
+            if self.mean is not None:
+                x = (x - self.mean) / self.std
+            yield x, torch.from_numpy(self.all_labels[idx]), torch.from_numpy(idx)
+
+
+def channel_stats(ds: ImageDataset, indices: np.ndarray, chunk: int = 2048) -> tuple[list, list]:
+    """Per-band mean and std of the scaled images at ``indices`` (use the training part only)."""
+    idx = np.sort(np.asarray(indices))
+    s = np.zeros(ds.images.shape[-1])
+    ss = np.zeros_like(s)
+    n = 0
+    scale = _DTYPE_SCALE.get(ds.images.dtype, 1.0)
+    for i in range(0, len(idx), chunk):
+        a = ds.images[idx[i:i + chunk]].astype(np.float64) / scale
+        s += a.sum(axis=(0, 1, 2))
+        ss += (a**2).sum(axis=(0, 1, 2))
+        n += a.shape[0] * a.shape[1] * a.shape[2]
+    mean = s / n
+    std = np.sqrt(np.maximum(ss / n - mean**2, 1e-12))
+    return mean.tolist(), std.tolist()
+
+
+def normalization(ds: ImageDataset, split: Split) -> tuple[list, list]:
+    """Normalisation used for ``ds``: ImageNet statistics for RGB, train-split band statistics for MS."""
+    if ds.images.shape[-1] == 3 and ds.images.dtype == np.uint8:
+        return list(IMAGENET_MEAN), list(IMAGENET_STD)
+    return channel_stats(ds, split.train)
+
+
+def make_loaders(
+    ds: ImageDataset,
+    split: Split,
+    image_size: int | None,
+    batch_size: int,
+    seed: int = 0,
+    train_indices: np.ndarray | None = None,
+    augment: bool = True,
+) -> dict[str, BatchLoader]:
+    """Train (augmented, shuffled; optionally a coreset ``train_indices``), val and test loaders."""
+    mean, std = normalization(ds, split)
+    tr = split.train if train_indices is None else np.asarray(train_indices, dtype=np.int64)
+    if train_indices is not None and not np.isin(tr, split.train).all():
+        raise ValueError("train_indices must be a subset of the split's training part")
+    common = dict(image_size=image_size, mean=mean, std=std)
+    return {
+        "train": BatchLoader(ds.images, ds.labels, tr, batch_size, augment=augment, shuffle=True,
+                             seed=seed, **common),
+        "val": BatchLoader(ds.images, ds.labels, split.val, batch_size, **common),
+        "test": BatchLoader(ds.images, ds.labels, split.test, batch_size, **common),
+    }
+
+
+# --------------------------------------------------------------------------- summaries
+def band_statistics(ds: ImageDataset, indices: np.ndarray | None = None) -> pd.DataFrame:
+    """Per-band min/mean/std/max of the scaled values (reflectance for MS)."""
+    idx = np.arange(len(ds)) if indices is None else np.asarray(indices)
+    mean, std = channel_stats(ds, idx)
+    scale = _DTYPE_SCALE.get(ds.images.dtype, 1.0)
+    a = ds.images[np.sort(idx)]
+    return pd.DataFrame({
+        "band": list(ds.bands), "min": a.min(axis=(0, 1, 2)) / scale, "mean": mean, "std": std,
+        "max": a.max(axis=(0, 1, 2)) / scale,
+    })
+
+
+def rgb_composite(ds: ImageDataset, index: int, stretch: float = 0.3) -> np.ndarray:
+    """An (H, W, 3) float image in [0, 1] for display; MS patches use B04/B03/B02, linearly stretched."""
+    img = ds.images[index]
+    if img.dtype == np.uint8 and img.shape[-1] == 3:
+        return img.astype(np.float32) / 255.0
+    bands = list(ds.bands)
+    rgb = np.stack([img[..., bands.index(b)] for b in ("B04", "B03", "B02")], axis=-1)
+    return np.clip(rgb.astype(np.float32) / C.S2_QUANTIFICATION_VALUE / stretch, 0, 1)

@@ -1,0 +1,74 @@
+"""Where things live: project root, data root, cache, runs and figures.
+
+Notebooks run with two different working directories: the repo root (papermill
+from the command line, ``make study``) and ``notebooks/`` (JupyterLab). Every
+path therefore goes through these helpers instead of being written relative.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def project_root() -> Path:
+    """Return the repository root (the folder holding ``pyproject.toml`` and ``lcc_utils/``).
+
+    The package is installed in editable mode, so the root is found next to the
+    package itself; ``LCC_PROJECT_ROOT`` overrides it.
+    """
+    env = os.environ.get("LCC_PROJECT_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = Path(__file__).resolve().parent.parent
+    if (here / "pyproject.toml").exists():
+        return here
+    return Path.cwd().resolve()
+
+
+def _resolve(path: str | os.PathLike) -> Path:
+    """Resolve a user path: absolute as is; relative against the cwd, else the project root."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    if (Path.cwd() / p).exists():
+        return (Path.cwd() / p).resolve()
+    return (project_root() / p).resolve()
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """Return the data root: the ``data_dir`` parameter, else ``LCC_DATA_DIR``, else ``<root>/data``.
+
+    An empty string counts as "not given", so notebooks can default ``data_dir = ""``.
+    """
+    if data_dir not in (None, ""):
+        return _resolve(data_dir)
+    env = os.environ.get("LCC_DATA_DIR")
+    if env:
+        return _resolve(env)
+    return project_root() / "data"
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    """Resolve any user-supplied path (scene, run folder) the same way as the data root."""
+    return _resolve(path)
+
+
+def cache_dir() -> Path:
+    """Decoded-array and split cache: ``LCC_CACHE_DIR``, else ``<root>/cache`` (git-ignored)."""
+    env = os.environ.get("LCC_CACHE_DIR")
+    d = _resolve(env) if env else project_root() / "cache"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def runs_root() -> Path:
+    """Run folders: ``LCC_RUNS_DIR``, else ``<root>/runs``."""
+    env = os.environ.get("LCC_RUNS_DIR")
+    return _resolve(env) if env else project_root() / "runs"
+
+
+def figures_dir() -> Path:
+    """Published figures: ``LCC_FIGURES_DIR``, else ``<root>/figures``."""
+    env = os.environ.get("LCC_FIGURES_DIR")
+    return _resolve(env) if env else project_root() / "figures"
