@@ -491,11 +491,6 @@ def mean_std(df: pd.DataFrame, by: str | Sequence[str], columns: Sequence[str]) 
 
 
 # --------------------------------------------------------------------------- model cost
-def count_parameters(model: torch.nn.Module, trainable_only: bool = True) -> int:
-    """Count (trainable) parameters, the size measure paper B quotes (< 150,000)."""
-    return int(sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only))
-
-
 def _input_tensor(input_shape: Sequence[int], batch: int) -> torch.Tensor:
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 3 or min(shape) < 1:
