@@ -1,0 +1,72 @@
+"""Figures: ``plot_*`` functions return a Figure; :func:`save_figure` is the one place that writes.
+
+Figures land in ``figures/<stage>_<name>.png`` and ``.pdf`` (the study's published figures).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from .paths import figures_dir
+
+
+def save_figure(fig: Figure, name: str, stage: str, formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
+    """Write ``fig`` as ``figures/<stage>_<name>.<fmt>`` for each format; return the paths.
+
+    PDFs are written without a creation date so that reruns produce identical files.
+    """
+    out = figures_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        p = out / f"{stage}_{name}.{fmt}"
+        meta = {"CreationDate": None} if fmt == "pdf" else {"Software": None} if fmt == "png" else None
+        fig.savefig(p, dpi=150, bbox_inches="tight", metadata=meta)
+        paths.append(p)
+    return paths
+
+
+def plot_class_counts(counts: pd.DataFrame, title: str = "") -> Figure:
+    """Bar plot of images per class (a DataFrame with ``class`` and ``images``)."""
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(counts) + 1.2))
+    sns.barplot(data=counts, y="class", x="images", ax=ax, color="#4c72b0")
+    for i, v in enumerate(counts["images"]):
+        ax.text(v, i, f" {v:,}", va="center", fontsize=8)
+    ax.set(title=title, xlabel="images", ylabel="")
+    fig.tight_layout()
+    return fig
+
+
+def plot_sample_grid(images: list[list[np.ndarray]], row_labels: list[str], title: str = "") -> Figure:
+    """Grid of images: one row per class, each cell an (H, W, 3) float or uint8 image."""
+    rows, cols = len(images), max(len(r) for r in images)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols + 1.6, 1.2 * rows), squeeze=False)
+    for r, row in enumerate(images):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(row):
+                ax.imshow(row[c])
+            else:
+                ax.axis("off")
+        axes[r][0].set_ylabel(row_labels[r], rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_band_statistics(stats: pd.DataFrame, title: str = "") -> Figure:
+    """Mean +- std reflectance per band (a DataFrame from :func:`lcc_utils.data.band_statistics`)."""
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.errorbar(stats["band"], stats["mean"], yerr=stats["std"], fmt="o-", capsize=3)
+    ax.set(title=title, xlabel="band", ylabel="reflectance (DN / 10000)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
