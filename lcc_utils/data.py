@@ -697,3 +697,24 @@ def rgb_composite(ds: ImageDataset, index: int, stretch: float = 0.3) -> np.ndar
     bands = list(ds.bands)
     rgb = np.stack([img[..., bands.index(b)] for b in ("B04", "B03", "B02")], axis=-1)
     return np.clip(rgb.astype(np.float32) / C.S2_QUANTIFICATION_VALUE / stretch, 0, 1)
+
+
+def sample_images(ds: ImageDataset, per_class: int = 6, seed: int = 0) -> list[list[np.ndarray]]:
+    """A seeded random pick of ``per_class`` display images (RGB composites) for each class."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(len(ds.classes)):
+        idx = np.flatnonzero(ds.labels == k)
+        pick = np.sort(rng.choice(idx, size=min(per_class, len(idx)), replace=False))
+        rows.append([rgb_composite(ds, int(i)) for i in pick])
+    return rows
+
+
+def split_summary(ds: ImageDataset, split: Split) -> pd.DataFrame:
+    """Images per class in each part of the split (train, val, test) and the 80/20 totals."""
+    parts = {"train": split.train, "val": split.val, "test": split.test}
+    df = pd.DataFrame({p: np.bincount(ds.labels[i], minlength=len(ds.classes)) for p, i in parts.items()},
+                      index=pd.Index(ds.classes, name="class"))
+    df["train+val"] = df["train"] + df["val"]
+    df.loc["total"] = df.sum()
+    return df[["train+val", "train", "val", "test"]]
