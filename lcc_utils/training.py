@@ -1,0 +1,650 @@
+"""Training engine shared by both papers: one loop, named recipes, resumable runs.
+
+Paper A fine-tunes timm backbones with AdamW (lr 5e-4, weight decay 0.01), gradient
+clipping at 1.0, a 3-epoch warm-up, at most 10 epochs, early stopping on validation
+accuracy, class-weighted cross-entropy and the best checkpoint kept. Paper B trains its
+small CNN with Adam (lr 1e-3, batch 32) and an L2 penalty of 1e-3, early stopping on
+validation loss. Both are entries of :data:`RECIPES`; :func:`train` is the only loop.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm import tqdm
+
+CHECKPOINT_DIR = "checkpoints"
+HISTORY_COLUMNS = (
+    "epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds",
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A training protocol: optimiser, schedule, stopping rule and loss of one paper.
+
+    Attributes:
+        name: Recipe key in :data:`RECIPES`.
+        optimizer: ``"adamw"`` (decoupled weight decay) or ``"adam"``.
+        lr: Peak learning rate.
+        weight_decay: Decoupled weight decay of AdamW (0 for Adam).
+        l2: Keras-style L2 penalty ``l2 * sum(w**2)`` added to the loss, on weight
+            tensors with >= 2 dims (conv kernels, linear weights; not biases/norms).
+        grad_clip: Max global gradient norm, or None.
+        warmup_epochs: Linear warm-up length, in epochs of ``max_epochs``.
+        schedule: After warm-up, ``"cosine"`` decay to 0 or ``"constant"``.
+        max_epochs: Epoch budget.
+        patience: Epochs without improvement before stopping; None never stops early.
+        monitor: ``"val_accuracy"`` (higher is better) or ``"val_loss"`` (lower is better).
+        class_weighted: Cross-entropy weights ``N / (K * n_k)`` from the training subset.
+        batch_size: Images per step.
+
+    """
+
+    name: str
+    optimizer: str
+    lr: float
+    weight_decay: float = 0.0
+    l2: float = 0.0
+    grad_clip: float | None = None
+    warmup_epochs: float = 0.0
+    schedule: str = "constant"
+    max_epochs: int = 10
+    patience: int | None = None
+    monitor: str = "val_accuracy"
+    class_weighted: bool = False
+    batch_size: int = 64
+
+
+#: Named training protocols. Choices the papers leave open are ours and are listed here.
+RECIPES: dict[str, Recipe] = {
+    # Paper A. Open choices (ours): warm-up is linear per step from lr/steps to lr over 3
+    # epochs, then cosine decay to 0 at max_epochs (the paper only says "warm-up");
+    # early-stopping patience 3 epochs; batch size 64 (paper not stated for all models).
+    "paper_a": Recipe(
+        name="paper_a", optimizer="adamw", lr=5e-4, weight_decay=0.01, grad_clip=1.0,
+        warmup_epochs=3, schedule="cosine", max_epochs=10, patience=3,
+        monitor="val_accuracy", class_weighted=True, batch_size=64,
+    ),
+    # Paper B. Open choices (ours): "L2 1e-3" is read as a Keras kernel_regularizer
+    # (penalty in the loss, not Adam's coupled weight_decay); constant lr; at most
+    # 50 epochs with patience 5 on validation loss; unweighted cross-entropy.
+    "paper_b": Recipe(
+        name="paper_b", optimizer="adam", lr=1e-3, l2=1e-3, max_epochs=50, patience=5,
+        monitor="val_loss", class_weighted=False, batch_size=32,
+    ),
+}
+
+
+def get_recipe(name: str | Recipe) -> Recipe:
+    """Return the recipe called ``name`` (a Recipe passes through) or list the choices."""
+    if isinstance(name, Recipe):
+        return name
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose one of: {', '.join(sorted(RECIPES))}")
+    return RECIPES[name]
+
+
+@dataclass
+class TrainResult:
+    """What one training run produced.
+
+    Attributes:
+        history: One row per epoch (:data:`HISTORY_COLUMNS`).
+        best_epoch: Epoch (1-based) of the kept checkpoint.
+        best_metric: Its monitored validation value.
+        best_state: Its model state dict (CPU tensors).
+        stopped_early: Whether early stopping ended the run before the epoch budget.
+        seconds: Training wall time summed over all sessions of a resumed run.
+        device: Device the run trained on.
+        correctness: ``(epochs, N_train)`` bool, whether each training image was
+            classified correctly when its minibatch was presented (Toneva et al. 2018);
+            None unless ``record_correctness=True``.
+        correctness_indices: Dataset indices of the columns of ``correctness``.
+        resumed: Whether this session continued a checkpoint (or returned a finished run).
+
+    """
+
+    history: pd.DataFrame
+    best_epoch: int
+    best_metric: float
+    best_state: dict[str, torch.Tensor]
+    stopped_early: bool
+    seconds: float
+    device: str
+    correctness: np.ndarray | None = None
+    correctness_indices: np.ndarray | None = None
+    resumed: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- helpers
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (call before building a model for a reproducible init)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when present else CPU; ``"cpu"``/``"cuda"``/``"cuda:N"`` as given."""
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        try:
+            dev = torch.device(name)
+        except RuntimeError as err:
+            raise ValueError(f"device={device!r} is not a valid device string") from err
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} requested but CUDA is not available here")
+        return dev
+    raise ValueError(f"unknown device {device!r}; choose one of: auto, cpu, cuda, cuda:N")
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency class weights ``N / (K * n_k)`` of the labels actually trained on.
+
+    On a coreset this is computed on the coreset, not on the full training split. A class
+    absent from the training labels has no defined weight: that is an error, not a zero.
+    """
+    labels = np.asarray(labels)
+    counts = np.bincount(labels, minlength=num_classes)
+    if len(counts) > num_classes:
+        raise ValueError(f"labels hold class {labels.max()} but num_classes={num_classes}")
+    if (counts == 0).any():
+        missing = np.flatnonzero(counts == 0).tolist()
+        raise ValueError(f"class-weighted loss: classes {missing} have no training images")
+    return torch.tensor(len(labels) / (num_classes * counts), dtype=torch.float32)
+
+
+def _lr_factor(recipe: Recipe, epochs: int, steps_per_epoch: int) -> Callable[[int], float]:
+    # When a run gets fewer epochs than the recipe's budget, the warm-up keeps its share
+    # of the budget (3 of 10 epochs -> 30 %): our choice, so short CPU runs still decay.
+    warm_epochs = recipe.warmup_epochs * min(1.0, epochs / recipe.max_epochs)
+    warm = int(round(warm_epochs * steps_per_epoch))
+    total = max(1, epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if recipe.schedule == "cosine":
+            progress = (step - warm) / max(1, total - warm)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return factor
+
+
+def _make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    raise ValueError(f"recipe {recipe.name!r}: unknown optimizer {recipe.optimizer!r} (adamw, adam)")
+
+
+def _l2_penalty(model: nn.Module) -> torch.Tensor:
+    return sum((p.pow(2).sum() for p in model.parameters() if p.requires_grad and p.ndim > 1),
+               torch.zeros(()))
+
+
+def _num_classes(model: nn.Module, loaders: Mapping[str, Any]) -> int:
+    k = getattr(model, "num_classes", None)
+    if isinstance(k, int) and k > 0:
+        return k
+    return int(max(loaders["train"].labels.max(), loaders["val"].labels.max())) + 1
+
+
+def _atomic_torch_save(obj: object, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _autocast(device: torch.device):
+    if device.type != "cuda":
+        return torch.autocast("cpu", enabled=False)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def _fingerprint(recipe: Recipe, epochs: int, seed: int, train_indices: np.ndarray) -> dict:
+    """What a checkpoint must match to be resumed (a different run must not continue it)."""
+    return {"recipe": asdict(recipe), "epochs": epochs, "seed": seed,
+            "n_train": int(len(train_indices)),
+            "train_sum": int(np.asarray(train_indices, dtype=np.int64).sum())}
+
+
+def _history_frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
+
+
+# --------------------------------------------------------------------------- inference
+@torch.no_grad()
+def predict(
+    model: nn.Module, loader: Any, device: str | torch.device = "auto"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Softmax probabilities ``(N, K)``, labels ``(N,)`` and dataset indices ``(N,)`` of a loader."""
+    dev = resolve_device(device)
+    model.eval().to(dev)
+    probs, labels, idx = [], [], []
+    for x, y, i in loader:
+        with _autocast(dev):
+            logits = model(x.to(dev, non_blocking=True))
+        probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        labels.append(y.numpy())
+        idx.append(i.numpy())
+    if not probs:
+        raise ValueError("predict: the loader yielded no batches")
+    return np.concatenate(probs), np.concatenate(labels), np.concatenate(idx)
+
+
+def evaluate(model: nn.Module, loader: Any, device: str | torch.device = "auto") -> dict[str, float]:
+    """Overall accuracy and mean (unweighted) cross-entropy of ``model`` on a loader."""
+    probs, labels, _ = predict(model, loader, device)
+    p_true = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
+    return {
+        "accuracy": float((probs.argmax(1) == labels).mean()),
+        "loss": float(-np.log(p_true).mean()),
+        "n": int(len(labels)),
+    }
+
+
+# --------------------------------------------------------------------------- the loop
+def train(
+    model: nn.Module,
+    loaders: Mapping[str, Any],
+    recipe: str | Recipe = "paper_a",
+    epochs: int | None = None,
+    device: str | torch.device = "auto",
+    run_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+    record_correctness: bool = False,
+    params: Mapping[str, Any] | None = None,
+    num_classes: int | None = None,
+) -> TrainResult:
+    """Train ``model`` with a recipe, keep the best checkpoint and restore it into ``model``.
+
+    With ``run_dir``, ``history.csv`` is written every epoch, ``checkpoints/last.pt``
+    (model, optimiser, scheduler, history, best metric, RNG states, ``params``) and
+    ``checkpoints/best.pt`` too. A run whose ``last.pt`` exists is resumed from it (on
+    the CPU a resumed run ends with exactly the metrics of an uninterrupted one); a run
+    that already finished is returned as stored, without training.
+
+    Args:
+        model: Any classifier from :func:`lcc_utils.models.create_model`.
+        loaders: ``{"train", "val"}`` batch loaders yielding ``(x, y, idx)``.
+        recipe: Recipe name or object (:data:`RECIPES`).
+        epochs: Epoch budget; default the recipe's ``max_epochs``.
+        device: ``"auto"`` (CUDA with AMP and channels_last if present, else CPU with
+            deterministic algorithms), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        run_dir: Folder for history and checkpoints; None keeps everything in memory.
+        seed: Seeds the RNGs at the start of a fresh run (dropout, etc.).
+        on_epoch_end: Called as ``f(epoch, row)`` after each epoch's checkpoint is saved.
+        record_correctness: Keep the per-sample correctness matrix (forgetting scores).
+        params: Run parameters embedded in the checkpoints.
+        num_classes: Output classes; default ``model.num_classes``.
+
+    Returns:
+        A :class:`TrainResult`; ``model`` holds the best checkpoint's weights.
+
+    """
+    recipe = get_recipe(recipe)
+    epochs = recipe.max_epochs if epochs is None else int(epochs)
+    if epochs < 1:
+        raise ValueError(f"epochs={epochs} must be >= 1")
+    for part in ("train", "val"):
+        if part not in loaders:
+            raise ValueError(f"loaders must have a {part!r} loader; got {sorted(loaders)}")
+    if recipe.monitor not in ("val_accuracy", "val_loss"):
+        raise ValueError(f"recipe {recipe.name!r}: monitor must be val_accuracy or val_loss")
+    dev = resolve_device(device)
+    train_loader, val_loader = loaders["train"], loaders["val"]
+    train_idx = np.asarray(train_loader.indices, dtype=np.int64)
+    k = num_classes or _num_classes(model, loaders)
+    fingerprint = _fingerprint(recipe, epochs, seed, train_idx)
+    higher = recipe.monitor == "val_accuracy"
+
+    ckpt_dir = last_path = best_path = None
+    if run_dir is not None:
+        ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+
+    if dev.type == "cpu":
+        # Same seed -> same result on the CPU; GPU kernels are not bitwise reproducible.
+        torch.use_deterministic_algorithms(True)
+    model.to(dev)
+    if dev.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+
+    optimizer = _make_optimizer(model, recipe)
+    steps = len(train_loader)
+    if steps == 0:
+        raise ValueError("the train loader yields no batches (empty training subset?)")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(recipe, epochs, steps))
+    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda"
+                                  and not torch.cuda.is_bf16_supported())
+    weight = class_weights(train_loader.labels, k).to(dev) if recipe.class_weighted else None
+    criterion = nn.CrossEntropyLoss(weight=weight)
+
+    history: list[dict] = []
+    correctness: list[np.ndarray] = []
+    best_metric, best_epoch, since_best, start_epoch = -math.inf if higher else math.inf, 0, 0, 1
+    seconds_before, resumed, finished, stopped_early = 0.0, False, False, False
+    best_state: dict[str, torch.Tensor] = {}
+
+    if last_path is not None and last_path.exists():
+        ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
+        if ckpt["fingerprint"] != fingerprint:
+            raise ValueError(
+                f"{last_path} belongs to a different run (recipe, epochs, seed or training "
+                "subset differ); use a new run_dir or delete that checkpoints folder"
+            )
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        history = list(ckpt["history"])
+        correctness = [np.asarray(c) for c in ckpt["correctness"]]
+        best_metric, best_epoch = ckpt["best_metric"], ckpt["best_epoch"]
+        since_best, seconds_before = ckpt["since_best"], ckpt["seconds"]
+        finished, stopped_early = ckpt["finished"], ckpt["stopped_early"]
+        start_epoch = ckpt["epoch"] + 1
+        _set_rng_state(ckpt["rng"])
+        best_state = torch.load(best_path, map_location="cpu", weights_only=False)["model"]
+        resumed = True
+    else:
+        seed_everything(seed)
+
+    order = np.argsort(train_idx, kind="stable")
+    sorted_idx = train_idx[order]
+    t_session, elapsed = time.perf_counter(), 0.0
+    epoch_bar = tqdm(range(start_epoch, epochs + 1), desc=f"train {recipe.name}", unit="epoch",
+                     initial=start_epoch - 1, total=epochs, disable=finished)
+    for epoch in epoch_bar:
+        if finished:
+            break
+        t0 = time.perf_counter()
+        train_loader.set_epoch(epoch)
+        model.train()
+        seen = np.zeros(len(train_idx), dtype=bool) if record_correctness else None
+        sum_loss, n_correct, n_seen = 0.0, 0, 0
+        for x, y, idx in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, unit="batch"):
+            x = x.to(dev, non_blocking=True)
+            if dev.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = y.to(dev, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with _autocast(dev):
+                logits = model(x)
+                loss = criterion(logits.float(), y)
+            if recipe.l2:
+                loss = loss + recipe.l2 * _l2_penalty(model).to(loss.device)
+            scaler.scale(loss).backward()
+            if recipe.grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            hit = (logits.argmax(1) == y).cpu().numpy()
+            if seen is not None:
+                seen[order[np.searchsorted(sorted_idx, idx.numpy())]] = hit
+            sum_loss += float(loss.detach()) * len(y)
+            n_correct += int(hit.sum())
+            n_seen += len(y)
+        val = evaluate(model, val_loader, dev)
+        row = {
+            "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": sum_loss / n_seen, "train_accuracy": n_correct / n_seen,
+            "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(row)
+        elapsed = time.perf_counter() - t_session
+        if seen is not None:
+            correctness.append(seen)
+        metric = row[recipe.monitor]
+        improved = metric > best_metric if higher else metric < best_metric
+        if improved:
+            best_metric, best_epoch, since_best = metric, epoch, 0
+            best_state = {k_: v.detach().cpu().clone() for k_, v in model.state_dict().items()}
+        else:
+            since_best += 1
+        stopped_early = recipe.patience is not None and since_best >= recipe.patience
+        finished = stopped_early or epoch == epochs
+        epoch_bar.set_postfix(val_acc=f"{val['accuracy']:.3f}", best=best_epoch)
+        if ckpt_dir is not None:
+            if improved:
+                _atomic_torch_save({"model": best_state, "epoch": epoch, "metric": best_metric,
+                                    "monitor": recipe.monitor, "num_classes": k,
+                                    "params": dict(params or {})}, best_path)
+            _atomic_torch_save({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "epoch": epoch, "history": history, "correctness": correctness,
+                "best_metric": best_metric, "best_epoch": best_epoch, "since_best": since_best,
+                "seconds": seconds_before + elapsed, "finished": finished, "stopped_early": stopped_early,
+                "rng": _rng_state(), "fingerprint": fingerprint, "params": dict(params or {}),
+                "num_classes": k,
+            }, last_path)
+            _atomic_write_text(_history_frame(history).to_csv(index=False),
+                               Path(run_dir) / "history.csv")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+        if finished:
+            break
+    epoch_bar.close()
+
+    seconds = seconds_before + elapsed
+    extra = {}
+    if record_correctness:  # coreset scoring wants the final weights too (margins)
+        extra["final_state"] = {k_: v.detach().cpu().clone() for k_, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    return TrainResult(
+        history=_history_frame(history), best_epoch=best_epoch, best_metric=float(best_metric),
+        best_state=best_state, stopped_early=stopped_early, seconds=float(seconds),
+        device=str(dev),
+        correctness=np.stack(correctness) if record_correctness and correctness else None,
+        correctness_indices=train_idx if record_correctness else None, resumed=resumed,
+        extra=extra,
+    )
+
+
+# --------------------------------------------------------------------------- runs of notebook 04
+@dataclass
+class TrainingSetup:
+    """Everything a paper A training run needs, built from the notebook's parameters.
+
+    Attributes:
+        ds: The dataset.
+        split: Its train/val/test split (seeded by ``seed``).
+        train_indices: Dataset indices actually trained on (the coreset).
+        coreset_info: Scores file and scoring cost of the coreset.
+        loaders: ``{"train", "val", "test"}`` batch loaders.
+        model: The freshly initialised model (seeded).
+        recipe: The training recipe, with the run's batch size.
+        weights_description: Where the initial weights came from.
+
+    """
+
+    ds: Any
+    split: Any
+    train_indices: np.ndarray
+    coreset_info: dict[str, Any]
+    loaders: dict[str, Any]
+    model: nn.Module
+    recipe: Recipe
+    weights_description: str
+
+
+def prepare_training(
+    dataset: str,
+    model: str,
+    coreset: str = "random",
+    fraction: float = 1.0,
+    seed: int = 0,
+    image_size: int | None = 64,
+    batch_size: int | None = None,
+    device: str = "auto",
+    pretrained: bool = False,
+    weights: str | None = "",
+    recipe: str = "paper_a",
+    scoring_model: str = "resnet18",
+    scoring_epochs: int = 3,
+    data_dir: str | None = "",
+    **ignored: Any,
+) -> TrainingSetup:
+    """Build data, coreset, loaders and model of a training run from its parameters.
+
+    Notebook 04 and :func:`load_trained` both go through here, so a rebuilt model is
+    trained on exactly the data a run used. The split is seeded with ``seed`` (each
+    seed is a different 80/20 split); the coreset is selected on the split's training part.
+    Extra keys (``epochs``...) are accepted and ignored.
+    """
+    from lcc_utils import coresets, data, models
+
+    rec = get_recipe(recipe)
+    if batch_size:
+        rec = replace(rec, batch_size=int(batch_size))
+    ds = data.load_dataset(dataset, data_dir=data_dir or None)
+    split = data.get_split(ds, seed=seed)
+    train_idx, info = coresets.coreset_indices(
+        ds, split, coreset, fraction, seed=seed, scoring_model=scoring_model,
+        scoring_epochs=scoring_epochs, image_size=image_size, device=device)
+    loaders = data.make_loaders(ds, split, image_size=image_size, batch_size=rec.batch_size,
+                                seed=seed, train_indices=train_idx)
+    weights_path = None
+    if weights not in (None, ""):
+        from lcc_utils.paths import resolve_path
+
+        weights_path = resolve_path(weights)
+    seed_everything(seed)
+    net = models.create_model(model, num_classes=len(ds.classes), in_chans=ds.images.shape[-1],
+                              pretrained=bool(pretrained), weights=weights_path,
+                              image_size=image_size)
+    return TrainingSetup(ds, split, train_idx, info, loaders, net, rec,
+                         models.describe_weights(bool(pretrained), weights_path))
+
+
+def load_trained(
+    run_dir: str | os.PathLike, rebuild: bool = True, device: str | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Return the best model of a training run folder and the run's parameters.
+
+    Checkpoints are not committed: in a fresh clone a run folder holds only its text
+    files. Then, with ``rebuild=True``, the run is trained again from its ``params.json``
+    (deterministic on the CPU, so the same best model and the same ``metrics.json``);
+    with ``rebuild=False`` a missing ``checkpoints/best.pt`` is an error.
+
+    Args:
+        run_dir: A ``runs/train/<slug>-<hash>`` folder.
+        rebuild: Retrain when the checkpoint is missing.
+        device: Device for a rebuild; default the run's own ``device`` parameter.
+
+    Returns:
+        ``(model in eval mode on the CPU, params)``.
+
+    """
+    from lcc_utils import models
+
+    run_dir = Path(run_dir)
+    pfile = run_dir / "params.json"
+    if not pfile.is_file():
+        raise FileNotFoundError(f"run_dir={run_dir}: no params.json (not a run folder)")
+    info = json.loads(pfile.read_text())
+    params = dict(info.get("params", info))
+    best = run_dir / CHECKPOINT_DIR / "best.pt"
+    if best.is_file():
+        ckpt = torch.load(best, map_location="cpu", weights_only=False)
+        in_chans = int(ckpt.get("in_chans") or _first_conv_in_chans(ckpt["model"]))
+        net = models.create_model(params["model"], num_classes=int(ckpt["num_classes"]),
+                                  in_chans=in_chans, image_size=params.get("image_size"))
+        net.load_state_dict(ckpt["model"])
+        return net.eval(), params
+    if not rebuild:
+        raise FileNotFoundError(
+            f"run_dir={run_dir}: checkpoints/best.pt is missing (checkpoints are not committed); "
+            "call load_trained(..., rebuild=True) to retrain it from params.json"
+        )
+    setup = prepare_training(**params)
+    result = train(setup.model, setup.loaders, setup.recipe, epochs=params.get("epochs"),
+                   device=device or params.get("device", "auto"), run_dir=run_dir,
+                   seed=int(params.get("seed", 0)), params=params)
+    mfile = run_dir / "metrics.json"
+    if mfile.is_file():
+        stored = json.loads(mfile.read_text())
+        if "best_epoch" in stored and int(stored["best_epoch"]) != result.best_epoch:
+            import warnings
+
+            warnings.warn(f"rebuilt {run_dir}: best epoch {result.best_epoch} differs from the "
+                          f"stored {stored['best_epoch']} (different device or library versions?)",
+                          stacklevel=2)
+    return setup.model.cpu().eval(), params
+
+
+def _first_conv_in_chans(state: Mapping[str, torch.Tensor]) -> int:
+    for v in state.values():
+        if v.ndim == 4:
+            return int(v.shape[1])
+    raise ValueError("cannot infer in_chans: no convolution weights in the checkpoint")
+
+
+def plot_learning_curves(history: pd.DataFrame, best_epoch: int | None = None, title: str = ""):
+    """Loss and accuracy per epoch for training and validation, the kept epoch marked."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.5))
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.plot(history["epoch"], history[f"train_{key}"], "o-", label="train (augmented)")
+        ax.plot(history["epoch"], history[f"val_{key}"], "s-", label="validation")
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", ls="--", lw=1, label=f"best epoch {best_epoch}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

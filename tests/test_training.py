@@ -1,0 +1,180 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lcc_utils.data import BatchLoader
+from lcc_utils.models import create_model
+from lcc_utils.training import (
+    RECIPES,
+    Recipe,
+    class_weights,
+    evaluate,
+    get_recipe,
+    load_trained,
+    predict,
+    resolve_device,
+    seed_everything,
+    train,
+)
+
+TINY = Recipe(name="tiny", optimizer="adamw", lr=5e-3, weight_decay=0.01, grad_clip=1.0,
+              warmup_epochs=1, schedule="cosine", max_epochs=4, patience=None,
+              monitor="val_accuracy", class_weighted=True, batch_size=16)
+
+
+def make_data(n=72, k=3, size=8, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % k
+    images = rng.normal(0, 1, (n, size, size, 3)).astype(np.float32)
+    images[..., 0] += labels[:, None, None] * 1.0  # class signal in band 0
+    return images, labels.astype(np.int64)
+
+
+def make_loaders(seed=0, train_idx=None):
+    images, labels = make_data()
+    tr = np.arange(0, 48) if train_idx is None else train_idx
+    return {
+        "train": BatchLoader(images, labels, tr, batch_size=16, augment=True, shuffle=True,
+                             seed=seed),
+        "val": BatchLoader(images, labels, np.arange(48, 60), batch_size=16),
+        "test": BatchLoader(images, labels, np.arange(60, 72), batch_size=16),
+    }
+
+
+def tiny_model(seed=0):
+    seed_everything(seed)
+    return create_model("lightweight_cnn", num_classes=3, in_chans=3, depth=2, filters=(4, 8))
+
+
+def test_recipes_registry_and_errors():
+    assert set(RECIPES) == {"paper_a", "paper_b"}
+    a = get_recipe("paper_a")
+    assert (a.optimizer, a.lr, a.weight_decay, a.grad_clip, a.warmup_epochs, a.max_epochs) == (
+        "adamw", 5e-4, 0.01, 1.0, 3, 10)
+    assert a.monitor == "val_accuracy" and a.class_weighted
+    b = get_recipe("paper_b")
+    assert (b.optimizer, b.lr, b.batch_size, b.l2, b.monitor, b.class_weighted) == (
+        "adam", 1e-3, 32, 1e-3, "val_loss", False)
+    with pytest.raises(ValueError, match="unknown recipe 'paper_c'; choose one of: paper_a, paper_b"):
+        get_recipe("paper_c")
+
+
+def test_device_errors():
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+
+
+def test_class_weights_inverse_frequency():
+    w = class_weights(np.array([0, 0, 0, 1]), 2)
+    # N / (K * n_k): 4 / (2 * 3), 4 / (2 * 1)
+    assert torch.allclose(w, torch.tensor([4 / 6, 2.0]))
+    with pytest.raises(ValueError, match=r"classes \[2\] have no training images"):
+        class_weights(np.array([0, 1, 1]), 3)
+
+
+def test_class_weights_follow_the_coreset(tmp_path):
+    loaders = make_loaders(train_idx=np.array([0, 1, 2, 3, 6, 9, 12]))  # labels 0,1,2,0,0,0,0
+    seen = {}
+    model = tiny_model()
+    orig = torch.nn.CrossEntropyLoss.__init__
+
+    def spy(self, *a, **kw):
+        seen["weight"] = kw.get("weight")
+        orig(self, *a, **kw)
+
+    torch.nn.CrossEntropyLoss.__init__ = spy
+    try:
+        train(model, loaders, TINY, epochs=1, device="cpu")
+    finally:
+        torch.nn.CrossEntropyLoss.__init__ = orig
+    assert torch.allclose(seen["weight"], torch.tensor([7 / 15, 7 / 3, 7 / 3]))
+
+
+def test_training_learns_and_predict_shapes():
+    loaders = make_loaders()
+    model = tiny_model()
+    res = train(model, loaders, TINY, epochs=4, device="cpu")
+    assert list(res.history["epoch"]) == [1, 2, 3, 4]
+    assert 1 <= res.best_epoch <= 4
+    probs, labels, idx = predict(model, loaders["test"], "cpu")
+    assert probs.shape == (12, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert list(idx) == list(range(60, 72))
+    assert evaluate(model, loaders["test"], "cpu")["accuracy"] > 0.5
+
+
+def test_same_seed_same_result():
+    h1 = train(tiny_model(), make_loaders(), TINY, epochs=2, device="cpu").history
+    h2 = train(tiny_model(), make_loaders(), TINY, epochs=2, device="cpu").history
+    pd.testing.assert_frame_equal(h1.drop(columns="seconds"), h2.drop(columns="seconds"))
+
+
+def test_resume_after_kill_gives_identical_metrics(tmp_path):
+    ref = train(tiny_model(), make_loaders(), TINY, epochs=4, device="cpu",
+                run_dir=tmp_path / "ref", record_correctness=True)
+
+    def kill(epoch, row):
+        if epoch == 2:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_model(), make_loaders(), TINY, epochs=4, device="cpu",
+              run_dir=tmp_path / "run", on_epoch_end=kill, record_correctness=True)
+    assert len(pd.read_csv(tmp_path / "run" / "history.csv")) == 2
+    # restart with a differently initialised model: the checkpoint must win
+    res = train(tiny_model(seed=123), make_loaders(), TINY, epochs=4, device="cpu",
+                run_dir=tmp_path / "run", record_correctness=True)
+    assert res.resumed
+    cols = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
+    pd.testing.assert_frame_equal(res.history[cols], ref.history[cols], check_exact=True)
+    assert res.best_epoch == ref.best_epoch
+    assert np.array_equal(res.correctness, ref.correctness)
+    for k, v in ref.best_state.items():
+        assert torch.equal(v, res.best_state[k]), k
+    # a finished run is returned as stored, without training
+    again = train(tiny_model(seed=5), make_loaders(), TINY, epochs=4, device="cpu",
+                  run_dir=tmp_path / "run", on_epoch_end=kill)
+    assert again.best_epoch == ref.best_epoch and len(again.history) == 4
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path):
+    train(tiny_model(), make_loaders(), TINY, epochs=1, device="cpu", run_dir=tmp_path)
+    with pytest.raises(ValueError, match="belongs to a different run"):
+        train(tiny_model(), make_loaders(), TINY, epochs=1, device="cpu", run_dir=tmp_path, seed=1)
+
+
+def test_early_stopping_on_plateau():
+    frozen = Recipe(name="frozen", optimizer="adam", lr=0.0, max_epochs=10, patience=2,
+                    monitor="val_loss", batch_size=16)
+    res = train(tiny_model(), make_loaders(), frozen, device="cpu")
+    # lr 0: epoch 1 sets the best val loss, epochs 2 and 3 do not improve -> stop after 3
+    assert len(res.history) == 3 and res.stopped_early and res.best_epoch == 1
+
+
+def test_correctness_matrix_shape():
+    loaders = make_loaders()
+    res = train(tiny_model(), loaders, TINY, epochs=3, device="cpu", record_correctness=True)
+    assert res.correctness.shape == (3, 48) and res.correctness.dtype == bool
+    assert list(res.correctness_indices) == list(range(48))
+
+
+def test_load_trained_from_checkpoint_and_missing(tmp_path):
+    seed_everything(0)
+    model = create_model("lightweight_cnn", num_classes=3, in_chans=3)
+    res = train(model, make_loaders(), TINY, epochs=1, device="cpu", run_dir=tmp_path)
+    (tmp_path / "params.json").write_text(
+        json.dumps({"params": {"model": "lightweight_cnn", "image_size": 8}}))
+    loaded, params = load_trained(tmp_path)
+    assert params["model"] == "lightweight_cnn" and not loaded.training
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, res.best_state[k]), k
+    empty = tmp_path / "fresh_clone_run"
+    empty.mkdir()
+    (empty / "params.json").write_text(json.dumps({"params": {"model": "resnet18"}}))
+    with pytest.raises(FileNotFoundError, match="best.pt is missing"):
+        load_trained(empty, rebuild=False)
+    with pytest.raises(FileNotFoundError, match="no params.json"):
+        load_trained(tmp_path / "nope")
