@@ -1,0 +1,349 @@
+"""Unit tests of paper A's compression stage on tiny synthetic models (CPU, seconds)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lcc_utils import compression as C
+
+
+def tiny_cnn(seed: int = 0, width: int = 8, classes: int = 5) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, classes),
+    ).eval()
+
+
+def mid_cnn(seed: int = 0) -> nn.Module:
+    """~0.3 M parameters: big enough that the artefact header is negligible (< 1 %)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.Conv2d(64, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU(),
+        nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10),
+    ).eval()
+
+
+def tiny_swin() -> nn.Module:
+    from timm.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    return SwinTransformer(img_size=32, patch_size=4, window_size=4, embed_dim=16,
+                           depths=(1, 1), num_heads=(1, 2), num_classes=5).eval()
+
+
+def batches(n: int = 2, b: int = 4, classes: int = 5, size: int = 16):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(b, 3, size, size, generator=g),
+             torch.randint(0, classes, (b,), generator=g), torch.arange(b)) for _ in range(n)]
+
+
+def weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: m.weight.detach() for n, m in C.prunable_layers(model).items()}
+
+
+def states_equal(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# ----------------------------------------------------------------------------- pruning
+def test_prunable_layers_include_swin_attention_and_mlp():
+    names = list(C.prunable_layers(tiny_swin()))
+    assert names[0] == "patch_embed.proj" and names[-1] == "head.fc"
+    for part in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
+        assert any(part in n for n in names)
+
+
+def test_prune_by_level_threshold_and_copy():
+    model = mid_cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pruned, report = C.prune_by_level(model, 1.0, scope="layer")
+    assert states_equal(model, model) and all(torch.equal(before[k], v)
+                                              for k, v in model.state_dict().items())
+    for name, w in weights(pruned).items():
+        orig = weights(model)[name]
+        sigma = float(orig.double().std(unbiased=False))
+        assert torch.equal(w == 0, orig.abs() < sigma)
+    # torch's default init is uniform on [-a, a]: sigma = a / sqrt(3), P(|w| < sigma) = 1/sqrt(3)
+    assert report.sparsity == pytest.approx(1 / math.sqrt(3), abs=0.01)
+    # biases and norms untouched
+    assert torch.equal(pruned[0].bias, model[0].bias)
+    assert torch.equal(pruned[1].weight, model[1].weight)
+
+
+def test_prune_by_level_global_uses_one_sigma():
+    model = tiny_cnn()
+    with torch.no_grad():
+        model[0].weight.mul_(10)  # a layer with much larger weights is pruned less globally
+    _, glob = C.prune_by_level(model, 0.5, scope="global")
+    _, lay = C.prune_by_level(model, 0.5, scope="layer")
+    assert glob.layers["0.weight"].sparsity < lay.layers["0.weight"].sparsity
+    assert glob.layers["3.weight"].sparsity == 1.0  # far below the pooled threshold
+
+
+@pytest.mark.parametrize("per_layer", [True, False])
+def test_prune_by_sparsity_exact(per_layer):
+    model = mid_cnn()
+    pruned, report = C.prune_by_sparsity(model, 0.6, per_layer=per_layer)
+    total = sum(w.numel() for w in weights(model).values())
+    assert abs(report.sparsity * total - 0.6 * total) <= (4 if per_layer else 1)
+    if per_layer:
+        for lr in report.layers.values():
+            assert lr.sparsity == pytest.approx(0.6, abs=1 / lr.numel)
+
+
+def test_swin_pruning_prunes_attention():
+    _, report = C.prune_by_sparsity(tiny_swin(), 0.5)
+    assert report.layers["layers.0.blocks.0.attn.qkv.weight"].sparsity == pytest.approx(0.5,
+                                                                                       abs=1e-3)
+    assert "layers.0.blocks.0.attn.relative_position_bias_table" not in report.layers
+
+
+def test_gaussian_level_sparsity_matches_paper_levels():
+    assert [round(C.gaussian_level_sparsity(k), 3) for k in (0.25, 0.5, 1.0, 1.5)] == [
+        0.197, 0.383, 0.683, 0.866]
+
+
+# ----------------------------------------------------------------------------- quantization
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
+def test_quantize_levels_per_channel(bits):
+    model = tiny_cnn()
+    q, report = C.quantize(model, bits)
+    for name, w in weights(q).items():
+        assert report.layers[f"{name}.weight"].bits == bits
+        for ch in w.flatten(1):
+            assert len(torch.unique(ch)) <= 2 ** bits
+        # error bounded by half a step (b >= 2)
+        if bits >= 2:
+            orig = weights(model)[name]
+            step = orig.abs().flatten(1).amax(1) / (2 ** (bits - 1) - 1)
+            err = (w - orig).abs().flatten(1).amax(1)
+            assert torch.all(err <= step / 2 + 1e-6)
+
+
+def test_one_bit_is_sign_times_mean_abs():
+    model = tiny_cnn()
+    q, _ = C.quantize(model, 1)
+    orig = model[0].weight.detach()
+    expect = torch.sign(orig) * orig.abs().flatten(1).mean(1).view(-1, 1, 1, 1)
+    assert torch.allclose(q[0].weight, expect, atol=1e-7)
+
+
+def test_quantize_keeps_pruned_zeros():
+    pruned, _ = C.prune_by_sparsity(tiny_cnn(), 0.5)
+    for bits in (1, 4):
+        q, rep = C.quantize(pruned, bits)
+        for name, w in weights(pruned).items():
+            assert torch.all(weights(q)[name][w == 0] == 0)
+        assert rep.sparsity >= 0.5 - 1e-3
+
+
+# ----------------------------------------------------------------------------- ratio
+def hand_report(nnz: int, bits: int) -> C.CompressionReport:
+    layer = C.LayerReport("fc.weight", (10, 100), nnz, bits,
+                          np.ones(10, np.float32) if bits < 32 else None)
+    state = [("fc.weight", (10, 100), "float32"), ("fc.bias", (10,), "float32")]
+    return C.CompressionReport("test", {}, {"fc.weight": layer}, state)
+
+
+def test_compression_ratio_formula():
+    assert C.compression_ratio(tiny_cnn()) == pytest.approx(1.0)
+    # 4-bit dense: 1000 x 4 bits + 10 fp32 scales + 10 fp32 biases
+    sizes = C.size_breakdown(hand_report(1000, 4))
+    assert sizes == {"original": 32 * 1010, "weights": 4000, "index": 0, "scales": 320,
+                     "other": 320, "compressed": 4640}
+    assert C.compression_ratio(hand_report(1000, 4)) == pytest.approx(32320 / 4640)
+    assert C.compression_ratio(hand_report(1000, 4), overhead=False) == pytest.approx(
+        32320 / 4320)
+    # 50 fp32 survivors: 10-bit indices (50 x 10) beat a 1000-bit mask
+    sizes = C.size_breakdown(hand_report(50, 32))
+    assert (sizes["weights"], sizes["index"], sizes["scales"]) == (1600, 500, 0)
+    # 1-bit with zeros needs a mask: 1000 + 600 x 1
+    sizes = C.size_breakdown(hand_report(600, 1))
+    assert (sizes["weights"], sizes["index"]) == (600, 1000)
+
+
+def test_pruned_ratio_counts_mask():
+    model = mid_cnn()
+    pruned, rep = C.prune_by_sparsity(model, 0.75)
+    sizes = C.size_breakdown(rep)
+    n_w = sum(w.numel() for w in weights(model).values())
+    assert sizes["weights"] == 32 * sum(lr.nnz for lr in rep.layers.values())
+    assert sizes["index"] == n_w  # 25 % kept: a bit mask (1 bit/weight) beats indices
+    assert C.compression_ratio(pruned) == pytest.approx(C.compression_ratio(rep))
+
+
+# ----------------------------------------------------------------------------- importance
+def test_layer_importance_metrics():
+    model = tiny_cnn()
+    names = list(C.prunable_layers(model))
+    for metric in ("magnitude", "entropy"):
+        imp = C.layer_importance(model, metric)
+        assert list(imp) == names and all(v > 0 for v in imp.values())
+    grad = C.layer_importance(model, "gradient", calib_loader=batches(), num_batches=2)
+    assert list(grad) == names and all(v > 0 for v in grad.values())
+    assert grad == C.layer_importance(model, "gradient", calib_loader=batches(), num_batches=2)
+    with pytest.raises(ValueError, match="calib_loader"):
+        C.layer_importance(model, "gradient")
+    with pytest.raises(ValueError, match="choose one of: entropy, gradient, magnitude"):
+        C.layer_importance(model, "magnitudes")
+
+
+def test_adaptive_prune_reaches_budget_and_follows_importance():
+    model = mid_cnn()
+    names = list(C.prunable_layers(model))
+    imp = {n: float(i) for i, n in enumerate(names)}  # later layers more important
+    pruned, rep = C.adaptive_prune(model, imp, budget=3.0, keep_edges=False)
+    cr = C.compression_ratio(rep)
+    assert 3.0 <= cr < 3.05
+    sp = [rep.layers[f"{n}.weight"].sparsity for n in names]
+    assert sp[0] > sp[1] > sp[2] > sp[3]
+    _, rep_edges = C.adaptive_prune(model, imp, budget=3.0)
+    assert rep_edges.layers[f"{names[0]}.weight"].sparsity == 0.0
+    assert rep_edges.layers[f"{names[-1]}.weight"].sparsity == 0.0
+    with pytest.raises(ValueError, match="budget"):
+        C.adaptive_prune(model, imp, budget=0.5)
+
+
+def test_adaptive_quantize_bits_and_edges():
+    model = mid_cnn()
+    names = list(C.prunable_layers(model))
+    imp = {n: float(i) for i, n in enumerate(names)}
+    q, rep = C.adaptive_quantize(model, imp, budget=9.0)
+    bits = [rep.layers[f"{n}.weight"].bits for n in names]
+    assert bits[0] == 8 and bits[-1] == 8
+    assert bits[1] <= bits[2]
+    assert C.compression_ratio(rep) >= 9.0
+    with pytest.raises(ValueError, match="out of reach"):
+        C.adaptive_quantize(model, imp, budget=40.0)
+    with pytest.raises(ValueError, match="importance has no score"):
+        C.adaptive_quantize(model, {"0": 1.0}, budget=4.0)
+
+
+def test_prune_then_quantize():
+    model = mid_cnn()
+    imp = C.layer_importance(model, "magnitude")
+    pq, rep = C.prune_then_quantize(model, imp, budget=9.0, sparsity=0.5)
+    assert rep.method == "pq" and C.compression_ratio(rep) >= 9.0
+    assert rep.sparsity >= 0.5 - 1e-3
+    assert max(lr.bits for lr in rep.layers.values()) <= 8
+
+
+# ----------------------------------------------------------------------------- artefact
+def variants(model):
+    imp = C.layer_importance(model, "magnitude")
+    return {
+        "prune1.0": C.prune_by_level(model, 1.0),
+        "prune2.0": C.prune_by_level(model, 2.0),
+        **{f"q{b}": C.quantize(model, b) for b in range(1, 9)},
+        "lap": C.adaptive_prune(model, imp, 4.0),
+        "laq": C.adaptive_quantize(model, imp, 9.0),
+        "pq": C.prune_then_quantize(model, imp, 9.0),
+    }
+
+
+def test_artefact_roundtrip_exact_and_ratio_within_5_percent(tmp_path):
+    model = mid_cnn()
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    fp32 = C.state_dict_file_size(model)
+    for name, (cm, rep) in variants(model).items():
+        path = C.save_compressed(cm, rep, tmp_path / f"{name}.lcc")
+        loaded = C.load_compressed(path, mid_cnn(seed=5))  # different init: all overwritten
+        assert states_equal(cm, loaded), name
+        with torch.no_grad():
+            assert torch.equal(cm(x).argmax(1), loaded(x).argmax(1))
+        disk_cr = fp32 / path.stat().st_size
+        assert disk_cr == pytest.approx(C.compression_ratio(rep), rel=0.05), name
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_artefact_swin_roundtrip(tmp_path):
+    model = tiny_swin()
+    cm, rep = C.prune_then_quantize(model, C.layer_importance(model), budget=4.0)
+    loaded = C.load_compressed(C.save_compressed(cm, rep, tmp_path / "s.lcc"), tiny_swin)
+    assert states_equal(cm, loaded)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(cm(x), loaded(x))
+
+
+def test_artefact_errors(tmp_path):
+    model = tiny_cnn()
+    cm, rep = C.quantize(model, 4)
+    path = C.save_compressed(cm, rep, tmp_path / "m.lcc")
+    data = path.read_bytes()
+    (tmp_path / "trunc.lcc").write_bytes(data[:-100])
+    with pytest.raises(ValueError, match="truncated"):
+        C.load_compressed(tmp_path / "trunc.lcc", model)
+    bad = bytearray(data)
+    bad[-40] ^= 0xFF
+    (tmp_path / "bad.lcc").write_bytes(bytes(bad))
+    with pytest.raises(ValueError, match="checksum"):
+        C.load_compressed(tmp_path / "bad.lcc", model)
+    (tmp_path / "junk.lcc").write_bytes(b"hello world" * 10)
+    with pytest.raises(ValueError, match="not an lcc"):
+        C.load_compressed(tmp_path / "junk.lcc", model)
+    with pytest.raises(ValueError, match="another model"):
+        C.load_compressed(path, tiny_cnn(width=4))
+    with pytest.raises(FileNotFoundError):
+        C.load_compressed(tmp_path / "missing.lcc", model)
+    with torch.no_grad():
+        cm[0].weight.add_(0.01)
+    with pytest.raises(ValueError, match="changed after compression|non-zeros"):
+        C.save_compressed(cm, rep, tmp_path / "x.lcc")
+    with pytest.raises(ValueError, match="does not describe"):
+        C.save_compressed(tiny_cnn(width=4), rep, tmp_path / "y.lcc")
+
+
+@pytest.mark.parametrize("bits", [0, 9, 2.5, True])
+def test_bad_bits(bits):
+    with pytest.raises(ValueError, match="bits must be an integer from 1 to 8"):
+        C.quantize(tiny_cnn(), bits)
+
+
+@pytest.mark.parametrize("sparsity", [-0.1, 1.0, 1.5])
+def test_bad_sparsity(sparsity):
+    with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\)"):
+        C.prune_by_sparsity(tiny_cnn(), sparsity)
+
+
+def test_bad_level_scope_and_method():
+    with pytest.raises(ValueError, match="level"):
+        C.prune_by_level(tiny_cnn(), -1)
+    with pytest.raises(ValueError, match="choose one of: global, layer"):
+        C.prune_by_level(tiny_cnn(), 1.0, scope="net")
+    with pytest.raises(ValueError, match="choose one of: fixed_prune, fixed_quant, lap, laq, pq"):
+        C.get_method("prune")
+
+
+# ----------------------------------------------------------------------------- study helpers
+def test_make_variants_and_evaluate(tmp_path):
+    specs = C.make_variants(["fixed_prune", "fixed_quant", "pq"], levels=[0.5], bits=[4, 8],
+                            importance=["magnitude"], budget=[4.0])
+    assert [C.variant_name(s) for s in specs] == [
+        "fixed_prune-level0.5-global", "fixed_quant-4bit", "fixed_quant-8bit",
+        "pq-magnitude-cr4"]
+    model = tiny_cnn()
+    imp = {"magnitude": C.layer_importance(model)}
+    df = C.evaluate_variants(model, specs, batches(n=2), tmp_path, importance=imp)
+    assert len(df) == 5 and df["artefact_match"].all()
+    assert df.loc[0, "variant"] == "fp32" and df["n_test"].eq(8).all()
+    assert len(list(tmp_path.glob("*.lcc"))) == 4
+    df2 = C.evaluate_variants(model, specs, batches(n=2), tmp_path, importance=imp)
+    cols = ["accuracy", "cr", "size_bytes"]
+    assert np.array_equal(df[cols].to_numpy(), df2[cols].to_numpy())
+
+
+def test_pruning_level_table_columns():
+    table = C.pruning_level_table(tiny_cnn(), levels=(0.5, 2.0))
+    assert list(table["paper_cr"].fillna(0)) == [1.7, 0]
+    assert (table["cr_global_sparsity_only"] >= table["cr_global"]).all()
