@@ -1,0 +1,342 @@
+"""Tests for lcc_utils.sentinel2 on tiny synthetic L2A products (tests/fixtures/make_s2_fixtures.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tracemalloc
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+
+from lcc_utils import sentinel2 as s2
+from lcc_utils.constants import EUROSAT_CLASSES, EUROSAT_MS_BANDS, SCL_MASK_CLASSES
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+import make_s2_fixtures as fx  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+TILE = SHARED / "sentinel2-l2a" / "S2A_29RKH_20200219_0_L2A"
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def products(tmp_path_factory):
+    root = tmp_path_factory.mktemp("s2")
+    return {
+        "cogs": fx.make_cog_product(root / "cogs", SIZE),
+        "safe": fx.make_safe_product(root / "S2A_MSIL2A_TEST.SAFE", SIZE),
+        "geotiff": fx.make_multiband_geotiff(root / "multiband.tif", SIZE),
+        "bigearthnet": fx.make_bigearthnet_patch(root / "ben", 120),
+        "root": root,
+    }
+
+
+# --------------------------------------------------------------------------- reading
+def test_open_cogs_grid_offsets_and_reflectance(products):
+    p = s2.open_l2a(products["cogs"])
+    assert p.layout == "cogs" and p.bands == ("B02", "B03", "B04", "B08", "B11", "B12")
+    assert p.shape == (SIZE, SIZE) and p.resolution == 10.0
+    assert p.boa_offsets["B02"] == 0.0 and "02.14" in p.offset_source
+    wd = s2.read_window(p)
+    assert wd.x.shape == (6, SIZE, SIZE) and wd.x.dtype == np.float32
+    with rasterio.open(products["cogs"] / "B08.tif") as src:
+        dn = src.read(1)
+    clear = ~wd.mask
+    np.testing.assert_allclose(wd.x[3][clear], dn[clear] / 10000.0, rtol=1e-6)
+    # B11 (20 m) resampled to 10 m: vegetation half ~0.18, bare half ~0.38
+    assert abs(float(np.median(wd.x[4][10:40, 2:28])) - 0.18) < 0.02
+    assert abs(float(np.median(wd.x[4][20:40, 40:60])) - 0.38) < 0.02
+
+
+def test_safe_reads_boa_offset_from_mtd(products):
+    p = s2.open_l2a(products["safe"])
+    assert p.layout == "safe" and p.boa_offsets["B04"] == -1000.0
+    assert "MTD_MSIL2A.xml" in p.offset_source
+    ref = s2.read_window(s2.open_l2a(products["cogs"]))
+    wd = s2.read_window(p)
+    # same scene, DNs shifted by +1000 and written with offset -1000 -> same reflectance
+    np.testing.assert_allclose(wd.x, ref.x, atol=1e-4)
+    np.testing.assert_array_equal(wd.mask, ref.mask)
+
+
+def test_bigearthnet_offset_inferred_from_date(products):
+    p = s2.open_l2a(products["bigearthnet"])
+    assert p.layout == "bigearthnet" and p.shape == (120, 120) and p.scl is None
+    assert p.boa_offsets["B02"] == 0.0 and "inferred" in p.offset_source
+    assert "2017-06-13" in p.offset_source
+
+
+def test_date_inference_after_baseline_0400(products, tmp_path):
+    d = fx.make_cog_product(tmp_path / "new", 32, baseline=None, stac=False)
+    with pytest.raises(ValueError, match="boa_offset"):
+        s2.open_l2a(d)
+    p = s2.open_l2a(d, date="2023-03-01")
+    assert p.boa_offsets["B08"] == -1000.0 and "inferred" in p.offset_source
+
+
+def test_geotiff_roundtrip_through_write_aligned(products, tmp_path):
+    p = s2.open_l2a(products["geotiff"])
+    assert p.layout == "geotiff" and p.scl is not None
+    out = tmp_path / "aligned.tif"
+    rep = s2.write_aligned(p, out, window_size=24, progress=False)
+    q = s2.open_l2a(out)
+    assert q.boa_offsets["B02"] == 0.0 and q.quantification_value == 1.0
+    a, b = s2.read_window(p), s2.read_window(q)
+    np.testing.assert_array_equal(a.mask, b.mask)
+    np.testing.assert_allclose(a.x, b.x, atol=1e-6)
+    assert rep["masked_fraction"] == pytest.approx(a.mask.mean())
+
+
+@pytest.mark.parametrize("band", ["B99", "red", "B1O"])
+def test_unknown_band_is_named(products, band):
+    with pytest.raises(ValueError, match=f"unknown band '{band}'"):
+        s2.open_l2a(products["cogs"], bands=["B02", band])
+
+
+def test_missing_band_file_is_named(products, tmp_path):
+    d = fx.make_cog_product(tmp_path / "p", 32)
+    (d / "B11.tif").unlink()
+    with pytest.raises(FileNotFoundError, match="band B11"):
+        s2.open_l2a(d)
+
+
+def test_misaligned_bands_raise(tmp_path):
+    d = fx.make_cog_product(tmp_path / "crs", 32)
+    fx._write(d / "B12.tif", np.ones((16, 16), np.uint16), 20.0, crs="EPSG:32633")
+    with pytest.raises(ValueError, match="band B12.*CRS"):
+        s2.open_l2a(d)
+    d2 = fx.make_cog_product(tmp_path / "ext", 32)
+    fx._write(d2 / "B11.tif", np.ones((16, 16), np.uint16), 20.0, origin=(300500.0, 5000000.0))
+    with pytest.raises(ValueError, match="band B11.*extents differ"):
+        s2.open_l2a(d2)
+
+
+# --------------------------------------------------------------------------- mask, windows
+def test_write_aligned_mask_equals_scl_share(products, tmp_path):
+    p = s2.open_l2a(products["cogs"])
+    out = tmp_path / "a.tif"
+    rep = s2.write_aligned(p, out, window_size=20, progress=False)
+    # cloud 16x16 + cirrus 8x8 (10 m px) of 64x64
+    expected = (16 * 16 + 8 * 8) / SIZE**2
+    assert rep["masked_fraction"] == pytest.approx(expected)
+    assert rep["scl_masked_fraction"] == pytest.approx(expected)
+    assert s2.scl_mask_share(p) == pytest.approx(expected)
+    assert s2.raster_masked_fraction(out) == pytest.approx(expected)
+    with rasterio.open(out) as src:
+        assert src.crs == p.crs and src.transform == p.transform
+        assert src.descriptions == p.bands and src.nodata == s2.ALIGNED_NODATA
+        a = src.read(1)
+    r0, r1, c0, c1 = fx.cloud_box_10m(SIZE)
+    assert (a[r0:r1, c0:c1] == s2.ALIGNED_NODATA).all()
+
+
+def test_iter_windows_memory_is_bounded(tmp_path):
+    peaks = []
+    for size in (64, 256):
+        p = s2.open_l2a(fx.make_cog_product(tmp_path / f"s{size}", size))
+        tracemalloc.start()
+        n = sum(wd.x.shape[1] * wd.x.shape[2] for wd in s2.iter_windows(p, 32))
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert n == size * size
+    # 16x more pixels, but the peak is one window (6 x 32 x 32 float32 + mask) either way
+    assert peaks[1] < 1.5 * peaks[0] + 50_000, peaks
+    assert peaks[1] < 6 * 256 * 256 * 4 / 4  # far below the whole scene's array
+
+
+# --------------------------------------------------------------------------- patches
+def test_extract_patches_scl_counts_mask_and_blocks(products):
+    p = s2.open_l2a(products["cogs"], )
+    ps = s2.extract_patches(p, "scl", patch_size=8, n_per_class=20, seed=1, block_size=16,
+                            progress=False)
+    assert ps.classes == ["vegetation", "not_vegetated"]
+    assert ps.x.shape[1:] == (8, 8, 6) and ps.x.dtype == np.float32
+    assert np.bincount(ps.y).tolist() == [20, 20]
+    per = {d["class"]: d for d in ps.meta["per_class"]}
+    # 8x8 cells: 64; the cloud covers 4 bare cells, cirrus 1 vegetation cell: SCL labels
+    # nothing there, so those cells are unlabelled (not "dropped")
+    assert per["not_vegetated"]["labelled_cells"] == 28
+    assert per["vegetation"]["labelled_cells"] == 31
+    assert per["vegetation"]["dropped_masked"] == 0
+    # nodata never leaks: no patch overlaps the cloud, every value is a real reflectance
+    assert (ps.x > 0.01).all()
+    r0, r1, c0, c1 = fx.cloud_box_10m(SIZE)
+    left0, top0 = fx.ORIGIN
+    cloud = (left0 + c0 * 10, top0 - r1 * 10, left0 + c1 * 10, top0 - r0 * 10)
+    overl = ((ps.bounds[:, 0] < cloud[2]) & (ps.bounds[:, 2] > cloud[0])
+             & (ps.bounds[:, 1] < cloud[3]) & (ps.bounds[:, 3] > cloud[1]))
+    assert not overl.any()
+    # labels agree with the scene: vegetation patches have high NDVI
+    nd = s2.ndvi(ps.x, ps.bands).mean(axis=(1, 2))
+    assert (nd[ps.y == 0] > 0.7).all() and (nd[ps.y == 1] < 0.2).all()
+    # spatially disjoint: one split per block, all three splits used
+    df = pd.DataFrame({"b": ps.block, "s": ps.split})
+    assert (df.groupby("b")["s"].nunique() == 1).all()
+    assert set(ps.split) == {"train", "val", "test"}
+    # same seed -> same patch set
+    again = s2.extract_patches(p, "scl", patch_size=8, n_per_class=20, seed=1, block_size=16,
+                               progress=False)
+    assert again.hash == ps.hash
+
+
+def test_ndvi_screening_drops_and_reports(products):
+    p = s2.open_l2a(products["cogs"])
+    ps = s2.extract_patches(p, {4: "veg", 5: "bare"}, patch_size=8, n_per_class=50,
+                            ndvi_ambiguous=(0.0, 0.5), block_size=16, progress=False)
+    per = {d["class"]: d for d in ps.meta["per_class"]}
+    assert per["bare"]["dropped_ndvi_ambiguous"] == 28  # bare NDVI ~0.07: all screened
+    assert per["veg"]["dropped_ndvi_ambiguous"] == 0
+    assert per["bare"]["sampled"] == 0 and per["veg"]["sampled"] == 31
+
+
+def test_extract_patches_geojson_and_raster_labels(products, tmp_path):
+    p = s2.open_l2a(products["cogs"])
+    left0, top0 = fx.ORIGIN
+    pts = [(left0 + 10 * c + 5, top0 - 10 * r - 5, "crop" if c < 32 else "soil")
+           for r in range(4, 64, 8) for c in range(4, 64, 8)]
+    gj = {"type": "FeatureCollection",
+          "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32634"}},
+          "features": [{"type": "Feature", "properties": {"class": k},
+                        "geometry": {"type": "Point", "coordinates": [x, y]}} for x, y, k in pts]}
+    f = tmp_path / "pts.geojson"
+    f.write_text(json.dumps(gj))
+    ps = s2.extract_patches(p, f, patch_size=8, n_per_class=10, block_size=16, progress=False)
+    assert ps.classes == ["crop", "soil"] and np.bincount(ps.y).tolist() == [10, 10]
+    nd = s2.ndvi(ps.x, ps.bands).mean(axis=(1, 2))
+    assert (nd[ps.y == 0] > 0.7).all()
+    # label raster in another resolution, reprojected nearest
+    lab = np.zeros((32, 32), np.uint8)
+    lab[:, :16], lab[:, 16:] = 1, 2
+    rf = tmp_path / "lab.tif"
+    with rasterio.open(rf, "w", driver="GTiff", width=32, height=32, count=1, dtype="uint8",
+                       crs=fx.CRS, nodata=0,
+                       transform=rasterio.transform.from_origin(*fx.ORIGIN, 20, 20)) as d:
+        d.write(lab, 1)
+    ps2 = s2.extract_patches(p, rf, classes={1: "veg", 2: "bare"}, patch_size=8, n_per_class=5,
+                             block_size=16, progress=False)
+    assert np.bincount(ps2.y).tolist() == [5, 5]
+    per = {d["class"]: d for d in ps2.meta["per_class"]}
+    # the label raster also covers the clouds: 4 bare and 1 vegetation cell are dropped
+    assert per["bare"]["dropped_masked"] == 4 and per["veg"]["dropped_masked"] == 1
+    assert per["bare"]["labelled_cells"] == 32
+    # labels outside the scene
+    gj["features"] = gj["features"][:2]
+    for ft in gj["features"]:
+        ft["geometry"]["coordinates"] = [0.0, 0.0]
+    f.write_text(json.dumps(gj))
+    with pytest.raises(ValueError, match="outside the scene"):
+        s2.extract_patches(p, f, patch_size=8, progress=False)
+
+
+def test_extract_patches_errors(products, tmp_path):
+    p = s2.open_l2a(products["cogs"])
+    with pytest.raises(ValueError, match="patch_size=128 is larger than the scene"):
+        s2.extract_patches(p, "scl", patch_size=128, progress=False)
+    with pytest.raises(ValueError, match="block_size"):
+        s2.extract_patches(p, "scl", patch_size=8, block_size=12, progress=False)
+    with pytest.raises(ValueError, match="SCL codes \\[9\\]"):
+        s2.extract_patches(p, {9: "cloud"}, patch_size=8, progress=False)
+    d = fx.make_cog_product(tmp_path / "cloudy", 32)
+    with rasterio.open(d / "SCL.tif", "r+") as dst:
+        dst.write(np.full((1, 16, 16), 9, np.uint8))
+    with pytest.raises(ValueError, match="every pixel is masked"):
+        s2.extract_patches(s2.open_l2a(d), {5: "x"}, patch_size=8, progress=False)
+
+
+def test_patchset_save_load_roundtrip(products, tmp_path):
+    p = s2.open_l2a(products["cogs"])
+    ps = s2.extract_patches(p, "scl", patch_size=8, n_per_class=10, block_size=16, progress=False)
+    path = s2.save_patchset(ps, tmp_path / "sub" / "set")
+    assert path.name == "set.npz" and (tmp_path / "sub" / "set.json").exists()
+    back = s2.load_patchset(tmp_path / "sub" / "set")
+    assert back.hash == ps.hash and back.classes == ps.classes and back.bands == ps.bands
+    np.testing.assert_array_equal(back.x, ps.x)
+    assert back.meta["per_class"] == ps.meta["per_class"]
+    mean, std = s2.band_stats(back)
+    assert len(mean) == 6 and all(s > 0 for s in std)
+
+
+def test_ndvi_values_and_errors():
+    x = np.array([[[0.1, 0.5], [0.2, 0.2], [0.0, 0.0]]], np.float32)  # (1, 3 px, 2 bands)
+    np.testing.assert_allclose(s2.ndvi(x, ["B04", "B08"])[0], [2 / 3, 0.0, 0.0], atol=1e-6)
+    with pytest.raises(ValueError, match="needs band B08"):
+        s2.ndvi(x, ["B04", "B03"])
+
+
+# --------------------------------------------------------------------------- EuroSAT MS
+def _fake_eurosat(n_per_class: int = 6, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    n = n_per_class * len(EUROSAT_CLASSES)
+    labels = np.repeat(np.arange(len(EUROSAT_CLASSES)), n_per_class)
+    images = rng.integers(1, 5000, (n, 64, 64, 13), dtype=np.uint16)
+    x = rng.uniform(300000, 700000, n)
+    y = rng.uniform(4.5e6, 5.5e6, n)
+    geo = pd.DataFrame({"crs": np.where(np.arange(n) % 2, "EPSG:32631", "EPSG:32632"),
+                        "x": x, "y": y, "left": x - 320, "bottom": y - 320, "right": x + 320,
+                        "top": y + 320})
+    return SimpleNamespace(name="eurosat_ms", classes=list(EUROSAT_CLASSES), labels=labels,
+                           images=images, bands=EUROSAT_MS_BANDS, hash="fake", geo=geo,
+                           files=[f"f{i}.tif" for i in range(n)])
+
+
+def test_eurosat_ms_patchset_quadrants_and_split():
+    ds = _fake_eurosat()
+    ps = s2.eurosat_ms_patchset(ds, "binary", patch_size=32, seed=0)
+    n = len(ds.labels)
+    assert ps.x.shape == (4 * n, 32, 32, 6) and ps.classes == ["non_vegetation", "vegetation"]
+    b08 = EUROSAT_MS_BANDS.index("B08")
+    # quadrant 1 of image 0 = rows 0..31, cols 32..63, band B08, /10000
+    np.testing.assert_allclose(ps.x[1, :, :, 3], ds.images[0, :32, 32:, b08] / 10000.0)
+    veg = np.isin(np.asarray(ds.classes)[ds.labels], s2.EUROSAT_VEGETATION_CLASSES)
+    np.testing.assert_array_equal(ps.y, np.repeat(veg.astype(int), 4))
+    # the four quadrants of an image share block and split
+    assert (ps.split.reshape(n, 4) == ps.split.reshape(n, 4)[:, :1]).all()
+    df = pd.DataFrame({"b": ps.block, "s": ps.split})
+    assert (df.groupby("b")["s"].nunique() == 1).all()
+    assert {c.rsplit(":", 2)[0] for c in ps.block} == {"EPSG:32631", "EPSG:32632"}
+    np.testing.assert_allclose(ps.bounds[0], [ds.geo.left[0], ds.geo.y[0], ds.geo.x[0],
+                                              ds.geo.top[0]])
+    multi = s2.eurosat_ms_patchset(ds, "multiclass", patch_size=64)
+    assert multi.x.shape == (n, 64, 64, 6) and multi.classes == list(EUROSAT_CLASSES)
+    with pytest.raises(ValueError, match="unknown task 'binar'"):
+        s2.eurosat_ms_patchset(ds, "binar")
+    with pytest.raises(ValueError, match="patch_size=48"):
+        s2.eurosat_ms_patchset(ds, patch_size=48)
+
+
+# --------------------------------------------------------------------------- real data
+needs_data = pytest.mark.skipif(not TILE.exists(), reason=f"real data not found at {SHARED}")
+
+
+@pytest.mark.integration
+@needs_data
+def test_real_tile_mask_matches_scl_cloud_share(tmp_path):
+    p = s2.open_l2a(TILE)
+    assert p.shape == (1098, 1098) and p.crs.to_epsg() == 32629
+    rep = s2.write_aligned(p, tmp_path / "t.tif", window_size=512, progress=False)
+    with rasterio.open(TILE / "SCL.tif") as src:
+        scl = src.read(1)
+    share = np.isin(scl, SCL_MASK_CLASSES).mean()
+    assert rep["masked_fraction"] == pytest.approx(share, abs=1e-12)
+    assert rep["masked_fraction"] == pytest.approx(0.0406, abs=1e-3)
+    assert s2.raster_masked_fraction(tmp_path / "t.tif") == pytest.approx(share, abs=1e-12)
+
+
+@pytest.mark.integration
+def test_bigearthnet_example_patches_read():
+    try:
+        folder = s2.bigearthnet_example_dir()
+    except FileNotFoundError as e:
+        pytest.skip(f"BigEarthNet example wheel not available: {e}")
+    patches = s2.bigearthnet_patches(folder)
+    assert len(patches) == 6
+    p = s2.open_l2a(patches[0])
+    assert p.shape == (120, 120) and p.resolution == 10.0
+    wd = s2.read_window(p)
+    assert 0 < float(np.median(wd.x[3])) < 1.0
