@@ -460,17 +460,32 @@ def spatial_blocks(geo: pd.DataFrame, block_size_m: float) -> np.ndarray:
 
 
 def _two_way(labels: np.ndarray, idx: np.ndarray, fraction: float, seed: int,
-             groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+             groups: np.ndarray | None, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Split ``idx`` into (rest, part) with ``part`` about ``fraction`` of it, stratified by label."""
-    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+    from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
 
+    n_part, n_classes = round(len(idx) * fraction), len(np.unique(labels[idx]))
+    if groups is None and n_part < n_classes:
+        raise ValueError(f"{name}={fraction} leaves {n_part} image(s) for {n_classes} classes: "
+                         "every class needs at least one; use a larger fraction or more data")
     if groups is None:
         rest, part = train_test_split(idx, test_size=fraction, stratify=labels[idx], random_state=seed)
     else:
-        # Whole blocks go to one side; StratifiedGroupKFold keeps class shares close.
-        n_splits = max(2, round(1 / fraction))
-        sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        rest_pos, part_pos = next(sgkf.split(idx, labels[idx], groups[idx]))
+        # Whole blocks go to one side; StratifiedGroupKFold keeps class shares close. When a
+        # class has fewer images than folds it cannot stratify: then blocks are drawn at random
+        # (GroupShuffleSplit) and the class shares are only approximately kept.
+        n_groups = len(np.unique(groups[idx]))
+        if n_groups < 2:
+            raise ValueError(f"{name}={fraction}: all {len(idx)} patches fall in one spatial block; "
+                             "use a smaller block_size_m")
+        n_splits = min(max(2, round(1 / fraction)), n_groups)
+        counts = np.bincount(labels[idx])
+        if counts[counts > 0].min() >= n_splits:
+            sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+            rest_pos, part_pos = next(sgkf.split(idx, labels[idx], groups[idx]))
+        else:
+            gss = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+            rest_pos, part_pos = next(gss.split(idx, labels[idx], groups[idx]))
         rest, part = idx[rest_pos], idx[part_pos]
     return np.sort(rest), np.sort(part)
 
@@ -514,8 +529,8 @@ def get_split(
             raise ValueError(f"split file {path} is corrupt (content hash mismatch); delete it")
         return Split(tr, va, te, seed, kind, d["hash"])
     idx = np.arange(len(ds), dtype=np.int64)
-    train_all, test = _two_way(ds.labels, idx, test_fraction, seed, groups)
-    train, val = _two_way(ds.labels, train_all, val_fraction, seed + 1, groups)
+    train_all, test = _two_way(ds.labels, idx, test_fraction, seed, groups, "test_fraction")
+    train, val = _two_way(ds.labels, train_all, val_fraction, seed + 1, groups, "val_fraction")
     h = _indices_hash(train, val, test)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"dataset": ds.name, "dataset_hash": ds.hash, "kind": kind,

@@ -1,0 +1,41 @@
+# lcc: two commands on a fresh machine.
+#   make study [PROFILE=quick|smoke|paper] [LCC_DATA_DIR=...]  -- set up, prepare data, run every notebook
+#   make test                                                  -- set up, run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROFILE ?= quick
+LCC_DATA_DIR ?= data
+LCC_KERNEL ?= lcc
+export LCC_DATA_DIR LCC_KERNEL
+
+.PHONY: setup study data test lint benchmarks clean-cache
+
+# The venv is rebuilt when the pinned versions or the package metadata change.
+$(VENV)/.installed: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	# Register the venv as a named Jupyter kernel: papermill's NoSuchKernel trap otherwise.
+	$(PY) -m ipykernel install --sys-prefix --name $(LCC_KERNEL) --display-name "Python (lcc)" >/dev/null
+	touch $@
+
+setup: $(VENV)/.installed
+
+data: setup
+	$(PY) -m lcc_utils.study --prepare-only
+
+study: setup
+	$(PY) -m lcc_utils.study --profile $(PROFILE)
+
+test: setup
+	$(PY) -m pytest tests
+
+lint: setup
+	$(VENV)/bin/ruff check lcc_utils tests benchmarks
+
+benchmarks: setup
+	$(PY) benchmarks/data_pipeline.py
+
+clean-cache:
+	rm -rf cache

@@ -1,0 +1,101 @@
+"""``make study``: execute every notebook, in number order, under a named profile.
+
+A profile is a list of parameter sets per notebook, kept in ``profiles/NN_name.json``::
+
+    {"smoke": [{...}, ...], "quick": [{...}, ...], "paper": [{...}, ...]}
+
+* ``smoke``: minutes in total, for CI;
+* ``quick``: the real CPU-sized study on real data (the default);
+* ``paper``: the papers' full protocol (224 px, 10 epochs, four backbones): GPU work.
+
+Each parameter set becomes one run folder (see :mod:`lcc_utils.runs`); a run that
+already finished is skipped, so an interrupted study resumes where it stopped.
+
+Usage: ``python -m lcc_utils.study --profile quick [--data-dir DIR] [--only 04_train]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from .paths import project_root, resolve_data_dir
+from .runs import execute_notebook
+
+PROFILES = ("smoke", "quick", "paper")
+
+
+def notebooks() -> list[Path]:
+    """The numbered notebooks in ``notebooks/``, in number order."""
+    return sorted((project_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def profile_runs(notebook: Path, profile: str) -> list[dict]:
+    """Parameter sets of ``notebook`` under ``profile`` (one run with the defaults if none are listed)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+    f = project_root() / "profiles" / f"{notebook.stem}.json"
+    if not f.exists():
+        return [{}]
+    spec = json.loads(f.read_text())
+    unknown = sorted(set(spec) - set(PROFILES))
+    if unknown:
+        raise ValueError(f"{f}: unknown profile name(s) {unknown}; allowed: {', '.join(PROFILES)}")
+    runs = spec.get(profile, [])
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        raise ValueError(f"{f}: profile {profile!r} must be a list of parameter objects")
+    return runs
+
+
+def prepare_data(data_dir: str | None = None, names: tuple[str, ...] = ("eurosat", "ucmerced", "eurosat_ms")) -> None:
+    """Fetch (if missing) and decode every dataset once, so notebook runs start from the cache."""
+    from .data import load_dataset
+
+    for name in names:
+        ds = load_dataset(name, data_dir)
+        print(f"data: {name} ready ({len(ds):,} images, hash {ds.hash})", flush=True)
+
+
+def run_study(profile: str = "quick", data_dir: str | None = None, only: list[str] | None = None) -> pd.DataFrame:
+    """Execute the study; return one row per run (notebook, run folder, executed or skipped, seconds)."""
+    root = resolve_data_dir(data_dir)
+    rows = []
+    books = [nb for nb in notebooks() if not only or nb.stem in only or nb.stem[:2] in only]
+    plan = [(nb, p) for nb in books for p in profile_runs(nb, profile)]
+    print(f"study: profile {profile!r}, data root {root}, {len(plan)} run(s) in {len(books)} notebook(s)")
+    for i, (nb, params) in enumerate(plan, 1):
+        t0 = time.perf_counter()
+        label = f"[{i}/{len(plan)}] {nb.stem} {json.dumps(params, sort_keys=True)}"
+        print(label, flush=True)
+        d, executed = execute_notebook(nb, {**params, "data_dir": str(root)})
+        dt = time.perf_counter() - t0
+        print(f"    {'done' if executed else 'skipped (finished before)'} in {dt:.0f} s -> {d}", flush=True)
+        rows.append({"notebook": nb.stem, "params": json.dumps(params, sort_keys=True),
+                     "run_dir": str(d), "executed": executed, "seconds": round(dt, 1)})
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point of ``make study``."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default=os.environ.get("PROFILE", "quick"), choices=PROFILES)
+    ap.add_argument("--data-dir", default=None, help="data root (default: $LCC_DATA_DIR or data/)")
+    ap.add_argument("--only", nargs="*", help="notebook stems or numbers to run (default: all)")
+    ap.add_argument("--prepare-only", action="store_true", help="only fetch and decode the datasets")
+    args = ap.parse_args(argv)
+    prepare_data(args.data_dir)
+    if args.prepare_only:
+        return 0
+    summary = run_study(args.profile, args.data_dir, args.only)
+    print(summary.to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

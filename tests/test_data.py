@@ -1,0 +1,268 @@
+import hashlib
+import os
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from lcc_utils import constants as C
+from lcc_utils import data
+
+
+# ----------------------------------------------------------------------------- loading
+def test_load_synthetic_eurosat(synthetic_root, tmp_cache):
+    ds = data.load_dataset("eurosat", synthetic_root, download=False)
+    assert len(ds) == 160 and ds.images.shape == (160, 64, 64, 3) and ds.images.dtype == np.uint8
+    assert ds.class_counts()["images"].tolist() == [16] * 10
+    assert isinstance(ds.images, np.memmap)
+    # the second load reads the cache: same hash, same pixels
+    again = data.load_dataset("eurosat", synthetic_root, download=False)
+    assert again.hash == ds.hash and np.array_equal(np.asarray(again.images), np.asarray(ds.images))
+    assert len(list((tmp_cache / "decoded").glob("eurosat-*.raw"))) == 1
+
+
+def test_ucmerced_odd_sizes_are_resized_and_reported(synthetic_root, tmp_cache):
+    ds = data.load_dataset("ucmerced", synthetic_root, download=False)
+    assert ds.images.shape == (42, 256, 256, 3)
+    assert ds.resized == ["agricultural/agricultural00.tif"]
+
+
+def test_eurosat_ms_is_uint16_with_geo(synthetic_root, tmp_cache):
+    ds = data.load_dataset("eurosat_ms", synthetic_root, download=False)
+    assert ds.images.shape == (40, 64, 64, 13) and ds.images.dtype == np.uint16
+    assert set(ds.geo["crs"]) == {"EPSG:32631", "EPSG:32632"}
+    assert ds.bands == C.EUROSAT_MS_BANDS and ds.bands[-1] == "B8A"
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_corrupt_jpeg_names_the_file(synthetic_root, tmp_path, tmp_cache):
+    root = _copy(synthetic_root / "eurosat", tmp_path / "d" / "eurosat").parent
+    bad = root / C.DATASET_SUBDIRS["eurosat"] / "Forest" / "Forest_2.jpg"
+    bad.write_bytes(bad.read_bytes()[:300])  # truncated JPEG
+    with pytest.raises(data.BadImageError, match="Forest_2.jpg"):
+        data.load_dataset("eurosat", root, download=False)
+    with pytest.warns(UserWarning, match=r"skipped 1 bad file.*Forest/Forest_2.jpg"):
+        ds = data.load_dataset("eurosat", root, on_bad="skip", download=False)
+    assert len(ds) == 159 and ds.skipped[0][0] == "Forest/Forest_2.jpg"
+
+
+@pytest.mark.parametrize("case, match", [
+    ("wrong_size", "wrong size 32x32"),
+    ("unknown_class", "unknown class folder.*Airport"),
+    ("empty_class", "River is empty"),
+    ("stray_file", "notes.txt: not an image file"),
+])
+def test_bad_trees_raise_clear_errors(synthetic_root, tmp_path, tmp_cache, case, match):
+    from PIL import Image
+
+    root = _copy(synthetic_root / "eurosat", tmp_path / "d" / "eurosat").parent
+    folder = root / C.DATASET_SUBDIRS["eurosat"]
+    if case == "wrong_size":
+        Image.new("RGB", (32, 32)).save(folder / "Pasture" / "Pasture_1.jpg")
+    elif case == "unknown_class":
+        (folder / "Airport").mkdir()
+    elif case == "empty_class":
+        for f in (folder / "River").iterdir():
+            f.unlink()
+    else:
+        (folder / "SeaLake" / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match=match):
+        data.load_dataset("eurosat", root, download=False)
+
+
+def test_ms_wrong_band_count(synthetic_root, tmp_path, tmp_cache):
+    import rasterio
+
+    root = _copy(synthetic_root / "eurosat-ms", tmp_path / "d" / "eurosat-ms").parent
+    f = root / C.DATASET_SUBDIRS["eurosat_ms"] / "Forest" / "Forest_1.tif"
+    with rasterio.open(f, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint16") as dst:
+        dst.write(np.zeros((3, 64, 64), np.uint16))
+    with pytest.raises(data.BadImageError, match="Forest_1.tif: 3 bands, eurosat_ms needs 13"):
+        data.load_dataset("eurosat_ms", root, download=False)
+
+
+def test_bad_parameters(synthetic_root, tmp_cache):
+    with pytest.raises(ValueError, match="unknown dataset 'eurosatt'; choose one of: eurosat, eurosat_ms, ucmerced"):
+        data.load_dataset("eurosatt", synthetic_root)
+    with pytest.raises(ValueError, match="on_bad='ignore'"):
+        data.load_dataset("eurosat", synthetic_root, on_bad="ignore")
+    ds = data.load_dataset("eurosat", synthetic_root)
+    with pytest.raises(ValueError, match="test_fraction=1.2"):
+        data.get_split(ds, test_fraction=1.2)
+    with pytest.raises(ValueError, match="unknown split kind 'random'"):
+        data.get_split(ds, kind="random")
+    with pytest.raises(ValueError, match="kind='spatial' needs georeferenced"):
+        data.get_split(ds, kind="spatial")
+    with pytest.raises(ValueError, match="test_fraction=0.02 leaves 3 image"):
+        data.get_split(ds, test_fraction=0.02)
+
+
+def test_missing_dataset_offline_says_what_to_download(tmp_path, tmp_cache):
+    with pytest.raises(data.DatasetNotFoundError) as e:
+        data.load_dataset("ucmerced", tmp_path / "nothing", download=False)
+    msg = str(e.value)
+    assert "UCMerced_LandUse.zip" in msg and "weegee.vision.ucmerced.edu" in msg
+    assert str(tmp_path / "nothing" / "ucmerced") in msg
+
+
+def test_archive_is_verified_then_extracted(synthetic_root, tmp_path, tmp_cache, monkeypatch):
+    root = tmp_path / "fresh"
+    (root / "archives").mkdir(parents=True)
+    zpath = root / "archives" / "EuroSAT.zip"
+    src = synthetic_root / "eurosat"
+    with zipfile.ZipFile(zpath, "w") as zf:  # the official zip holds 2750/<Class>/...
+        for f in sorted(src.rglob("*.jpg")):
+            zf.write(f, f.relative_to(src))
+    good = {"md5": hashlib.md5(zpath.read_bytes()).hexdigest(),
+            "sha256": hashlib.sha256(zpath.read_bytes()).hexdigest()}
+    monkeypatch.setitem(C.DATASET_ARCHIVES, "eurosat", {**C.DATASET_ARCHIVES["eurosat"], **good, "sha256": "0" * 64})
+    with pytest.raises(data.BadImageError, match="fails its sha256 check"):
+        data.load_dataset("eurosat", root, download=False)
+    monkeypatch.setitem(C.DATASET_ARCHIVES, "eurosat", {**C.DATASET_ARCHIVES["eurosat"], **good})
+    ds = data.load_dataset("eurosat", root, download=False)
+    assert len(ds) == 160 and (root / "eurosat" / "2750" / "Forest").is_dir()
+
+
+# ----------------------------------------------------------------------------- splits
+def test_stratified_split_is_disjoint_and_reproducible(synthetic_root, tmp_cache):
+    ds = data.load_dataset("eurosat", synthetic_root)
+    s = data.get_split(ds, seed=3)
+    allidx = np.concatenate([s.train, s.val, s.test])
+    assert len(np.unique(allidx)) == len(ds) == len(allidx)
+    assert len(s.test) == 32 and len(s.train) + len(s.val) == 128  # 80/20 of 160
+    files = sorted((tmp_cache / "splits").glob("*.json"))
+    assert len(files) == 1
+    before = files[0].read_bytes()
+    files[0].unlink()
+    again = data.get_split(ds, seed=3)
+    assert files[0].read_bytes() == before and again.hash == s.hash
+    assert data.get_split(ds, seed=4).hash != s.hash
+
+
+def test_spatial_split_keeps_blocks_together(synthetic_root, tmp_cache):
+    ds = data.load_dataset("eurosat_ms", synthetic_root)
+    s = data.get_split(ds, seed=0, kind="spatial", block_size_m=20_000)
+    groups = data.spatial_blocks(ds.geo, 20_000)
+    parts = [set(groups[s.train]), set(groups[s.val]), set(groups[s.test])]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert len(s.train) + len(s.val) + len(s.test) == len(ds)
+
+
+def test_corrupted_split_file_is_detected(synthetic_root, tmp_cache):
+    ds = data.load_dataset("eurosat", synthetic_root)
+    data.get_split(ds, seed=0)
+    f = next((tmp_cache / "splits").glob("*.json"))
+    f.write_text(f.read_text().replace('"test": [', '"test": [0, '))
+    with pytest.raises(ValueError, match="corrupt"):
+        data.get_split(ds, seed=0)
+
+
+# ----------------------------------------------------------------------------- batches
+def test_batch_loader_resizes_normalises_and_is_deterministic(synthetic_root, tmp_cache):
+    ds = data.load_dataset("eurosat", synthetic_root)
+    s = data.get_split(ds, seed=0)
+    loaders = data.make_loaders(ds, s, image_size=96, batch_size=8, seed=1)
+    tr = loaders["train"]
+    assert len(tr) == -(-len(s.train) // 8)
+    x, y, idx = next(iter(tr))
+    assert x.shape == (8, 3, 96, 96) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert torch.equal(y, torch.from_numpy(ds.labels[idx.numpy()]))
+    x2, _, idx2 = next(iter(tr))
+    assert torch.equal(x, x2) and torch.equal(idx, idx2)  # same epoch -> same batch
+    tr.set_epoch(1)
+    _, _, idx3 = next(iter(tr))
+    assert not torch.equal(idx, idx3)
+    seen = torch.cat([b[2] for b in tr])
+    assert sorted(seen.tolist()) == sorted(s.train.tolist())
+    # test loader: no augmentation, normalised with ImageNet statistics
+    xt, _, it = next(iter(loaders["test"]))
+    raw = torch.from_numpy(np.asarray(ds.images[it.numpy()])).permute(0, 3, 1, 2).float() / 255
+    raw = torch.nn.functional.interpolate(raw, size=96, mode="bilinear", antialias=True)
+    mean = torch.tensor(data.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(data.IMAGENET_STD).view(1, 3, 1, 1)
+    assert torch.allclose(xt, (raw - mean) / std, atol=1e-5)
+
+
+def test_augmentation_changes_training_images(synthetic_root, tmp_cache):
+    ds = data.load_dataset("eurosat", synthetic_root)
+    idx = np.arange(16)
+    plain = next(iter(data.BatchLoader(ds.images, ds.labels, idx, 16)))[0]
+    aug = next(iter(data.BatchLoader(ds.images, ds.labels, idx, 16, augment=True, seed=0)))[0]
+    aug2 = next(iter(data.BatchLoader(ds.images, ds.labels, idx, 16, augment=True, seed=0)))[0]
+    assert torch.equal(aug, aug2)
+    changed = [(not torch.equal(plain[i], aug[i])) for i in range(16)]
+    assert sum(changed) >= 8  # TrivialAugmentWide includes the identity op
+
+
+def test_multispectral_batches_scale_to_reflectance(synthetic_root, tmp_cache):
+    ds = data.load_dataset("eurosat_ms", synthetic_root)
+    x, _, idx = next(iter(data.BatchLoader(ds.images, ds.labels, np.arange(4), 4)))
+    assert x.shape == (4, 13, 64, 64)
+    assert torch.allclose(x[0, 0], torch.from_numpy(ds.images[0][..., 0].astype(np.float32)) / 10000)
+    xa = next(iter(data.BatchLoader(ds.images, ds.labels, np.arange(4), 4, augment=True)))[0]
+    # flips/rotations only: every augmented patch holds the same multiset of values
+    assert torch.allclose(xa.flatten(1).sort(1).values, x.flatten(1).sort(1).values)
+
+
+def test_batch_loader_rejects_bad_input():
+    imgs = np.zeros((4, 8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        data.BatchLoader(imgs, np.zeros(4, int), np.arange(4), batch_size=0)
+    with pytest.raises(ValueError, match="out of range"):
+        data.BatchLoader(imgs, np.zeros(4, int), np.arange(5))
+    with pytest.raises(ValueError, match=r"\(N, H, W, C\)"):
+        data.BatchLoader(np.zeros((4, 8, 8)), np.zeros(4, int), np.arange(4))
+
+
+# ----------------------------------------------------------------------------- real data
+@pytest.mark.integration
+def test_real_eurosat_counts_and_split(shared_data):
+    ds = data.load_dataset("eurosat", shared_data, download=False)
+    counts = dict(zip(ds.classes, ds.class_counts()["images"], strict=True))
+    assert len(ds) == 27_000
+    assert counts == {"AnnualCrop": 3000, "Forest": 3000, "HerbaceousVegetation": 3000, "Highway": 2500,
+                      "Industrial": 2500, "Pasture": 2000, "PermanentCrop": 2500, "Residential": 3000,
+                      "River": 2500, "SeaLake": 3000}
+    s = data.get_split(ds, seed=0)
+    assert (len(s.train) + len(s.val), len(s.test)) == (21_600, 5_400)
+
+
+@pytest.mark.integration
+def test_real_ucmerced_counts(shared_data):
+    ds = data.load_dataset("ucmerced", shared_data, download=False)
+    assert len(ds) == 2100 and ds.class_counts()["images"].tolist() == [100] * 21
+    assert ds.images.shape[1:] == (256, 256, 3)
+
+
+@pytest.mark.integration
+def test_eurosat_ms_band_order_real(shared_data):
+    """B10 (cirrus) is ~0 over land and B8A tracks B08: the files store B8A last."""
+    ds = data.load_dataset("eurosat_ms", shared_data, download=False)
+    stats = data.band_statistics(ds).set_index("band")
+    assert len(ds) == 910
+    assert stats.loc["B10", "mean"] < 0.01
+    assert abs(stats.loc["B8A", "mean"] - stats.loc["B08", "mean"]) < 0.06
+    s = data.get_split(ds, seed=0, kind="spatial")
+    groups = data.spatial_blocks(ds.geo, 5000.0)
+    assert not set(groups[s.train]) & set(groups[s.test])
+
+
+@pytest.mark.integration
+def test_real_corrupt_jpeg_in_a_copy_of_eurosat(shared_data, tmp_path, tmp_cache):
+    """A corrupt JPEG dropped into a copy of the real tree stops the load and names the file."""
+    src = shared_data / C.DATASET_SUBDIRS["eurosat"]
+    dst = tmp_path / "copy" / C.DATASET_SUBDIRS["eurosat"]
+    for cls in C.EUROSAT_CLASSES:  # a copy made of links: 27,000 files without 134 MB of I/O
+        (dst / cls).mkdir(parents=True)
+        for f in os.scandir(src / cls):
+            os.symlink(f.path, dst / cls / f.name)
+    bad = dst / "Highway" / "Highway_corrupt.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 100)
+    with pytest.raises(data.BadImageError, match="Highway_corrupt.jpg"):
+        data.load_dataset("eurosat", tmp_path / "copy", download=False)
