@@ -73,6 +73,8 @@ __all__ = [
     "analyze",
     "apply_variant",
     "arch_hash",
+    "best_at_ratio",
+    "compression_explorer",
     "compression_ratio",
     "evaluate_variants",
     "gaussian_level_sparsity",
@@ -81,6 +83,8 @@ __all__ = [
     "layer_importance",
     "load_compressed",
     "make_variants",
+    "paper_reference",
+    "plot_accuracy_vs_cr",
     "predict_labels",
     "prunable_layers",
     "prune_by_level",
@@ -88,9 +92,12 @@ __all__ = [
     "prune_then_quantize",
     "pruning_level_table",
     "quantize",
+    "results_summary",
     "save_compressed",
     "size_breakdown",
     "state_dict_file_size",
+    "table2",
+    "table3",
     "variant_name",
 ]
 
@@ -1097,14 +1104,14 @@ def apply_variant(model: nn.Module, spec: Mapping[str, Any],
 
 @torch.no_grad()
 def predict_labels(model: nn.Module, loader: Iterable, max_images: int = 0,
-                   desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
+                   desc: str = "predict", progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Argmax predictions and true labels over a loader of ``(x, y, ...)`` batches.
 
     ``max_images`` > 0 stops after that many images (the first ones, in loader order).
     """
     model.eval()
     preds, labels, seen = [], [], 0
-    for batch in tqdm(loader, desc=desc, leave=False):
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
         x, y = batch[0], batch[1]
         if max_images and seen + len(x) > max_images:
             x, y = x[: max_images - seen], y[: max_images - seen]
@@ -1150,8 +1157,8 @@ def evaluate_variants(model: nn.Module, variants: list[dict[str, Any]], test_loa
         t1 = time.perf_counter()
         reloaded = load_compressed(path, model)
         t2 = time.perf_counter()
-        pred, _ = predict_labels(cmodel, test_loader, max_images, desc=name)
-        pred_r, _ = predict_labels(reloaded, test_loader, max_images, desc=f"{name} reloaded")
+        pred, _ = predict_labels(cmodel, test_loader, max_images, progress=False)
+        pred_r, _ = predict_labels(reloaded, test_loader, max_images, progress=False)
         same_w = all(torch.equal(a, b) for a, b in
                      zip(cmodel.state_dict().values(), reloaded.state_dict().values(),
                          strict=True))
@@ -1168,3 +1175,163 @@ def evaluate_variants(model: nn.Module, variants: list[dict[str, Any]], test_loa
     df = pd.DataFrame(rows)
     df["cr_gap"] = df["cr_disk"] / df["cr"] - 1.0
     return df
+
+
+# ============================================================================ tables, plot
+def _setting(row: Mapping[str, Any]) -> str:
+    m = row["method"]
+    if m == "fixed_prune":
+        return f"level {row['level']:g}"
+    if m == "fixed_quant":
+        return f"{int(row['bits'])} bit"
+    if m in _ADAPTIVE:
+        return f"{row['importance']}, CR>={row['budget']:g}"
+    return "fp32"
+
+
+def paper_reference(results: pd.DataFrame) -> pd.DataFrame:
+    """Paper A's published CR / accuracy beside each variant, only where the paper has one.
+
+    Fixed pruning at the paper's levels gets its CR (1.3 / 1.7 / 3.4 / 7.9); every P->Q row
+    gets the paper's best P->Q result (CR 9.0 at 98.10 %). Nothing else is published in a
+    form we can match, so other cells stay empty (never invented).
+    """
+    from lcc_utils.constants import PAPER_A_PQ_BEST
+
+    paper_cr, paper_acc = [], []
+    for _, row in results.iterrows():
+        cr = acc = float("nan")
+        if row["method"] == "fixed_prune":
+            cr = PAPER_A_PRUNING_LEVEL_CR.get(float(row["level"]), float("nan"))
+        elif row["method"] == "pq":
+            cr, acc = PAPER_A_PQ_BEST["cr"], PAPER_A_PQ_BEST["accuracy"]
+        paper_cr.append(cr)
+        paper_acc.append(acc)
+    out = results.copy()
+    out["paper_cr"], out["paper_accuracy"] = paper_cr, paper_acc
+    return out
+
+
+def table2(results: pd.DataFrame) -> pd.DataFrame:
+    """Paper A's Table 2 layout: method x training fraction, accuracy and CR.
+
+    One row per method and setting; per training fraction (coreset size) our accuracy (%),
+    computed CR and on-disk CR; then the paper's numbers. ``results`` is
+    :func:`evaluate_variants`'s table with a ``fraction`` column (one or more training runs).
+    """
+    df = paper_reference(results)
+    df["setting"] = [_setting(r) for _, r in df.iterrows()]
+    if "fraction" not in df:
+        raise ValueError("results need a 'fraction' column (the training run's coreset size)")
+    wide = df.pivot_table(index=["method", "setting"], columns="fraction",
+                          values=["accuracy", "cr", "cr_disk"], sort=False)
+    wide = wide.swaplevel(0, 1, axis=1).sort_index(axis=1, level=0, sort_remaining=False)
+    paper = df.groupby(["method", "setting"], sort=False)[["paper_cr", "paper_accuracy"]].first()
+    paper.columns = pd.MultiIndex.from_tuples([("paper", c) for c in paper.columns])
+    return wide.join(paper)
+
+
+def table3(results: pd.DataFrame, model_name: str) -> pd.DataFrame:
+    """Paper A's Table 3 layout: model (variant), accuracy (%), #params (non-zero), CR."""
+    df = paper_reference(results)
+    return pd.DataFrame({
+        "model": [f"{model_name} {r['variant']}" if r["variant"] != "fp32" else model_name
+                  for _, r in df.iterrows()],
+        "accuracy": df["accuracy"], "params": df["params"],
+        "nonzero_params": df["nonzero_params"], "cr": df["cr"], "cr_disk": df["cr_disk"],
+        "paper_cr": df["paper_cr"], "paper_accuracy": df["paper_accuracy"],
+    })
+
+
+def best_at_ratio(results: pd.DataFrame, min_cr: float = 9.0) -> pd.Series | None:
+    """The most accurate variant whose computed CR is at least ``min_cr`` (None if none)."""
+    ok = results[results["cr"] >= min_cr]
+    return None if ok.empty else ok.sort_values(["accuracy", "cr"], ascending=False).iloc[0]
+
+
+def plot_accuracy_vs_cr(results: pd.DataFrame, title: str = ""):
+    """Accuracy (%) against compression ratio (log axis), one marker per method.
+
+    The fp32 baseline is a dashed line; the paper's P->Q best (CR 9.0, 98.10 %) is a star.
+    """
+    from matplotlib.figure import Figure
+
+    from lcc_utils.constants import PAPER_A_PQ_BEST
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    base = results[results["method"] == "none"]
+    if not base.empty:
+        ax.axhline(float(base["accuracy"].iloc[0]), color="grey", ls="--", lw=1, label="fp32")
+    markers = {"fixed_prune": "o", "fixed_quant": "s", "lap": "^", "laq": "v", "pq": "D"}
+    for method, grp in results[results["method"] != "none"].groupby("method", sort=False):
+        ax.scatter(grp["cr"], grp["accuracy"], marker=markers.get(method, "x"), label=method)
+    ax.scatter([PAPER_A_PQ_BEST["cr"]], [PAPER_A_PQ_BEST["accuracy"]], marker="*", s=160,
+               color="black", label="paper A P->Q best")
+    ax.set_xscale("log")
+    ax.set_xlabel("compression ratio (paper's definition, computed)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title or "Accuracy vs compression ratio")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def compression_explorer(results: pd.DataFrame):
+    """An ipywidgets explorer of a results table: sliders for level, bits and budget.
+
+    It only looks rows up in ``results`` (no recomputation). Returns the widget, or None
+    when ipywidgets is not installed (the notebook then just shows the table).
+    """
+    try:
+        import ipywidgets as widgets
+    except ImportError:
+        return None
+    cols = ["variant", "accuracy", "cr", "cr_disk", "sparsity", "mean_bits", "artefact_match"]
+
+    def options(col: str) -> list:
+        return sorted(results[col].dropna().unique().tolist()) if col in results else []
+
+    sliders = {}
+    for col, desc in (("level", "prune level"), ("bits", "bits"), ("budget", "budget CR")):
+        opts = options(col)
+        if opts:
+            sliders[col] = widgets.SelectionSlider(options=opts, description=desc,
+                                                   continuous_update=False)
+    out = widgets.Output()
+
+    def show(**values: Any) -> None:
+        out.clear_output(wait=True)
+        parts = []
+        for col, val in values.items():
+            parts.append(results[results[col] == val])
+        with out:
+            if parts:
+                print(pd.concat(parts)[cols].round(3).to_string(index=False))
+            else:
+                print("no level / bits / budget variants in this table")
+
+    widgets.interactive_output(show, sliders)
+    return widgets.VBox([*sliders.values(), out])
+
+
+def results_summary(results: pd.DataFrame, min_cr: float = 9.0) -> dict[str, Any]:
+    """Metrics of a compression run, written to ``metrics.json``.
+
+    fp32 accuracy, best accuracy at CR >= ``min_cr``, the largest computed-vs-disk CR gap
+    and whether every artefact reproduced its simulated model.
+    """
+    base = results[results["method"] == "none"]
+    best = best_at_ratio(results, min_cr)
+    comp = results[results["method"] != "none"]
+    return {
+        "fp32_accuracy": float(base["accuracy"].iloc[0]) if not base.empty else float("nan"),
+        f"best_accuracy_cr{min_cr:g}": float("nan") if best is None else float(best["accuracy"]),
+        f"best_variant_cr{min_cr:g}": "" if best is None else str(best["variant"]),
+        f"best_cr_cr{min_cr:g}": float("nan") if best is None else float(best["cr"]),
+        "max_cr_gap": float(comp["cr_gap"].abs().max()) if not comp.empty else 0.0,
+        "all_artefacts_match": bool(comp["artefact_match"].all()),
+        "n_variants": int(len(comp)),
+        "n_test": int(results["n_test"].iloc[0]),
+    }
