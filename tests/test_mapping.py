@@ -1,0 +1,143 @@
+"""Tests for lcc_utils.mapping on tiny synthetic L2A products and tiny CNNs."""
+
+from __future__ import annotations
+
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from torch import nn
+
+from lcc_utils import mapping as mp
+from lcc_utils import sentinel2 as s2
+from lcc_utils.models import LightweightCNN
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+import make_s2_fixtures as fx  # noqa: E402
+
+MEAN = [0.1, 0.12, 0.15, 0.35, 0.28, 0.2]
+STD = [0.05, 0.05, 0.1, 0.05, 0.1, 0.1]
+
+
+@pytest.fixture(scope="module")
+def product(tmp_path_factory):
+    return s2.open_l2a(fx.make_cog_product(tmp_path_factory.mktemp("map") / "cogs", 64))
+
+
+def tiny_cnn(kernel_size: int = 3, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return LightweightCNN(6, 2, depth=2, filters=(4, 8), kernel_size=kernel_size).eval()
+
+
+def test_map_is_georeferenced_and_masked(product, tmp_path):
+    out = tmp_path / "map.tif"
+    rep = mp.classify_scene(product, tiny_cnn(), out, patch_size=16, stride=8, mean=MEAN, std=STD,
+                            classes=["non_vegetation", "vegetation"], window_size=24,
+                            progress=False)
+    with rasterio.open(out) as src:
+        assert src.crs == product.crs and src.transform == product.transform
+        assert (src.width, src.height) == (64, 64) and src.count == 2
+        assert src.dtypes == ("uint8", "uint8") and src.nodata == mp.MAP_NODATA
+        cls, prob = src.read(1), src.read(2)
+    mask = s2.read_window(product).mask
+    np.testing.assert_array_equal(cls == mp.MAP_NODATA, mask)
+    np.testing.assert_array_equal(prob == mp.MAP_NODATA, mask)
+    assert set(np.unique(cls[~mask])) <= {0, 1}
+    assert (prob[~mask] >= 50).all() and (prob[~mask] <= 100).all()  # max of 2 softmax probs
+    assert rep["masked_pixels"] == int(mask.sum()) == 16 * 16 + 8 * 8
+    assert sum(rep["class_pixels"].values()) + rep["masked_pixels"] == 64 * 64
+    table = mp.class_area_table(out)
+    assert table["pixels"].sum() == 64 * 64
+    assert table.loc[table["class"] == "masked (nodata)", "area_km2"].item() == pytest.approx(
+        320 * 100 / 1e6)
+
+
+def test_patch_mode_equals_naive_loop(product, tmp_path):
+    m = tiny_cnn()
+    mp.classify_scene(product, m, tmp_path / "p.tif", patch_size=16, stride=8, mean=MEAN,
+                      std=STD, mode="patch", window_size=40, batch_size=7, progress=False)
+    naive = mp.classify_scene_naive(product, m, patch_size=16, stride=8, mean=MEAN, std=STD)
+    a, _, _ = mp.read_map(tmp_path / "p.tif")
+    np.testing.assert_array_equal(a, naive)
+
+
+def test_fcn_equals_patch_without_border_effects(product, tmp_path):
+    # 1x1 convolutions have no padding at patch borders, so the fully-convolutional pass
+    # must reproduce the per-patch classification exactly: checks the pooling geometry.
+    m = tiny_cnn(kernel_size=1, seed=3)
+    for mode in ("fcn", "patch"):
+        mp.classify_scene(product, m, tmp_path / f"{mode}.tif", patch_size=16, stride=8,
+                          mean=MEAN, std=STD, mode=mode, window_size=24, progress=False)
+    a, _, _ = mp.read_map(tmp_path / "fcn.tif")
+    b, _, _ = mp.read_map(tmp_path / "patch.tif")
+    np.testing.assert_array_equal(a, b)
+    with rasterio.open(tmp_path / "fcn.tif") as fa, rasterio.open(tmp_path / "patch.tif") as fb:
+        pa, pb = fa.read(2).astype(int), fb.read(2).astype(int)
+    assert np.abs(pa - pb).max() <= 1  # percent rounding
+
+
+def test_trained_like_model_maps_the_vegetation_half(product, tmp_path):
+    # A hand-set 1x1 "NDVI" network: class 1 where NIR > red; the map must show the
+    # scene's vegetated left half as class 1 and the bare right half as class 0.
+    m = LightweightCNN(6, 2, depth=1, filters=(2,), kernel_size=1).eval()
+    with torch.no_grad():
+        m.features[0].weight.zero_()
+        m.features[0].bias.zero_()
+        m.features[0].weight[0, 3] = 1.0  # NIR
+        m.features[0].weight[0, 2] = -1.0  # red
+        m.classifier.weight.copy_(torch.tensor([[0.0, 0.0], [20.0, 0.0]]))
+        m.classifier.bias.copy_(torch.tensor([1.0, 0.0]))
+    out = tmp_path / "ndvi.tif"
+    mp.classify_scene(product, m, out, patch_size=16, stride=8, progress=False)
+    a, classes, _ = mp.read_map(out)
+    assert classes == ["0", "1"]
+    assert (a[8:56, 0:24] == 1).all() and (a[20:56, 40:64] == 0).all()
+
+
+def test_memory_is_flat_as_the_scene_grows(tmp_path):
+    m = tiny_cnn()
+    peaks = []
+    for size in (64, 256):
+        p = s2.open_l2a(fx.make_cog_product(tmp_path / f"s{size}", size))
+        tracemalloc.start()
+        mp.classify_scene(p, m, tmp_path / f"m{size}.tif", patch_size=16, stride=8,
+                          window_size=32, progress=False)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    # 16x more pixels; a whole-scene map would be >= 256*256 B more, a float input 6x that
+    assert peaks[1] - peaks[0] < 64 * 1024, peaks
+
+
+def test_errors_are_named(product, tmp_path):
+    m = tiny_cnn()
+    with pytest.raises(ValueError, match="stride=40 must be <= patch_size=32"):
+        mp.classify_scene(product, m, tmp_path / "x.tif", patch_size=32, stride=40)
+    with pytest.raises(ValueError, match="even"):
+        mp.classify_scene(product, m, tmp_path / "x.tif", patch_size=16, stride=7)
+    with pytest.raises(ValueError, match="mean must have one value per band"):
+        mp.classify_scene(product, m, tmp_path / "x.tif", patch_size=16, stride=8, mean=[0.1])
+    with pytest.raises(ValueError, match="unknown mode 'fast'"):
+        mp.classify_scene(product, m, tmp_path / "x.tif", patch_size=16, stride=8, mode="fast")
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(6 * 16 * 16, 2))
+    with pytest.raises(ValueError, match="mode='fcn' needs"):
+        mp.classify_scene(product, flat, tmp_path / "x.tif", patch_size=16, stride=8, mode="fcn")
+    with pytest.raises(ValueError, match="classes has 3 names"):
+        mp.classify_scene(product, m, tmp_path / "x.tif", patch_size=16, stride=8,
+                          classes=["a", "b", "c"], progress=False)
+    assert not (tmp_path / "x.tif").exists() and not list(tmp_path.glob("*.tmp.tif"))
+
+
+def test_plot_map_has_legend(product, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = tmp_path / "m.tif"
+    mp.classify_scene(product, tiny_cnn(), out, patch_size=16, stride=8,
+                      classes=["non_vegetation", "vegetation"], progress=False)
+    fig = mp.plot_map(out, title="t")
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels[:2] == ["non_vegetation", "vegetation"] and "masked" in labels[2]
