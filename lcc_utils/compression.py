@@ -67,6 +67,7 @@ __all__ = [
     "IMPORTANCE_METRICS",
     "METHODS",
     "CompressionReport",
+    "CompressionSetup",
     "LayerReport",
     "adaptive_prune",
     "adaptive_quantize",
@@ -75,17 +76,20 @@ __all__ = [
     "arch_hash",
     "best_at_ratio",
     "compression_explorer",
+    "collect_results",
     "compression_ratio",
     "evaluate_variants",
     "gaussian_level_sparsity",
     "get_importance_metric",
     "get_method",
+    "importance_table",
     "layer_importance",
     "load_compressed",
     "make_variants",
     "paper_reference",
     "plot_accuracy_vs_cr",
     "predict_labels",
+    "prepare_compression",
     "prunable_layers",
     "prune_by_level",
     "prune_by_sparsity",
@@ -490,6 +494,17 @@ def layer_importance(model: nn.Module, metric: str = "magnitude",
     _check_model(model)
     fn = get_importance_metric(metric)
     return fn(model, calib_loader=calib_loader, num_batches=num_batches)
+
+
+def importance_table(scores: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
+    """Layer importance: one row per layer (module order), one column per metric.
+
+    Each metric also gets its rank in [0, 1] (``<metric>_rank``), the value LAP/LAQ use.
+    """
+    frame = pd.DataFrame({m: pd.Series(dict(s)) for m, s in scores.items()})
+    for m in list(scores):
+        frame[f"{m}_rank"] = _normalise_importance(scores[m], list(frame.index))
+    return frame.rename_axis("layer").reset_index()
 
 
 def _normalise_importance(importance: Mapping[str, float], names: list[str]) -> np.ndarray:
@@ -1104,18 +1119,20 @@ def apply_variant(model: nn.Module, spec: Mapping[str, Any],
 
 @torch.no_grad()
 def predict_labels(model: nn.Module, loader: Iterable, max_images: int = 0,
-                   desc: str = "predict", progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                   desc: str = "predict", progress: bool = True,
+                   device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Argmax predictions and true labels over a loader of ``(x, y, ...)`` batches.
 
     ``max_images`` > 0 stops after that many images (the first ones, in loader order).
+    The model is moved to ``device`` (compression itself always runs on the CPU).
     """
-    model.eval()
+    model.eval().to(device)
     preds, labels, seen = [], [], 0
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
         x, y = batch[0], batch[1]
         if max_images and seen + len(x) > max_images:
             x, y = x[: max_images - seen], y[: max_images - seen]
-        preds.append(model(x).argmax(1).numpy())
+        preds.append(model(x.to(device)).argmax(1).cpu().numpy())
         labels.append(np.asarray(y))
         seen += len(x)
         if max_images and seen >= max_images:
@@ -1128,7 +1145,8 @@ def predict_labels(model: nn.Module, loader: Iterable, max_images: int = 0,
 def evaluate_variants(model: nn.Module, variants: list[dict[str, Any]], test_loader: Iterable,
                       artefact_dir: str | os.PathLike,
                       importance: Mapping[str, Mapping[str, float]] | None = None,
-                      max_images: int = 0, model_name: str = "") -> pd.DataFrame:
+                      max_images: int = 0, model_name: str = "",
+                      device: str = "cpu") -> pd.DataFrame:
     """Compress, save, reload and evaluate every variant: the study's results table.
 
     For the fp32 baseline and each variant: top-1 accuracy (%) of the simulated model,
@@ -1136,13 +1154,15 @@ def evaluate_variants(model: nn.Module, variants: list[dict[str, Any]], test_loa
     state-dict size / artefact size), their relative gap, global sparsity, mean bits, save
     and load time, and ``artefact_match``: True when the reloaded artefact has bit-identical
     weights and predicts exactly the same labels as the simulated model on every evaluated
-    test image.
+    test image. Compression runs on the CPU; predictions on ``device``.
     """
     artefact_dir = Path(artefact_dir)
+    model = model.cpu().eval()
     fp32_bytes = state_dict_file_size(model)
     n_params = sum(p.numel() for p in model.parameters())
     rows = []
-    base_pred, y = predict_labels(model, test_loader, max_images, desc="fp32")
+    base_pred, y = predict_labels(copy.deepcopy(model), test_loader, max_images, desc="fp32",
+                                  device=device)
     rows.append({"variant": "fp32", "method": "none", "accuracy": 100 * float((base_pred == y)
                  .mean()), "cr": 1.0, "cr_sparsity_bits_only": 1.0, "cr_disk": 1.0,
                  "size_bytes": fp32_bytes, "params": n_params,
@@ -1157,8 +1177,10 @@ def evaluate_variants(model: nn.Module, variants: list[dict[str, Any]], test_loa
         t1 = time.perf_counter()
         reloaded = load_compressed(path, model)
         t2 = time.perf_counter()
-        pred, _ = predict_labels(cmodel, test_loader, max_images, progress=False)
-        pred_r, _ = predict_labels(reloaded, test_loader, max_images, progress=False)
+        pred, _ = predict_labels(cmodel, test_loader, max_images, progress=False, device=device)
+        pred_r, _ = predict_labels(reloaded, test_loader, max_images, progress=False,
+                                   device=device)
+        cmodel, reloaded = cmodel.cpu(), reloaded.cpu()
         same_w = all(torch.equal(a, b) for a, b in
                      zip(cmodel.state_dict().values(), reloaded.state_dict().values(),
                          strict=True))
@@ -1335,3 +1357,88 @@ def results_summary(results: pd.DataFrame, min_cr: float = 9.0) -> dict[str, Any
         "n_variants": int(len(comp)),
         "n_test": int(results["n_test"].iloc[0]),
     }
+
+
+# ============================================================================ study setup
+@dataclasses.dataclass
+class CompressionSetup:
+    """What notebook 05 compresses: a trained run's best model and its test data.
+
+    Attributes:
+        model: the run's best model (eval mode, CPU).
+        train_params: the training run's parameters (``params.json``).
+        ds: the run's dataset; ``split`` its split (same seed as the training run).
+        loaders: ``{"train", "val", "test"}`` loaders at the run's image size.
+        model_name: the run's model key (``convnext_tiny``...).
+        fraction: the run's training fraction (coreset size), Table 2's column.
+
+    """
+
+    model: nn.Module
+    train_params: dict[str, Any]
+    ds: Any
+    split: Any
+    loaders: dict[str, Any]
+    model_name: str
+    fraction: float
+
+
+def prepare_compression(run: str | os.PathLike, data_dir: str | None = None,
+                        max_test_images: int = 0, batch_size: int = 64) -> CompressionSetup:
+    """Load a trained run (rebuilding its checkpoint if missing) and its data split.
+
+    The dataset, split seed and image size are the training run's, so the test split is
+    exactly the one the run never saw. A run whose recorded data hash differs from the data
+    found now is refused. ``max_test_images`` > 0 evaluates a seeded uniform random sample
+    of that many test images (the split's test indices are grouped by class, so taking the
+    first N would test one or two classes only); 0 keeps the whole test split.
+    """
+    from lcc_utils import data, training
+    from lcc_utils.paths import resolve_path
+
+    if run in (None, ""):
+        raise ValueError("run is empty: give a trained run folder such as runs/train/<name>")
+    if not isinstance(max_test_images, int) or max_test_images < 0:
+        raise ValueError(f"max_test_images must be an integer >= 0, got {max_test_images!r}")
+    run_dir = resolve_path(run)
+    if not (run_dir / "params.json").is_file():
+        raise FileNotFoundError(f"run={run!s}: {run_dir} is not a training run folder "
+                                "(no params.json)")
+    info = json.loads((run_dir / "params.json").read_text())
+    model, params = training.load_trained(run_dir, rebuild=True)
+    ds = data.load_dataset(params["dataset"], data_dir=data_dir or None)
+    recorded = info.get("data_hash")
+    if recorded and recorded != ds.hash:
+        raise ValueError(f"run={run!s} was trained on data with hash {recorded}, but "
+                         f"{params['dataset']} under the data root has hash {ds.hash}")
+    seed = int(params.get("seed", 0))
+    split = data.get_split(ds, seed=seed)
+    loaders = data.make_loaders(ds, split, image_size=params.get("image_size"),
+                                batch_size=batch_size, seed=seed)
+    if max_test_images and max_test_images < len(split.test):
+        rng = np.random.default_rng(seed)
+        subset = np.sort(rng.choice(np.asarray(split.test), max_test_images, replace=False))
+        mean, std = data.normalization(ds, split)
+        loaders["test"] = data.BatchLoader(ds.images, ds.labels, subset, batch_size,
+                                           image_size=params.get("image_size"), mean=mean,
+                                           std=std)
+    return CompressionSetup(model.cpu().eval(), params, ds, split, loaders,
+                            str(params["model"]), float(params.get("fraction", 1.0)))
+
+
+def collect_results(root: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Every finished compression run's ``results.csv``, with its dataset, model and fraction.
+
+    Feed it to :func:`table2` for the study-wide Table 2 (one column group per fraction).
+    """
+    from lcc_utils.paths import runs_root
+
+    root = Path(root) if root else runs_root() / "compression"
+    frames = []
+    for res in sorted(root.glob("*/results.csv")):
+        if not (res.parent / "metrics.json").is_file():
+            continue
+        df = pd.read_csv(res)
+        df["compression_run"] = res.parent.name
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
