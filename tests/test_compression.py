@@ -347,3 +347,35 @@ def test_pruning_level_table_columns():
     table = C.pruning_level_table(tiny_cnn(), levels=(0.5, 2.0))
     assert list(table["paper_cr"].fillna(0)) == [1.7, 0]
     assert (table["cr_global_sparsity_only"] >= table["cr_global"]).all()
+
+
+# ----------------------------------------------------------------------------- a trained run
+def test_prepare_compression_on_a_trained_run(synthetic_root, tmp_cache, tmp_path):
+    import json
+
+    from lcc_utils import training
+
+    params = dict(dataset="eurosat", model="lightweight_cnn", coreset="random", fraction=1.0,
+                  seed=0, image_size=16, batch_size=16, device="cpu", recipe="paper_a", epochs=1,
+                  data_dir=str(synthetic_root))
+    run_dir = tmp_path / "train-run"
+    run_dir.mkdir()
+    setup = training.prepare_training(**params)
+    training.train(setup.model, setup.loaders, setup.recipe, epochs=1, device="cpu",
+                   run_dir=run_dir, params=params)
+    (run_dir / "params.json").write_text(json.dumps({"params": params,
+                                                     "data_hash": setup.ds.hash}))
+    cs = C.prepare_compression(run_dir, str(synthetic_root), max_test_images=5)
+    assert cs.model_name == "lightweight_cnn" and cs.fraction == 1.0
+    sub = cs.loaders["test"].indices
+    assert len(sub) == 5 and set(sub) <= set(cs.split.test)
+    again = C.prepare_compression(run_dir, str(synthetic_root), max_test_images=5)
+    assert np.array_equal(again.loaders["test"].indices, sub)
+    df = C.evaluate_variants(cs.model, C.make_variants(["fixed_quant"], bits=[4]),
+                             cs.loaders["test"], tmp_path / "art")
+    assert df["artefact_match"].all() and df["n_test"].eq(5).all()
+    (run_dir / "params.json").write_text(json.dumps({"params": params, "data_hash": "other"}))
+    with pytest.raises(ValueError, match="data with hash other"):
+        C.prepare_compression(run_dir, str(synthetic_root))
+    with pytest.raises(FileNotFoundError, match="not a training run folder"):
+        C.prepare_compression(tmp_path / "nope", str(synthetic_root))
