@@ -294,8 +294,14 @@ def prune_by_level(model: nn.Module, level: float,
         for mod in layers.values():
             w = mod.weight
             sigma = sigma_global if scope == "global" else float(w.double().std(unbiased=False))
-            w.mul_((w.abs() >= level * sigma).to(w.dtype))
+            _apply_mask(w, w.abs() >= level * sigma)
     return model, analyze(model, "fixed_prune", {"level": float(level), "scope": scope})
+
+
+def _apply_mask(w: torch.Tensor, keep: torch.Tensor) -> None:
+    """Zero the weights outside ``keep`` in place (+0.0, never -0.0 as w * 0 would give)."""
+    with torch.no_grad():
+        w.copy_(torch.where(keep, w, torch.zeros_like(w)))
 
 
 def _smallest_k_mask(w: torch.Tensor, k: int) -> torch.Tensor:
@@ -327,14 +333,14 @@ def prune_by_sparsity(model: nn.Module, sparsity: float,
         if per_layer:
             for mod in layers.values():
                 k = int(round(sparsity * mod.weight.numel()))
-                mod.weight.mul_(_smallest_k_mask(mod.weight, k).to(mod.weight.dtype))
+                _apply_mask(mod.weight, _smallest_k_mask(mod.weight, k))
         else:
             pooled = torch.cat([m.weight.detach().abs().flatten() for m in layers.values()])
             keep = _smallest_k_mask(pooled, int(round(sparsity * pooled.numel())))
             start = 0
             for mod in layers.values():
                 n = mod.weight.numel()
-                mod.weight.mul_(keep[start:start + n].view_as(mod.weight).to(mod.weight.dtype))
+                _apply_mask(mod.weight, keep[start:start + n].view_as(mod.weight))
                 start += n
     return model, analyze(model, "prune_sparsity",
                           {"sparsity": float(sparsity), "per_layer": per_layer})
@@ -660,7 +666,7 @@ def _prune_to(model: nn.Module, sparsity: Mapping[str, float]) -> None:
             zeros = int((w == 0).sum())
             # sparsity is the fraction of the whole tensor removed on top of existing zeros
             k = zeros + int(round(sparsity.get(name, 0.0) * w.numel()))
-            w.mul_(_smallest_k_mask(w, min(k, w.numel())).to(w.dtype))
+            _apply_mask(w, _smallest_k_mask(w, min(k, w.numel())))
 
 
 def adaptive_prune(model: nn.Module, importance: Mapping[str, float], budget: float,
