@@ -341,6 +341,20 @@ def test_make_variants_and_evaluate(tmp_path):
     df2 = C.evaluate_variants(model, specs, batches(n=2), tmp_path, importance=imp)
     cols = ["accuracy", "cr", "size_bytes"]
     assert np.array_equal(df[cols].to_numpy(), df2[cols].to_numpy())
+    # Table 2 / 3 layouts carry the paper's numbers only where it published them
+    df["fraction"] = 0.1
+    t2 = C.table2(df)
+    assert (0.1, "accuracy") in t2.columns and ("paper", "paper_cr") in t2.columns
+    assert t2.loc[("fixed_prune", "level 0.5"), ("paper", "paper_cr")] == 1.7
+    assert t2.loc[("pq", "magnitude, CR>=4"), ("paper", "paper_accuracy")] == 98.10
+    assert np.isnan(t2.loc[("fixed_quant", "4 bit"), ("paper", "paper_cr")])
+    t3 = C.table3(df, "cnn")
+    assert list(t3["model"])[:2] == ["cnn", "cnn fixed_prune-level0.5-global"]
+    fig = C.plot_accuracy_vs_cr(df)
+    assert len(fig.axes) == 1 and fig.axes[0].get_xscale() == "log"
+    summary = C.results_summary(df, min_cr=4.0)
+    assert summary["all_artefacts_match"] and summary["n_variants"] == 4
+    assert summary["best_cr_cr4"] >= 4.0
 
 
 def test_pruning_level_table_columns():
