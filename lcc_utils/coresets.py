@@ -412,6 +412,54 @@ def coreset_indices(
     return train_idx[pos], info
 
 
+def select_fractions(
+    scores: CoresetScores, fractions: Sequence[float], seed: int = 0, balanced: bool = True
+) -> dict[float, np.ndarray]:
+    """Dataset indices of the coresets of several fractions selected from one score file."""
+    return {f: scores.indices[select_coreset(scores.scores, f, scores.labels, scores.method,
+                                             balanced=balanced, seed=seed)]
+            for f in fractions}
+
+
+def coreset_class_sizes(
+    labels: np.ndarray, selected: dict[float, np.ndarray], classes: Sequence[str]
+) -> pd.DataFrame:
+    """Images per class in each coreset (columns ``5%``, ``10%``...)."""
+    labels = np.asarray(labels)
+    return pd.DataFrame(
+        {f"{100 * f:g}%": np.bincount(labels[idx], minlength=len(classes))
+         for f, idx in selected.items()},
+        index=pd.Index(list(classes), name="class"),
+    )
+
+
+def scoring_record(
+    scores: CoresetScores, scores_file: str | os.PathLike, selected: dict[float, np.ndarray]
+) -> dict[str, Any]:
+    """The metrics of a scoring run: score file (relative to the project), cost, sizes.
+
+    Everything here is read from the score file, so a rerun of a cached scoring logs
+    identical metrics.
+    """
+    from lcc_utils.paths import project_root
+
+    path = Path(scores_file).resolve()
+    try:
+        shown = str(path.relative_to(project_root()))
+    except ValueError:
+        shown = str(path)
+    rec: dict[str, Any] = {
+        "scores_file": shown,
+        "scoring_seconds": round(float(scores.meta.get("seconds", 0.0)), 2),
+        "scoring_device": scores.meta.get("device"),
+        "n_scored": int(len(scores.scores)),
+        "score_mean": round(float(scores.scores.mean()), 6),
+        "proxy_final_val_accuracy": scores.meta.get("proxy_final_val_accuracy"),
+    }
+    rec.update({f"coreset_{100 * f:g}pct": int(len(idx)) for f, idx in selected.items()})
+    return rec
+
+
 # --------------------------------------------------------------------------- plots
 def plot_score_distributions(scores: CoresetScores, classes: Sequence[str]) -> Figure:
     """Box plot of the coreset scores of each class (which classes a method favours)."""

@@ -410,7 +410,8 @@ def train(
         model.train()
         seen = np.zeros(len(train_idx), dtype=bool) if record_correctness else None
         sum_loss, n_correct, n_seen = 0.0, 0, 0
-        for x, y, idx in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, unit="batch"):
+        for x, y, idx in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, unit="batch",
+                              mininterval=10):
             x = x.to(dev, non_blocking=True)
             if dev.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -648,3 +649,36 @@ def plot_learning_curves(history: pd.DataFrame, best_epoch: int | None = None, t
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def run_record(result: TrainResult, test: Mapping[str, Any], setup: TrainingSetup) -> dict[str, Any]:
+    """The ``metrics.json`` of a training run: test accuracy, kept epoch, size, cost, device.
+
+    Args:
+        result: What :func:`train` returned.
+        test: ``metrics.classification_metrics`` on the test split.
+        setup: The run's :class:`TrainingSetup`.
+
+    Returns:
+        A flat dict (stored seconds of a finished run, so reruns log identical metrics).
+
+    """
+    hist = result.history
+    best_row = hist[hist["epoch"] == result.best_epoch].iloc[0]
+    info = setup.coreset_info
+    return {
+        "test_accuracy": float(test["oa"]),
+        "test_kappa": float(test["kappa"]),
+        "test_macro_f1": float(test["macro_f1"]),
+        "n_test": int(test["n"]),
+        "best_epoch": int(result.best_epoch),
+        "best_val_accuracy": float(best_row["val_accuracy"]),
+        "epochs_run": int(len(hist)),
+        "stopped_early": bool(result.stopped_early),
+        "train_size": int(len(setup.train_indices)),
+        "train_seconds": round(float(result.seconds), 2),
+        "device": result.device,
+        "weights": setup.weights_description,
+        "scoring_seconds": round(float(info.get("scoring_seconds", 0.0)), 2),
+        "scores_file": Path(info["scores_file"]).name if info.get("scores_file") else None,
+    }
