@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import constants as C
+from .augment import trivial_augment_wide
 from .paths import cache_dir, resolve_data_dir
 
 #: ImageNet statistics: the convention of timm backbones, used for every RGB dataset
@@ -557,9 +558,9 @@ class BatchLoader:
     Augmentation happens at the native resolution *before* resizing (paper A resizes to
     224 first, then augments): geometric ops commute with resizing up to interpolation
     and photometric ops act per pixel, so the result matches closely at ~12x less work.
-    3-band uint8 images get TrivialAugmentWide (torchvision v2), one op per image;
-    multispectral or float inputs get the 8 flips/rotations only (colour ops are undefined
-    for 13 reflectance bands).
+    3-band uint8 images get TrivialAugmentWide, one op per image, vectorised over the batch
+    (:mod:`lcc_utils.augment`); multispectral or float inputs get the 8 flips/rotations only
+    (colour ops are undefined for 13 reflectance bands).
     """
 
     def __init__(
@@ -591,11 +592,7 @@ class BatchLoader:
         nb = images.shape[-1]
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(1, nb, 1, 1)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(1, nb, 1, 1)
-        self._trivial = None
-        if augment and images.dtype == np.uint8 and nb == 3:
-            from torchvision.transforms import v2
-
-            self._trivial = v2.TrivialAugmentWide()
+        self._trivial = augment and images.dtype == np.uint8 and nb == 3
 
     @property
     def labels(self) -> np.ndarray:
@@ -611,12 +608,9 @@ class BatchLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _augment(self, raw: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-        if self._trivial is not None:
+        if self._trivial:
             t = torch.from_numpy(np.ascontiguousarray(raw)).permute(0, 3, 1, 2)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(rng.integers(2**31)))
-                t = torch.stack([self._trivial(img) for img in t])
-            return t.float() / 255.0
+            return trivial_augment_wide(t, rng, reference_size=self.image_size).float() / 255.0
         x = _as_float(raw)
         k = rng.integers(0, 4, len(x))
         flip = rng.integers(0, 2, len(x)).astype(bool)
@@ -636,11 +630,13 @@ class BatchLoader:
             raw = np.empty((len(idx),) + self.images.shape[1:], dtype=self.images.dtype)
             raw[srt] = self.images[idx[srt]]
             x = self._augment(raw, rng) if self.augment else _as_float(raw)
-            if self.image_size is not None and x.shape[-1] != self.image_size:
-                x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
-                                  antialias=True, align_corners=False)
+            # Normalising before resizing is exact (bilinear weights sum to one) and, when
+            # upsampling 64 -> 224, 12x cheaper. Antialiasing only matters when downsampling.
             if self.mean is not None:
                 x = (x - self.mean) / self.std
+            if self.image_size is not None and x.shape[-1] != self.image_size:
+                x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                                  antialias=self.image_size < x.shape[-1], align_corners=False)
             yield x, torch.from_numpy(self.all_labels[idx]), torch.from_numpy(idx)
 
 
