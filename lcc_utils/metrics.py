@@ -369,10 +369,8 @@ def plot_ndvi_errors(
             raise ValueError(f"table for {name!r} has {len(tb)} bins, expected {len(first)}")
         ax.bar(x + (i - (len(tables) - 1) / 2) * width, tb["error_rate"].fillna(0), width,
                label=name)
-    for xi, n in zip(x, first["n"], strict=True):
-        ax.annotate(f"n={n}", (xi, 0), xytext=(0, -22), textcoords="offset points",
-                    ha="center", fontsize=7)
-    ax.set_xticks(x, first["bin"], rotation=30, fontsize=8)
+    ticks = [f"{b}\nn={n}" for b, n in zip(first["bin"], first["n"], strict=True)]
+    ax.set_xticks(x, ticks, fontsize=7)
     ax.set_ylabel("error rate")
     ax.set_xlabel("patch mean NDVI")
     ax.set_ylim(0, 1)
@@ -468,7 +466,10 @@ def summary_table(
             "paper_kappa": pub.get("kappa", np.nan),
             "delta_oa_pp": oa - pub["oa"] if "oa" in pub else np.nan,
         })
-    return pd.DataFrame(rows).set_index("model")
+    df = pd.DataFrame(rows).set_index("model")
+    # counts stay integers (NaN where undefined, e.g. a forest has no "parameters")
+    df[["params", "flops"]] = df[["params", "flops"]].astype("Float64").round().astype("Int64")
+    return df
 
 
 def mean_std(df: pd.DataFrame, by: str | Sequence[str], columns: Sequence[str]) -> pd.DataFrame:
