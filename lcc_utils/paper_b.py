@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from lcc_utils import baselines, metrics
@@ -432,6 +433,51 @@ def ablation_summary(table: pd.DataFrame, reference: str = "A2") -> pd.DataFrame
     out = first.join(ms)
     out[f"seeds_p<0.05_vs_{reference}"] = sig
     return out
+
+
+def ablation_metrics(summary_df: pd.DataFrame) -> dict[str, float | None]:
+    """Scalars of :func:`ablation_summary` for ``metrics.json`` (``A2_oa_mean``, ``A2_params``...)."""
+    out: dict[str, float | None] = {}
+    for v, row in summary_df.iterrows():
+        out[f"{v}_params"] = int(row["params"])
+        out[f"{v}_flops"] = int(row["flops"])
+        for m in ("oa", "kappa", "macro_f1"):
+            for s in ("mean", "std"):
+                val = float(row[f"{m}_{s}"])
+                out[f"{v}_{m}_{s}"] = None if np.isnan(val) else round(val, 6)
+        out[f"{v}_n_seeds"] = int(row["n"])
+    return out
+
+
+def plot_ablation(table: pd.DataFrame, reference: str = "A2") -> Figure:
+    """OA of each ablation variant (one dot per seed, mean +- std bar) against its parameters."""
+    import matplotlib.pyplot as plt
+
+    if table.empty:
+        raise ValueError("table is empty: run run_ablation(...) first")
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.8))
+    variants = sorted(table["variant"].unique())
+    for i, v in enumerate(variants):
+        part = table[table["variant"] == v]
+        oa = 100 * part["oa"].to_numpy()
+        ax0.scatter(np.full(len(oa), i), oa, color="grey", s=14, zorder=3)
+        ax0.errorbar(i, oa.mean(), yerr=oa.std(ddof=1) if len(oa) > 1 else 0, fmt="o",
+                     color="C3" if v == reference else "C0", capsize=5, markersize=8)
+        ax1.errorbar(part["params"].iloc[0], oa.mean(),
+                     yerr=oa.std(ddof=1) if len(oa) > 1 else 0, fmt="o", capsize=4,
+                     color="C3" if v == reference else "C0")
+        ax1.annotate(v, (part["params"].iloc[0], oa.mean()), xytext=(6, 4),
+                     textcoords="offset points")
+    ax0.set_xticks(range(len(variants)), variants)
+    ax0.set_ylabel("test OA (%)")
+    ax0.set_title(f"OA per seed and mean +- std ({reference} = baseline)")
+    ax1.set_xscale("log")
+    ax1.axvline(150_000, color="grey", ls="--", lw=1, label="paper B budget 150k")
+    ax1.set_xlabel("parameters")
+    ax1.set_ylabel("test OA (%)")
+    ax1.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def torch_threads(n: int) -> int:
