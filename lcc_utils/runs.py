@@ -134,6 +134,16 @@ class Run:
         _atomic_write(p, json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
         return p
 
+    def save_figure(self, fig: Any, name: str) -> Path:
+        """Write a per-run figure as ``<name>.png`` in the run folder.
+
+        Figures the study reports go to ``figures/`` through :func:`lcc_utils.plots.save_figure`;
+        per-run diagnostics (learning curves, confusion matrices of every seed) stay with their run.
+        """
+        p = self.path(f"{name}.png")
+        fig.savefig(p, dpi=110, bbox_inches="tight", metadata={"Software": None})
+        return p
+
     def log_metrics(self, metrics: dict[str, Any]) -> Path:
         """Write ``metrics.json`` and so mark the run finished.
 
