@@ -174,6 +174,10 @@ def run_neural(
         "model": key, "recipe": recipe.name, "seed": int(seed), "epochs": epochs,
         "image_size": size, "in_chans": len(ps.bands), "bands": list(ps.bands),
         "classes": list(ps.classes), "patchset_hash": ps.hash, "device": device,
+        # how to rebuild the patch set (rebuild_neural): EuroSAT MS, task, tiles, split
+        "dataset": "eurosat_ms", "task": ps.meta.get("task"),
+        "patch_size": ps.meta.get("patch_size", size), "split_seed": ps.meta.get("seed"),
+        "block_size_m": ps.meta.get("block_size_m"),
         **{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()},
     }
     mdir = _model_run_dir(run_dir, key, sub_params)
@@ -205,6 +209,70 @@ def run_neural(
                  "stopped_early": result.stopped_early, "train_seconds": result.seconds,
                  "run_dir": None if mdir is None else str(mdir)},
     )
+
+
+_ARCH_KEYS = ("depth", "filters", "kernel_size", "dropout")
+
+
+def rebuild_neural(
+    model_dir: str | os.PathLike, data_dir: str | None = None, rebuild: bool = True
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Reopen a network trained by :func:`run_neural` (``<run>/models/<key>/``).
+
+    With ``checkpoints/best.pt`` present the architecture (including ablation options
+    such as ``depth`` / ``kernel_size``) is rebuilt from ``params.json`` and the best
+    weights are loaded. Checkpoints are not committed: without one and with
+    ``rebuild=True`` the EuroSAT MS patch set is rebuilt from the recorded task / tile
+    size / split seed (older folders: from the enclosing run's ``params.json``), its
+    content hash is checked against the recorded one, and the model is retrained
+    (deterministic on the CPU, so the same weights come back).
+
+    Returns:
+        ``(model in eval mode on the CPU, params)``; ``params["normalization"]`` holds the
+        per-band mean / std the model expects (``normalization.json``).
+
+    """
+    from lcc_utils import data, models, sentinel2
+
+    model_dir = Path(model_dir)
+    pfile = model_dir / "params.json"
+    if not pfile.is_file():
+        raise FileNotFoundError(f"model_dir={model_dir}: no params.json (not a run_neural folder)")
+    params = dict(json.loads(pfile.read_text())["params"])
+    norm = model_dir / "normalization.json"
+    if norm.is_file():
+        params["normalization"] = json.loads(norm.read_text())
+    arch = {k: params[k] for k in _ARCH_KEYS if k in params}
+    best = model_dir / "checkpoints" / "best.pt"
+    if best.is_file():
+        ckpt = torch.load(best, map_location="cpu", weights_only=False)
+        net = models.create_model(params["model"], num_classes=len(params["classes"]),
+                                  in_chans=int(params["in_chans"]), **arch)
+        net.load_state_dict(ckpt["model"])
+        return net.eval(), params
+    if not rebuild:
+        raise FileNotFoundError(f"{best} is missing (checkpoints are not committed); "
+                                "call rebuild_neural(..., rebuild=True) to retrain it")
+    spec = {k: params.get(k) for k in ("task", "patch_size", "split_seed", "block_size_m")}
+    if any(v is None for v in spec.values()):
+        # folders written before these keys were recorded: the enclosing evaluation run
+        outer = json.loads((model_dir.parent.parent / "params.json").read_text())["params"]
+        spec = {"task": outer["task"], "patch_size": outer["patch_size"],
+                "split_seed": outer.get("split_seed", outer.get("seed")),
+                "block_size_m": outer["block_size_m"]}
+    ds = data.load_dataset("eurosat_ms", data_dir=data_dir or None)
+    ps = sentinel2.eurosat_ms_patchset(ds, task=spec["task"], patch_size=int(spec["patch_size"]),
+                                       bands=tuple(params["bands"]), seed=int(spec["split_seed"]),
+                                       block_size_m=float(spec["block_size_m"]))
+    if ps.hash != params["patchset_hash"]:
+        raise ValueError(f"rebuilt patch set has hash {ps.hash}, the run used "
+                         f"{params['patchset_hash']}: the data differ, cannot rebuild {model_dir}")
+    r = run_neural(params["model"], ps, seed=int(params["seed"]), epochs=params.get("epochs"),
+                   device=params.get("device", "cpu"), run_dir=model_dir.parent.parent,
+                   model_kwargs=arch)
+    net, _ = rebuild_neural(model_dir, rebuild=False)
+    params["rebuilt_best_epoch"] = r.details["best_epoch"]
+    return net, params
 
 
 def run_baseline(key: str, ps: Any, seed: int = 0) -> ModelResult:

@@ -91,6 +91,22 @@ def test_load_trained_reopens_cnn(tmp_path):
     assert np.allclose(probs, r.probs, atol=1e-6)
 
 
+def test_rebuild_neural_ablation_architecture(tmp_path):
+    from lcc_utils import training
+
+    ps = _patchset()
+    kw = paper_b.get_ablation_variant("A3")
+    r = paper_b.run_neural("lightweight_cnn", ps, seed=1, epochs=1, run_dir=tmp_path,
+                           model_kwargs=kw)
+    net, params = paper_b.rebuild_neural(tmp_path / "models" / "lightweight_cnn", rebuild=False)
+    assert params["kernel_size"] == 5 and len(params["normalization"]["mean"]) == 6
+    probs, _, _ = training.predict(net, paper_b.patch_loaders(ps)["test"], "cpu")
+    assert np.allclose(probs, r.probs, atol=1e-6)
+    (tmp_path / "models" / "lightweight_cnn" / "checkpoints" / "best.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="not committed"):
+        paper_b.rebuild_neural(tmp_path / "models" / "lightweight_cnn", rebuild=False)
+
+
 def test_multiclass_rejects_ndvi_threshold():
     ps = _patchset(classes=("a", "b", "c"))
     with pytest.raises(ValueError, match="binary vegetation task only"):
@@ -126,3 +142,27 @@ def test_real_eurosat_ms_baselines():
     assert res["ndvi_threshold"].metrics["oa"] > 0.6
     assert -0.3 < res["ndvi_threshold"].details["threshold"] < 0.6
     assert res["random_forest"].metrics["oa"] > 0.85
+
+
+@pytest.mark.integration
+def test_real_rebuild_without_checkpoint_is_identical(tmp_path):
+    if not DATA.is_dir():
+        pytest.skip(f"real data not found at {DATA} (../shared/data)")
+    import torch
+
+    from lcc_utils import data, sentinel2, training
+
+    ds = data.load_dataset("eurosat_ms", data_dir=str(DATA), download=False)
+    ps = sentinel2.eurosat_ms_patchset(ds, task="binary")
+    torch.set_num_threads(1)
+    paper_b.run_neural("lightweight_cnn", ps, seed=0, epochs=1, run_dir=tmp_path)
+    mdir = tmp_path / "models" / "lightweight_cnn"
+    before, _ = paper_b.rebuild_neural(mdir, rebuild=False)
+    for f in (mdir / "checkpoints").iterdir():
+        f.unlink()
+    after, params = paper_b.rebuild_neural(mdir, data_dir=str(DATA))
+    test = paper_b.patch_loaders(ps)["test"]
+    p0, _, _ = training.predict(before, test, "cpu")
+    p1, _, _ = training.predict(after, test, "cpu")
+    assert params["rebuilt_best_epoch"] == 1
+    assert np.array_equal(p0, p1)
