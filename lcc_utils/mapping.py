@@ -70,7 +70,25 @@ def fcn_parts(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
         return None
     if not isinstance(pool, nn.AdaptiveAvgPool2d) or pool.output_size not in (1, (1, 1)):
         return None
-    return feats, clf
+    return _pool_before_relu(feats), clf
+
+
+def _pool_before_relu(trunk: nn.Module) -> nn.Module:
+    """Same trunk with each ReLU -> MaxPool pair swapped (4x fewer ReLUs, identical output).
+
+    max(relu(a), relu(b)) == relu(max(a, b)) because ReLU is non-decreasing.
+    """
+    if not isinstance(trunk, nn.Sequential):
+        return trunk
+    mods = list(trunk)
+    i = 0
+    while i < len(mods) - 1:
+        if isinstance(mods[i], nn.ReLU) and isinstance(mods[i + 1], nn.MaxPool2d):
+            mods[i], mods[i + 1] = mods[i + 1], mods[i]
+            i += 2
+        else:
+            i += 1
+    return nn.Sequential(*mods)
 
 
 def _check_fcn(model: nn.Module, c: int, patch_size: int, device: torch.device) -> int:
@@ -382,3 +400,60 @@ def plot_map(path: str | os.PathLike, max_size: int = 1500, title: str | None = 
     ax.set_title(title or Path(path).name)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- model and checks
+def load_mapping_model(run_dir: str | os.PathLike, model: str = "lightweight_cnn"
+                       ) -> tuple[nn.Module, dict[str, Any]]:
+    """A trained paper-B model and its standardisation, from a run folder.
+
+    Accepts a model folder written by ``paper_b.run_neural`` (``params.json``,
+    ``checkpoints/best.pt``, ``normalization.json`` with bands, train mean/std, classes)
+    or a run folder holding one under ``models/<model>/`` (e.g. ``runs/evaluation/...``).
+
+    Raises:
+        FileNotFoundError: no such model folder, or its checkpoint / normalisation is missing
+            (checkpoints are not committed: rerun the training notebook, or leave ``run``
+            empty in notebook 08 to train one there).
+    """
+    from lcc_utils import training
+
+    d = Path(run_dir)
+    if not (d / "normalization.json").exists() and (d / "models" / model).is_dir():
+        d = d / "models" / model
+    for f in ("params.json", "normalization.json", "checkpoints/best.pt"):
+        if not (d / f).exists():
+            raise FileNotFoundError(f"run={run_dir}: {d / f} is missing; a mapping model needs "
+                                    "a paper-B model folder with its checkpoint and normalisation")
+    net, params = training.load_trained(d, rebuild=False)
+    norm = json.loads((d / "normalization.json").read_text())
+    norm["source"] = str(d)
+    norm["params"] = params
+    return net.eval(), norm
+
+
+def check_georeference(map_path: str | os.PathLike, product: L2AProduct) -> dict[str, Any]:
+    """Whether a map has the scene's CRS, 10 m transform and size (read back with rasterio)."""
+    with rasterio.open(map_path) as src:
+        return {
+            "crs": src.crs.to_string(), "same_crs": src.crs == product.crs,
+            "transform": tuple(round(v, 6) for v in src.transform[:6]),
+            "same_transform": src.transform.almost_equals(product.transform),
+            "pixel_size": (src.transform.a, -src.transform.e),
+            "same_shape": (src.height, src.width) == product.shape,
+            "shape": (src.height, src.width), "nodata": src.nodata,
+        }
+
+
+def map_agreement(path_a: str | os.PathLike, path_b: str | os.PathLike) -> float:
+    """Share of unmasked pixels with the same class in two maps of one scene."""
+    same = valid = 0
+    with rasterio.open(path_a) as a, rasterio.open(path_b) as b:
+        if (a.shape, a.transform) != (b.shape, b.transform):
+            raise ValueError(f"{path_a} and {path_b} are not on the same grid")
+        for _, win in a.block_windows(1):
+            x, y = a.read(1, window=win), b.read(1, window=win)
+            ok = (x != MAP_NODATA) & (y != MAP_NODATA)
+            valid += int(ok.sum())
+            same += int((x[ok] == y[ok]).sum())
+    return same / max(valid, 1)

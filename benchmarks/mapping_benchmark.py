@@ -1,0 +1,145 @@
+"""Wall-to-wall mapping throughput: classify_scene vs a naive one-patch-at-a-time loop.
+
+A synthetic L2A-like scene (multi-band GeoTIFF: B02 B03 B04 B08 B11 B12 as uint16 DNs at
+10 m + an SCL band with a cloud) is classified by paper B's LightweightCNN (random
+weights: speed does not depend on them) with patch 32 and stride 16:
+
+* ``classify_scene`` mode ``fcn`` (the default for GAP networks) on the whole scene;
+* ``classify_scene`` mode ``patch`` (exact sliding patches, batched) on a crop;
+* ``classify_scene_naive`` (read + classify one patch at a time) on a smaller crop,
+
+all in the same process on this CPU. Pixels/s and the ratio to the naive loop are the
+result; a full 10980 x 10980 tile time is extrapolated from the fcn rate (the paper-B goal:
+>= 1 Mpx/s, i.e. under 2 minutes a tile). The machine load is recorded: on a shared machine
+absolute numbers move with it, the ratio much less.
+
+Usage: python benchmarks/mapping_benchmark.py [--size 4096] [--patch-crop 1024]
+       [--naive-crop 256] [--threads 2] [--out benchmarks/results/mapping_benchmark.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+from lcc_utils import mapping as mp
+from lcc_utils import sentinel2 as s2
+from lcc_utils.models import create_model
+
+BANDS = ("B02", "B03", "B04", "B08", "B11", "B12")
+
+
+def make_scene(path: Path, size: int, seed: int = 0) -> Path:
+    """Write a smooth random-field scene with a cloud, block by block (never whole in memory)."""
+    rng = np.random.default_rng(seed)
+    prof = {"driver": "GTiff", "dtype": "uint16", "count": 7, "width": size, "height": size,
+            "crs": "EPSG:32634", "transform": from_origin(300000, 5000000, 10, 10), "nodata": 0,
+            "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate"}
+    base = np.array([800, 1000, 1200, 2500, 2200, 1600], np.float32)
+    with rasterio.open(path, "w", **prof) as dst:
+        dst.descriptions = (*BANDS, "SCL")
+        dst.update_tags(DATETIME="2021-06-01")
+        for r in range(0, size, 512):
+            for c in range(0, size, 512):
+                h, w = min(512, size - r), min(512, size - c)
+                yy, xx = np.mgrid[r:r + h, c:c + w].astype(np.float32)
+                veg = (np.sin(xx / 150.0) * np.cos(yy / 170.0) > 0).astype(np.float32)
+                x = base[:, None, None] * (1 + 0.6 * veg * np.array(
+                    [-0.5, -0.3, -0.6, 0.8, -0.2, -0.4], np.float32)[:, None, None])
+                x = x + rng.normal(0, 50, (6, h, w)).astype(np.float32)
+                scl = np.where(veg > 0, 4, 5).astype(np.uint16)
+                scl[(yy < size // 8) & (xx < size // 8)] = 9
+                dst.write(np.concatenate([np.clip(x, 1, 60000).astype(np.uint16), scl[None]]),
+                          window=Window(c, r, w, h))
+    return path
+
+
+def crop(src: Path, dst: Path, size: int) -> Path:
+    with rasterio.open(src) as s:
+        prof = s.profile | {"width": size, "height": size, "blockxsize": 256, "blockysize": 256}
+        data = s.read(window=Window(0, 0, size, size))
+        desc, tags = s.descriptions, s.tags()
+    with rasterio.open(dst, "w", **prof) as d:
+        d.write(data)
+        d.descriptions = desc
+        d.update_tags(**tags)
+    return dst
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--patch-crop", type=int, default=1024)
+    ap.add_argument("--naive-crop", type=int, default=256)
+    ap.add_argument("--patch-size", type=int, default=32)
+    ap.add_argument("--stride", type=int, default=16)
+    ap.add_argument("--window-size", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" /
+                                         "mapping_benchmark.csv"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = create_model("lightweight_cnn", 2, in_chans=6).eval()
+    mean, std = [0.1] * 6, [0.05] * 6
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        full = make_scene(tmp / "scene.tif", args.size)
+        print(f"synthetic scene {args.size}x{args.size} written in {time.perf_counter() - t0:.1f} s")
+        scenes = {"fcn": (full, args.size),
+                  "patch": (crop(full, tmp / "patch.tif", args.patch_crop), args.patch_crop),
+                  "naive": (crop(full, tmp / "naive.tif", args.naive_crop), args.naive_crop)}
+        for method, (path, size) in scenes.items():
+            product = s2.open_l2a(path)
+            load = os.getloadavg()[0]
+            t0 = time.perf_counter()
+            if method == "naive":
+                mp.classify_scene_naive(product, model, args.patch_size, args.stride, mean=mean,
+                                        std=std, progress=True)
+            else:
+                mp.classify_scene(product, model, tmp / f"{method}_map.tif", args.patch_size,
+                                  args.stride, mean=mean, std=std, mode=method,
+                                  window_size=args.window_size, progress=True)
+            dt = time.perf_counter() - t0
+            rows.append({"method": method, "scene_px": size, "pixels": size * size,
+                         "seconds": round(dt, 3), "px_per_s": round(size * size / dt),
+                         "load_avg_1min": round(load, 2)})
+            print(f"{method:>6}: {size}x{size} px in {dt:7.2f} s -> {size * size / dt:,.0f} px/s "
+                  f"(load {load:.1f})")
+    naive = next(r["px_per_s"] for r in rows if r["method"] == "naive")
+    for r in rows:
+        r.update({"ratio_vs_naive": round(r["px_per_s"] / naive, 1),
+                  "full_tile_s_10980": round(10980**2 / r["px_per_s"], 1),
+                  "patch_size": args.patch_size, "stride": args.stride,
+                  "threads": args.threads, "cpu": platform.processor() or platform.machine(),
+                  "cpus": os.cpu_count(), "torch": torch.__version__,
+                  "date": time.strftime("%Y-%m-%d %H:%M")})
+    for r in rows:
+        print(f"{r['method']:>6}: {r['ratio_vs_naive']:6.1f}x naive; full 10980^2 tile "
+              f"~{r['full_tile_s_10980']:.0f} s")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmpf = out.with_name(out.name + ".tmp")
+    with open(tmpf, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmpf, out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
