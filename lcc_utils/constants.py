@@ -179,3 +179,18 @@ PAPER_B_ABLATION: dict[str, dict[str, object]] = {
     "A3": {"depth": 3, "filters": (32, 64, 128), "kernel_size": 5},
     "A4": {"depth": 4, "filters": (32, 64, 128, 256), "kernel_size": 3},
 }
+
+# ------------------------------------------------------- Sentinel-2 L2A preprocessing (02/08)
+#: ESA's ``band_id`` order in L2A metadata (``MTD_MSIL2A.xml`` BOA_ADD_OFFSET): B8A is 9th.
+#: Not the EuroSAT MS file order above (B8A last).
+S2_ESA_BAND_ORDER: tuple[str, ...] = (
+    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
+)
+#: First day of processing baseline 04.00 (BOA_ADD_OFFSET -1000), used when a product's
+#: metadata gives neither the offset nor the baseline.
+S2_BASELINE_0400_DATE = "2022-01-25"
+#: Default SCL -> label mapping for paper B's task (vegetation vs not vegetated).
+SCL_VEGETATION_LABELS: dict[int, str] = {4: "vegetation", 5: "not_vegetated"}
+#: Paper B's patch side (pixels of the 10 m grid) and train/val/test fractions.
+PAPER_B_PATCH_SIZE = 32
+PAPER_B_SPLIT_FRACTIONS: tuple[float, float, float] = (0.70, 0.15, 0.15)

@@ -46,29 +46,30 @@ from rasterio.windows import Window
 from tqdm.auto import tqdm
 
 from lcc_utils.constants import (
-    EUROSAT_MS_BANDS,
     EUROSAT_VEGETATION_CLASSES,
     PAPER_B_BANDS,
+    PAPER_B_SPLIT_FRACTIONS,
     S2_BAND_RESOLUTION,
+    S2_BASELINE_0400_DATE,
     S2_BOA_OFFSET_SINCE_BASELINE_0400,
+    S2_ESA_BAND_ORDER,
     S2_QUANTIFICATION_VALUE,
     SCL_CLASSES,
     SCL_MASK_CLASSES,
+    SCL_VEGETATION_LABELS,
 )
 
 #: First day products were generated with processing baseline 04.00 (BOA offset -1000).
-BASELINE_0400_DATE = _dt.date(2022, 1, 25)
+BASELINE_0400_DATE = _dt.date.fromisoformat(S2_BASELINE_0400_DATE)
 #: Nodata value of the float32 reflectance GeoTIFFs written by :func:`write_aligned`.
 ALIGNED_NODATA = -9999.0
-#: Default SCL -> label mapping (paper B's task: vegetation vs non-vegetation).
-SCL_VEGETATION_LABELS: dict[int, str] = {4: "vegetation", 5: "not_vegetated"}
 #: Split names and paper B's fractions.
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-SPLIT_FRACTIONS: tuple[float, float, float] = (0.70, 0.15, 0.15)
+SPLIT_FRACTIONS: tuple[float, float, float] = PAPER_B_SPLIT_FRACTIONS
 #: Binary EuroSAT task class names (index = label).
 BINARY_CLASSES: tuple[str, str] = ("non_vegetation", "vegetation")
-#: ESA band order of ``band_id`` in ``MTD_MSIL2A.xml`` (same as the 13-band EuroSAT order).
-_ESA_BAND_ORDER = EUROSAT_MS_BANDS
+#: ESA band order of ``band_id`` in ``MTD_MSIL2A.xml`` (B8A 9th; not the EuroSAT file order).
+_ESA_BAND_ORDER = S2_ESA_BAND_ORDER
 LAYOUTS: tuple[str, ...] = ("cogs", "safe", "geotiff", "bigearthnet")
 
 

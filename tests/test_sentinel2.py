@@ -65,6 +65,19 @@ def test_safe_reads_boa_offset_from_mtd(products):
     np.testing.assert_array_equal(wd.mask, ref.mask)
 
 
+def test_safe_band_ids_follow_esa_order(tmp_path):
+    # MTD band_id is ESA's order (B8A 9th, id 8): B11 is id 11 and B12 id 12, unlike the
+    # EuroSAT MS file order. Give each id its own offset and check the bands get theirs.
+    d = fx.make_safe_product(tmp_path / "X.SAFE", 32)
+    mtd = d / "MTD_MSIL2A.xml"
+    txt = mtd.read_text()
+    for i in range(13):
+        txt = txt.replace(f'<BOA_ADD_OFFSET band_id="{i}">-1000<', f'<BOA_ADD_OFFSET band_id="{i}">{-i}<')
+    mtd.write_text(txt)
+    p = s2.open_l2a(d, bands=["B02", "B08", "B8A", "B11", "B12"])
+    assert p.boa_offsets == {"B02": -1.0, "B08": -7.0, "B8A": -8.0, "B11": -11.0, "B12": -12.0}
+
+
 def test_bigearthnet_offset_inferred_from_date(products):
     p = s2.open_l2a(products["bigearthnet"])
     assert p.layout == "bigearthnet" and p.shape == (120, 120) and p.scl is None
