@@ -178,6 +178,7 @@ def score_dataset(
     device: str = "auto",
     batch_size: int = 64,
     recipe: str = "paper_a",
+    augment: bool = False,
 ) -> dict[str, CoresetScores]:
     """Score the training split with a proxy model; return scores of ``method`` (and siblings).
 
@@ -187,6 +188,9 @@ def score_dataset(
     the last scoring epoch, not the best-validation one) on the un-augmented training
     images gives the margins. The proxy uses the training recipe without early stopping,
     so every image is seen in every scoring epoch. ``random`` needs no model (cost 0).
+    The proxy trains WITHOUT augmentation by default (``augment``): on the CPU,
+    TrivialAugmentWide costs more than the proxy itself, and un-augmented correctness is
+    Toneva's own setting for most of their experiments. Our choice, recorded in the metadata.
 
     Returns:
         ``{method_name: CoresetScores}``; ``random`` alone, or both model-based methods.
@@ -208,7 +212,8 @@ def score_dataset(
                                         {**meta, "scoring_model": None, "scoring_epochs": 0,
                                          "seconds": 0.0, "device": "none"})}
     t0 = time.perf_counter()
-    loaders = data.make_loaders(ds, split, image_size=image_size, batch_size=batch_size, seed=seed)
+    loaders = data.make_loaders(ds, split, image_size=image_size, batch_size=batch_size, seed=seed,
+                                augment=augment)
     training.seed_everything(seed)
     model = models.create_model(scoring_model, num_classes=len(ds.classes),
                                 in_chans=ds.images.shape[-1], image_size=image_size)
@@ -224,7 +229,8 @@ def score_dataset(
     if not np.array_equal(pidx, idx) or not np.array_equal(result.correctness_indices, idx):
         raise RuntimeError("scoring: predictions are not aligned with the training split")
     seconds = time.perf_counter() - t0
-    meta.update(seconds=seconds, device=result.device, proxy_best_epoch=result.best_epoch,
+    meta.update(seconds=seconds, device=result.device, proxy_augment=augment,
+                proxy_best_epoch=result.best_epoch,
                 proxy_final_val_accuracy=float(result.history["val_accuracy"].iloc[-1]))
     return {
         "forgetting": CoresetScores("forgetting", forgetting_scores(result.correctness), idx,
