@@ -178,3 +178,19 @@ def test_load_trained_from_checkpoint_and_missing(tmp_path):
         load_trained(empty, rebuild=False)
     with pytest.raises(FileNotFoundError, match="no params.json"):
         load_trained(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("stem", ["03_coreset_scoring", "04_train"])
+def test_profiles_and_ci_params_match_the_notebook_parameters(stem):
+    from pathlib import Path
+
+    from lcc_utils import runs
+
+    root = Path(__file__).resolve().parents[1]
+    nb = root / "notebooks" / f"{stem}.ipynb"
+    profiles = json.loads((root / "profiles" / f"{stem}.json").read_text())
+    assert set(profiles) == {"smoke", "quick", "paper"}
+    ci = json.loads((root / "tests" / "notebook_params" / f"{stem}.json").read_text())
+    for params in [ci, *(p for runs_ in profiles.values() for p in runs_)]:
+        assert "data_dir" not in params or params is ci
+        runs.resolve_params(nb, params)  # unknown names raise
