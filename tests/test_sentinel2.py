@@ -223,6 +223,29 @@ def test_extract_patches_geojson_and_raster_labels(products, tmp_path):
     assert ps.classes == ["crop", "soil"] and np.bincount(ps.y).tolist() == [10, 10]
     nd = s2.ndvi(ps.x, ps.bands).mean(axis=(1, 2))
     assert (nd[ps.y == 0] > 0.7).all()
+    # polygons in WGS84 lon/lat (RFC 7946 default): reprojected to the scene's UTM zone
+    from rasterio.warp import transform as warp_transform
+
+    def ring(c0, c1):
+        xs = [left0 + 10 * c0, left0 + 10 * c1, left0 + 10 * c1, left0 + 10 * c0, left0 + 10 * c0]
+        ys = [top0, top0, top0 - 640, top0 - 640, top0]
+        lon, lat = warp_transform(fx.CRS, "EPSG:4326", xs, ys)
+        return [list(zip(lon, lat, strict=True))]
+
+    poly = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"lc": "veg"},
+         "geometry": {"type": "Polygon", "coordinates": ring(0, 32)}},
+        {"type": "Feature", "properties": {"lc": "bare"},
+         "geometry": {"type": "Polygon", "coordinates": ring(32, 64)}}]}
+    fp = tmp_path / "poly.geojson"
+    fp.write_text(json.dumps(poly))
+    ps3 = s2.extract_patches(p, fp, label_field="lc", patch_size=8, n_per_class=8, block_size=16,
+                             progress=False)
+    assert ps3.classes == ["bare", "veg"] and np.bincount(ps3.y).tolist() == [8, 8]
+    nd3 = s2.ndvi(ps3.x, ps3.bands).mean(axis=(1, 2))
+    assert (nd3[ps3.y == 1] > 0.7).all() and (nd3[ps3.y == 0] < 0.2).all()
+    per3 = {d["class"]: d for d in ps3.meta["per_class"]}
+    assert per3["bare"]["dropped_masked"] == 4 and per3["veg"]["dropped_masked"] == 1
     # label raster in another resolution, reprojected nearest
     lab = np.zeros((32, 32), np.uint8)
     lab[:, :16], lab[:, 16:] = 1, 2
