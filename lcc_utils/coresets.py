@@ -500,7 +500,7 @@ def plot_selected_images(
             ax.axis("off")
             if j < len(sel):
                 ax.imshow(rgb_composite(ds, sel[j]))
-                ax.set_title(f"{scores.scores[pos[sel[j]]]:.2f}", fontsize=7)
+                ax.set_title(f"{scores.scores[pos[sel[j]]]:.3g}", fontsize=7)
         axes[r][0].text(-0.1, 0.5, ds.classes[c], transform=axes[r][0].transAxes,
                         ha="right", va="center", fontsize=8)
     fig.suptitle(f"{scores.method} coreset: selected images (score above each)")
