@@ -357,6 +357,22 @@ def test_make_variants_and_evaluate(tmp_path):
     assert summary["best_cr_cr4"] >= 4.0
 
 
+def test_check_images_limits_the_reloaded_pass(tmp_path):
+    model = tiny_cnn()
+    df = C.evaluate_variants(model, C.make_variants(["fixed_quant"], bits=[3]), batches(n=3),
+                             tmp_path, check_images=5)
+    assert list(df["n_checked"]) == [0, 5] and df["artefact_match"].all()
+    with pytest.raises(ValueError, match="check_images"):
+        C.evaluate_variants(model, [], batches(), tmp_path, check_images=-1)
+
+
+def test_smallest_k_mask_ties_by_position():
+    w = torch.tensor([0.0, 1.0, 0.0, -1.0, 0.5, 0.0])
+    assert C._smallest_k_mask(w, 2).tolist() == [False, True, False, True, True, True]
+    assert C._smallest_k_mask(w, 5).tolist() == [False, False, False, True, False, False]
+    assert C._smallest_k_mask(w, 0).all() and not C._smallest_k_mask(w, 6).any()
+
+
 def test_pruning_level_table_columns():
     table = C.pruning_level_table(tiny_cnn(), levels=(0.5, 2.0))
     assert list(table["paper_cr"].fillna(0)) == [1.7, 0]
