@@ -570,7 +570,10 @@ def prepare_training(
 
 
 def load_trained(
-    run_dir: str | os.PathLike, rebuild: bool = True, device: str | None = None
+    run_dir: str | os.PathLike,
+    rebuild: bool = True,
+    device: str | None = None,
+    data_dir: str | os.PathLike | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Return the best model of a training run folder and the run's parameters.
 
@@ -583,6 +586,8 @@ def load_trained(
         run_dir: A ``runs/train/<slug>-<hash>`` folder.
         rebuild: Retrain when the checkpoint is missing.
         device: Device for a rebuild; default the run's own ``device`` parameter.
+        data_dir: Data root for a rebuild; default the run's ``data_dir`` when it exists
+            here, else ``LCC_DATA_DIR`` / ``<root>/data`` (a clone on another machine).
 
     Returns:
         ``(model in eval mode on the CPU, params)``.
@@ -609,7 +614,13 @@ def load_trained(
             f"run_dir={run_dir}: checkpoints/best.pt is missing (checkpoints are not committed); "
             "call load_trained(..., rebuild=True) to retrain it from params.json"
         )
+    stored_dir = params.get("data_dir") or ""
+    if data_dir is not None:
+        params["data_dir"] = str(data_dir)
+    elif stored_dir and not Path(stored_dir).exists():
+        params["data_dir"] = ""
     setup = prepare_training(**params)
+    params["data_dir"] = stored_dir
     result = train(setup.model, setup.loaders, setup.recipe, epochs=params.get("epochs"),
                    device=device or params.get("device", "auto"), run_dir=run_dir,
                    seed=int(params.get("seed", 0)), params=params)

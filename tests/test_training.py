@@ -194,3 +194,33 @@ def test_profiles_and_ci_params_match_the_notebook_parameters(stem):
     for params in [ci, *(p for runs_ in profiles.values() for p in runs_)]:
         assert "data_dir" not in params or params is ci
         runs.resolve_params(nb, params)  # unknown names raise
+
+
+@pytest.mark.integration
+def test_load_trained_rebuilds_a_run_without_checkpoints(shared_data, tmp_path):
+    """A fresh clone has params.json + metrics.json only: rebuilding gives the same model."""
+    import shutil
+
+    from lcc_utils import metrics
+    from lcc_utils.training import prepare_training, run_record
+
+    params = {"dataset": "eurosat_ms", "data_dir": str(shared_data), "model": "lightweight_cnn",
+              "coreset": "margin", "fraction": 0.1, "seed": 0, "epochs": 2, "image_size": 16,
+              "batch_size": 32, "device": "cpu", "pretrained": False, "weights": "",
+              "recipe": "paper_a", "scoring_model": "lightweight_cnn", "scoring_epochs": 2}
+    setup = prepare_training(**params)
+    run = tmp_path / "run"
+    res = train(setup.model, setup.loaders, setup.recipe, epochs=2, device="cpu", run_dir=run,
+                seed=0, params=params)
+    probs, y, _ = predict(setup.model, setup.loaders["test"], "cpu")
+    rec = run_record(res, metrics.classification_metrics(y, probs.argmax(1), setup.ds.classes),
+                     setup)
+    (run / "params.json").write_text(json.dumps({"params": params}))
+    (run / "metrics.json").write_text(json.dumps(rec))
+    shutil.rmtree(run / "checkpoints")
+    model, back = load_trained(run, rebuild=True)
+    assert back["model"] == "lightweight_cnn"
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, res.best_state[k]), k
+    probs2, _, _ = predict(model, setup.loaders["test"], "cpu")
+    assert np.array_equal(probs2, probs)
