@@ -76,6 +76,8 @@ def main() -> None:
     df["relative_to_" + args.baseline] = df["images_per_s"] / base
     df["image_size"], df["batch_size"], df["device"] = args.image_size, args.batch_size, str(device)
     df["threads"] = torch.get_num_threads()
+    # the machine is shared: the 1-minute load average says how contended the numbers are
+    df["load_avg_1min"] = os.getloadavg()[0]
     df["cpu"] = platform.processor() or platform.machine()
     print(df.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     out = Path(__file__).resolve().parent / "results"
