@@ -1445,7 +1445,7 @@ def prepare_compression(run: str | os.PathLike, data_dir: str | None = None,
         raise FileNotFoundError(f"run={run!s}: {run_dir} is not a training run folder "
                                 "(no params.json)")
     info = json.loads((run_dir / "params.json").read_text())
-    model, params = training.load_trained(run_dir, rebuild=True)
+    model, params = training.load_trained(run_dir, rebuild=True, data_dir=data_dir or None)
     ds = data.load_dataset(params["dataset"], data_dir=data_dir or None)
     recorded = info.get("data_hash")
     if recorded and recorded != ds.hash:
