@@ -48,6 +48,7 @@ from lcc_utils.sentinel2 import L2AProduct, _Reader, grid_windows
 #: Nodata value of both bands of the classification map.
 MAP_NODATA = 255
 MODES: tuple[str, ...] = ("auto", "fcn", "patch")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 
 def _norm_tensor(v: Sequence[float] | None, c: int, name: str) -> torch.Tensor | None:
@@ -112,9 +113,10 @@ class _Classifier:
     """Batched prediction of (class, probability) for every block of a padded window."""
 
     def __init__(self, model: nn.Module, mode: str, patch_size: int, stride: int,
-                 batch_size: int, device: torch.device, c: int):
+                 batch_size: int, device: torch.device, c: int, precision: str = "fp32"):
         self.model, self.mode, self.p, self.s = model, mode, patch_size, stride
         self.bs, self.device = batch_size, device
+        self.bf16 = precision == "bf16"
         if mode == "fcn":
             self.feats, self.clf = fcn_parts(model)
             self.d = _check_fcn(model, c, patch_size, device)
@@ -125,6 +127,14 @@ class _Classifier:
     @torch.inference_mode()
     def __call__(self, xp: torch.Tensor, nh: int, nw: int) -> tuple[np.ndarray, np.ndarray]:
         """``xp`` (1, C, (nh-1)*s+p, (nw-1)*s+p) -> class and probability (nh, nw)."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self._logits(xp, nh, nw)
+        prob = torch.softmax(logits.float(), dim=1)
+        conf, cls = prob.max(dim=1)
+        return (cls.cpu().numpy().reshape(nh, nw).astype(np.uint8),
+                conf.cpu().numpy().reshape(nh, nw))
+
+    def _logits(self, xp: torch.Tensor, nh: int, nw: int) -> torch.Tensor:
         if self.mode == "fcn":
             f = self.feats(xp.to(self.device).contiguous(memory_format=torch.channels_last))
             k, st = self.p // self.d, self.s // self.d
@@ -137,10 +147,7 @@ class _Classifier:
             logits = torch.cat([self.model(patches[i:i + self.bs].to(self.device).contiguous(
                 memory_format=torch.channels_last))
                                 for i in range(0, len(patches), self.bs)])
-        prob = torch.softmax(logits.float(), dim=1)
-        conf, cls = prob.max(dim=1)
-        return (cls.cpu().numpy().reshape(nh, nw).astype(np.uint8),
-                conf.cpu().numpy().reshape(nh, nw))
+        return logits
 
 
 def _resolve_mode(model: nn.Module, mode: str) -> str:
@@ -205,6 +212,7 @@ def classify_scene(
     window_size: int = 1024,
     mode: str = "auto",
     progress: bool = True,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Classify every pixel of a scene and write a georeferenced class + probability map.
 
@@ -226,6 +234,9 @@ def classify_scene(
         window_size: Output window side in px (rounded down to a multiple of ``stride``).
         mode: ``"auto"`` (``"fcn"`` when the model allows it), ``"fcn"`` or ``"patch"``.
         progress: Show a tqdm bar.
+        precision: ``"fp32"`` (default, as trained) or ``"bf16"`` (bfloat16 autocast: about
+            2x faster on CPUs with AVX512-BF16; a few pixels near the decision boundary
+            may flip, so measure the agreement with ``map_agreement`` before relying on it).
 
     Returns:
         A report: pixels, seconds, pixels per second, mode, class pixel counts.
@@ -235,13 +246,15 @@ def classify_scene(
     ws = max(st, (int(window_size) // st) * st)
     _check_geometry(ps_, st, int(window_size))
     mode = _resolve_mode(model, mode)
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     c = len(product.bands)
     mean_t, std_t = _norm_tensor(mean, c, "mean"), _norm_tensor(std, c, "std")
     dev = torch.device(device)
     # channels-last is 2x faster for these convolutions on CPU (oneDNN); work on a copy
     # so the caller's model keeps its memory format.
     model = copy.deepcopy(model).to(dev).eval().to(memory_format=torch.channels_last)
-    clf = _Classifier(model, mode, ps_, st, int(batch_size), dev, c)
+    clf = _Classifier(model, mode, ps_, st, int(batch_size), dev, c, precision)
     n_classes = None
     halo = (ps_ - st) // 2
     out_path = Path(out_path)
@@ -280,6 +293,7 @@ def classify_scene(
                 raise ValueError(f"classes has {len(names)} names, the model predicts "
                                  f"{n_classes} classes")
             dst.update_tags(CLASSES=json.dumps(dict(enumerate(names))), MODE=mode,
+                            PRECISION=precision,
                             PATCH_SIZE=ps_, STRIDE=st, SOURCE=str(product.path),
                             BAND_2="probability of the predicted class, percent (0-100)")
         os.replace(tmp, out_path)
@@ -289,7 +303,8 @@ def classify_scene(
     dt = time.perf_counter() - t0
     npx = product.width * product.height
     return {
-        "path": str(out_path), "mode": mode, "patch_size": ps_, "stride": st,
+        "path": str(out_path), "mode": mode, "precision": precision, "patch_size": ps_,
+        "stride": st,
         "width": product.width, "height": product.height, "pixels": npx, "seconds": dt,
         "pixels_per_second": npx / dt, "masked_pixels": int(counts[MAP_NODATA]),
         "class_pixels": {names[k]: int(counts[k]) for k in range(n_classes)},

@@ -98,6 +98,18 @@ def test_trained_like_model_maps_the_vegetation_half(product, tmp_path):
     assert (a[8:56, 0:24] == 1).all() and (a[20:56, 40:64] == 0).all()
 
 
+def test_bf16_map_agrees_with_fp32(product, tmp_path):
+    m = tiny_cnn(seed=5)
+    for prec in ("fp32", "bf16"):
+        rep = mp.classify_scene(product, m, tmp_path / f"{prec}.tif", patch_size=16, stride=8,
+                                mean=MEAN, std=STD, precision=prec, progress=False)
+        assert rep["precision"] == prec
+    assert mp.map_agreement(tmp_path / "fp32.tif", tmp_path / "bf16.tif") > 0.9
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        mp.classify_scene(product, m, tmp_path / "x.tif", patch_size=16, stride=8,
+                          precision="fp16")
+
+
 def test_memory_is_flat_as_the_scene_grows(tmp_path):
     m = tiny_cnn()
     peaks = []
