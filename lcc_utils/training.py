@@ -387,6 +387,9 @@ def train(
             scaler.load_state_dict(ckpt["scaler"])
         history = list(ckpt["history"])
         correctness = [np.asarray(c) for c in ckpt["correctness"]]
+        if record_correctness and len(correctness) != len(history):
+            raise ValueError(f"{last_path} was trained without record_correctness: its per-epoch "
+                             "correctness cannot be completed; use a new run_dir")
         best_metric, best_epoch = ckpt["best_metric"], ckpt["best_epoch"]
         since_best, seconds_before = ckpt["since_best"], ckpt["seconds"]
         finished, stopped_early = ckpt["finished"], ckpt["stopped_early"]
