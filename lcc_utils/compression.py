@@ -1177,6 +1177,27 @@ def predict_labels(model: nn.Module, loader: Iterable, max_images: int = 0,
     return np.concatenate(preds), np.concatenate(labels)
 
 
+_CACHE_BYTES = 2 * 1024**3  # test batches up to this size are prepared once, not per variant
+
+
+def _cached_batches(loader: Iterable, max_images: int = 0) -> Iterable:
+    """The loader's batches as a list when they fit in memory, else the loader itself.
+
+    Decoding, resizing and normalising then happen once instead of once per variant.
+    """
+    batches, nbytes, seen = [], 0, 0
+    for batch in loader:
+        x, y = batch[0], batch[1]
+        batches.append((x, y))
+        nbytes += x.element_size() * x.nelement()
+        seen += len(x)
+        if nbytes > _CACHE_BYTES:
+            return loader
+        if max_images and seen >= max_images:
+            break
+    return batches
+
+
 def evaluate_variants(model: nn.Module, variants: list[dict[str, Any]], test_loader: Iterable,
                       artefact_dir: str | os.PathLike,
                       importance: Mapping[str, Mapping[str, float]] | None = None,
@@ -1196,6 +1217,7 @@ def evaluate_variants(model: nn.Module, variants: list[dict[str, Any]], test_loa
         raise ValueError(f"check_images must be an integer >= 0, got {check_images!r}")
     artefact_dir = Path(artefact_dir)
     model = model.cpu().eval()
+    test_loader = _cached_batches(test_loader, max_images)
     fp32_bytes = state_dict_file_size(model)
     n_params = sum(p.numel() for p in model.parameters())
     rows = []
