@@ -1339,6 +1339,7 @@ def plot_accuracy_vs_cr(results: pd.DataFrame, title: str = ""):
     The fp32 baseline is a dashed line; the paper's P->Q best (CR 9.0, 98.10 %) is a star.
     """
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     from lcc_utils.constants import PAPER_A_PQ_BEST
 
@@ -1353,6 +1354,11 @@ def plot_accuracy_vs_cr(results: pd.DataFrame, title: str = ""):
     ax.scatter([PAPER_A_PQ_BEST["cr"]], [PAPER_A_PQ_BEST["accuracy"]], marker="*", s=160,
                color="black", label="paper A P->Q best")
     ax.set_xscale("log")
+    # plain tick labels (1, 2, 4, ...) instead of 2 x 10^0 on the log axis
+    hi = max(float(results["cr"].max()), PAPER_A_PQ_BEST["cr"])
+    ax.set_xticks([t for t in (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if t <= hi * 1.2])
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("compression ratio (paper's definition, computed)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title or "Accuracy vs compression ratio")
