@@ -200,8 +200,8 @@ def _make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 
 
 def _l2_penalty(model: nn.Module) -> torch.Tensor:
-    return sum((p.pow(2).sum() for p in model.parameters() if p.requires_grad and p.ndim > 1),
-               torch.zeros(()))
+    weights = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    return sum((p.pow(2).sum() for p in weights), torch.zeros((), device=weights[0].device))
 
 
 def _num_classes(model: nn.Module, loaders: Mapping[str, Any]) -> int:
@@ -424,7 +424,7 @@ def train(
                 logits = model(x)
                 loss = criterion(logits.float(), y)
             if recipe.l2:
-                loss = loss + recipe.l2 * _l2_penalty(model).to(loss.device)
+                loss = loss + recipe.l2 * _l2_penalty(model)
             scaler.scale(loss).backward()
             if recipe.grad_clip:
                 scaler.unscale_(optimizer)

@@ -224,3 +224,19 @@ def test_load_trained_rebuilds_a_run_without_checkpoints(shared_data, tmp_path):
         assert torch.equal(v, res.best_state[k]), k
     probs2, _, _ = predict(model, setup.loaders["test"], "cpu")
     assert np.array_equal(probs2, probs)
+
+
+def test_paper_b_l2_penalty_is_in_the_loss():
+    """Keras-style L2: the reported training loss includes 1e-3 * sum(w**2) of the kernels."""
+    from dataclasses import replace
+
+    from lcc_utils.training import _l2_penalty
+
+    model = tiny_model()
+    expected = sum(float((p.detach()**2).sum()) for p in model.parameters() if p.ndim > 1)
+    assert float(_l2_penalty(model).detach()) == pytest.approx(expected, rel=1e-6)
+    frozen = replace(get_recipe("paper_b"), lr=0.0, batch_size=16, max_epochs=1)
+    plain = replace(frozen, l2=0.0)
+    with_l2 = train(tiny_model(), make_loaders(), frozen, device="cpu").history["train_loss"][0]
+    without = train(tiny_model(), make_loaders(), plain, device="cpu").history["train_loss"][0]
+    assert with_l2 - without == pytest.approx(1e-3 * expected, rel=1e-4)
