@@ -126,6 +126,13 @@ def test_ablation_table(tmp_path):
     assert a1 < a2
     summ = paper_b.ablation_summary(table)
     assert summ.loc["A1", "n"] == 2 and "oa_std" in summ.columns
+    flat = paper_b.ablation_metrics(summ)
+    assert flat["A2_params"] == a2 and flat["A1_n_seeds"] == 2
+    import matplotlib.pyplot as plt
+
+    fig = paper_b.plot_ablation(table)
+    assert len(fig.axes) == 2
+    plt.close(fig)
 
 
 @pytest.mark.integration
