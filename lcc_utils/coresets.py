@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -468,17 +469,37 @@ def scoring_record(
 
 # --------------------------------------------------------------------------- plots
 def plot_score_distributions(scores: CoresetScores, classes: Sequence[str]) -> Figure:
-    """Box plot of the coreset scores of each class (which classes a method favours)."""
-    fig = Figure(figsize=(8, 0.35 * len(classes) + 1.5))
+    """Distribution of the coreset scores of each class (which classes a method favours).
+
+    Forgetting counts take few values: each class's bar is split by count (share of the
+    class's images; the top value ``epochs + 1`` means never learned). Continuous scores
+    (margins) get one box plot per class.
+    """
+    fig = Figure(figsize=(8, 0.35 * len(classes) + 1.8))
     ax = fig.add_subplot()
-    data = [scores.scores[scores.labels == c] for c in range(len(classes))]
-    ax.boxplot(data, vert=False, showfliers=True, flierprops={"markersize": 2})
-    ax.set_yticks(range(1, len(classes) + 1), labels=list(classes))
+    per_class = [scores.scores[scores.labels == c] for c in range(len(classes))]
+    values = np.unique(scores.scores)
+    y = np.arange(len(classes))
+    if len(values) <= 12:
+        never = scores.meta.get("scoring_epochs")
+        cmap = matplotlib.colormaps["viridis"].resampled(len(values))
+        left = np.zeros(len(classes))
+        for i, v in enumerate(values):
+            share = np.array([(s == v).mean() if len(s) else 0.0 for s in per_class])
+            label = "never learned" if never is not None and v == never + 1 else f"{v:g}"
+            ax.barh(y, share, left=left, color=cmap(i), label=label)
+            left += share
+        ax.set_xlabel("share of the class's training images")
+        ax.legend(title=f"{scores.method} score", fontsize=7, title_fontsize=8,
+                  bbox_to_anchor=(1.01, 1), loc="upper left")
+    else:
+        ax.boxplot(per_class, positions=y, vert=False, flierprops={"markersize": 2})
+        ax.set_xlabel(f"{scores.method} score")
+    ax.set_yticks(y, labels=list(classes))
     ax.invert_yaxis()
-    ax.set_xlabel(f"{scores.method} score ({get_coreset_method(scores.method).description})")
-    ax.set_title(f"{scores.meta.get('dataset', '')}: {scores.method} scores per class "
-                 f"(proxy {scores.meta.get('scoring_model')}, "
-                 f"{scores.meta.get('scoring_epochs')} epochs)")
+    ax.set_title(f"{scores.meta.get('dataset', '')}: {scores.method} scores per class (proxy "
+                 f"{scores.meta.get('scoring_model')}, {scores.meta.get('scoring_epochs')} epochs)"
+                 f"\n{get_coreset_method(scores.method).description}", fontsize=9)
     fig.tight_layout()
     return fig
 

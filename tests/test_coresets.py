@@ -195,3 +195,20 @@ def test_score_dataset_with_a_proxy_and_cache(tmp_path, monkeypatch):
     idx, info = coreset_indices(ds, split, "margin", 0.1, scoring_model="lightweight_cnn",
                                 scoring_epochs=2, image_size=None, device="cpu")
     assert len(idx) == 6 and np.isin(idx, split.train).all() and not info["scores_computed"]
+
+
+def test_score_plots_return_figures():
+    from matplotlib.figure import Figure
+
+    from lcc_utils.coresets import plot_score_distributions
+
+    labels = np.repeat(np.arange(3), 20)
+    rng = np.random.default_rng(0)
+    counts = CoresetScores("forgetting", rng.integers(0, 4, 60).astype(float), np.arange(60),
+                           labels, {"scoring_epochs": 3, "dataset": "tiny"})
+    fig = plot_score_distributions(counts, ["a", "b", "c"])
+    assert isinstance(fig, Figure)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["0", "1", "2", "never learned"]
+    margins = CoresetScores("margin", rng.random(60), np.arange(60), labels, {})
+    assert isinstance(plot_score_distributions(margins, ["a", "b", "c"]), Figure)
