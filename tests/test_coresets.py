@@ -204,11 +204,11 @@ def test_score_plots_return_figures():
 
     labels = np.repeat(np.arange(3), 20)
     rng = np.random.default_rng(0)
-    counts = CoresetScores("forgetting", rng.integers(0, 4, 60).astype(float), np.arange(60),
+    counts = CoresetScores("forgetting", rng.integers(0, 5, 60).astype(float), np.arange(60),
                            labels, {"scoring_epochs": 3, "dataset": "tiny"})
     fig = plot_score_distributions(counts, ["a", "b", "c"])
     assert isinstance(fig, Figure)
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert legend == ["0", "1", "2", "never learned"]
+    assert legend == ["0", "1", "2", "3", "never learned"]  # epochs + 1 = 4
     margins = CoresetScores("margin", rng.random(60), np.arange(60), labels, {})
     assert isinstance(plot_score_distributions(margins, ["a", "b", "c"]), Figure)
