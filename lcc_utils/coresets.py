@@ -493,7 +493,7 @@ def plot_score_distributions(scores: CoresetScores, classes: Sequence[str]) -> F
         ax.legend(title=f"{scores.method} score", fontsize=7, title_fontsize=8,
                   bbox_to_anchor=(1.01, 1), loc="upper left")
     else:
-        ax.boxplot(per_class, positions=y, vert=False, flierprops={"markersize": 2})
+        ax.boxplot(per_class, positions=y, orientation="horizontal", flierprops={"markersize": 2})
         ax.set_xlabel(f"{scores.method} score")
     ax.set_yticks(y, labels=list(classes))
     ax.invert_yaxis()
