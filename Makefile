@@ -36,6 +36,10 @@ lint: setup
 
 benchmarks: setup
 	$(PY) benchmarks/data_pipeline.py
+	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/compression_benchmark.py
+	$(PY) benchmarks/mapping_benchmark.py
+	$(PY) benchmarks/paper_b_models.py
 
 clean-cache:
 	rm -rf cache

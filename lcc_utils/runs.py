@@ -250,6 +250,39 @@ def resolve_params(notebook: str | os.PathLike, params: dict[str, Any]) -> dict[
     return {**defaults, **params}
 
 
+def shrink_notebook_images(path: str | os.PathLike, max_px: int = 700) -> int:
+    """Downscale the PNG outputs of an executed notebook so run folders stay small text artefacts.
+
+    Full-resolution figures live in ``figures/`` (or the run folder); the executed notebook keeps a
+    preview: at most ``max_px`` wide, 256-colour PNG. Returns the bytes saved.
+    """
+    import base64
+    import io
+
+    import nbformat
+    from PIL import Image
+
+    path = Path(path)
+    before = path.stat().st_size
+    nb = nbformat.read(str(path), as_version=4)
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            png = out.get("data", {}).get("image/png")
+            if not png or len(png) < 60_000:
+                continue
+            im = Image.open(io.BytesIO(base64.b64decode(png)))
+            if im.width > max_px:
+                im = im.resize((max_px, round(im.height * max_px / im.width)), Image.LANCZOS)
+            buf = io.BytesIO()
+            im.convert("RGB").quantize(256).save(buf, format="PNG", optimize=True)
+            out["data"]["image/png"] = base64.b64encode(buf.getvalue()).decode()
+            out.setdefault("metadata", {}).pop("image/png", None)
+    tmp = path.with_name(f".{path.name}.shrink")
+    nbformat.write(nb, str(tmp))
+    os.replace(tmp, path)
+    return before - path.stat().st_size
+
+
 def execute_notebook(
     notebook: str | os.PathLike,
     params: dict[str, Any] | None = None,
@@ -278,6 +311,7 @@ def execute_notebook(
     pm.execute_notebook(str(notebook), str(tmp), parameters=params or {},
                         kernel_name=kernel or os.environ.get("LCC_KERNEL") or None,
                         cwd=str(project_root()), progress_bar=False)
+    shrink_notebook_images(tmp)
     os.replace(tmp, out)
     if not (d / "metrics.json").exists():
         raise RuntimeError(f"{notebook.name} finished but wrote no metrics.json in {d}: "
