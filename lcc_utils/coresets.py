@@ -558,7 +558,7 @@ def table1(runs_df: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame
                 row[f"{name}_n"] = 0
                 continue
             mean, std, cnt = hit["mean"].iloc[0], hit["std"].iloc[0], int(hit["count"].iloc[0])
-            row[name] = f"{mean:.2f} ± {0.0 if np.isnan(std) else std:.2f}"
+            row[name] = f"{mean:.2f} ± {std:.2f}" if cnt > 1 else f"{mean:.2f}"  # one seed: no spread to show
             row[f"{name}_n"] = cnt
         row["paper"] = np.nan
         rows.append(row)
@@ -580,3 +580,33 @@ def protocol_differences(runs_df: pd.DataFrame) -> pd.DataFrame:
             ours = "n/a"
         rows.append({"setting": col, "paper A": paper, "ours": ours})
     return pd.DataFrame(rows)
+
+
+def plot_table1(runs_df: pd.DataFrame, model: str | None = None, metric: str = "test_accuracy") -> Figure:
+    """Test accuracy vs coreset fraction, one panel per dataset, one line per coreset method.
+
+    Points are the mean over seeds, bars the standard deviation; the 100 % run (the whole
+    training split) is drawn as a dashed reference line.
+    """
+    import matplotlib.pyplot as plt
+
+    df = runs_df if model is None else runs_df[runs_df["model"] == model]
+    datasets = sorted(df["dataset"].unique())
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        part = df[df["dataset"] == dataset]
+        full = part[part["fraction"] == 1.0][metric].astype(float) * 100
+        for name in CORESETS:
+            sub = part[(part["coreset"] == name) & (part["fraction"] < 1.0)]
+            if sub.empty:
+                continue
+            g = sub.groupby("fraction")[metric].agg(["mean", "std"]) * 100
+            ax.errorbar(g.index * 100, g["mean"], yerr=g["std"].fillna(0), marker="o", capsize=3, label=name)
+        if len(full):
+            ax.axhline(full.mean(), ls="--", color="grey", label="100 % (full split)")
+        ax.set(title=f"{dataset}" + (f" · {model}" if model else ""), xlabel="coreset size (% of training split)",
+               ylabel="test accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
