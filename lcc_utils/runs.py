@@ -307,7 +307,7 @@ def execute_notebook(
         return d, False
     d.mkdir(parents=True, exist_ok=True)
     out = d / notebook.name
-    tmp = d / f".{notebook.name}.partial"
+    tmp = d / f".{notebook.stem}.partial.ipynb"
     pm.execute_notebook(str(notebook), str(tmp), parameters=params or {},
                         kernel_name=kernel or os.environ.get("LCC_KERNEL") or None,
                         cwd=str(project_root()), progress_bar=False)
