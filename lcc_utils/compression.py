@@ -1389,21 +1389,19 @@ def compression_explorer(results: pd.DataFrame):
         if opts:
             sliders[col] = widgets.SelectionSlider(options=opts, description=desc,
                                                    continuous_update=False)
-    out = widgets.Output()
+    # An HTML widget updated by slider observers: no Output widget and no clear_output,
+    # which made headless execution (papermill / nbclient) hang now and then.
+    table = widgets.HTML()
 
-    def show(**values: Any) -> None:
-        out.clear_output(wait=True)
-        parts = []
-        for col, val in values.items():
-            parts.append(results[results[col] == val])
-        with out:
-            if parts:
-                print(pd.concat(parts)[cols].round(3).to_string(index=False))
-            else:
-                print("no level / bits / budget variants in this table")
+    def show(_change: Any = None) -> None:
+        parts = [results[results[col] == s.value] for col, s in sliders.items()]
+        table.value = (pd.concat(parts)[cols].round(3).to_html(index=False) if parts
+                       else "<p>no level / bits / budget variants in this table</p>")
 
-    widgets.interactive_output(show, sliders)
-    return widgets.VBox([*sliders.values(), out])
+    for s in sliders.values():
+        s.observe(show, names="value")
+    show()
+    return widgets.VBox([*sliders.values(), table])
 
 
 def results_summary(results: pd.DataFrame, min_cr: float = 9.0) -> dict[str, Any]:

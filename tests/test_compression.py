@@ -352,6 +352,11 @@ def test_make_variants_and_evaluate(tmp_path):
     assert list(t3["model"])[:2] == ["cnn", "cnn fixed_prune-level0.5-global"]
     fig = C.plot_accuracy_vs_cr(df)
     assert len(fig.axes) == 1 and fig.axes[0].get_xscale() == "log"
+    box = C.compression_explorer(df)  # sliders look rows up in the table, nothing recomputed
+    bits_slider, table = box.children[1], box.children[-1]
+    assert bits_slider.options == (4, 8) and "fixed_quant-4bit" in table.value
+    bits_slider.value = 8
+    assert "fixed_quant-8bit" in table.value and "fixed_quant-4bit" not in table.value
     summary = C.results_summary(df, min_cr=4.0)
     assert summary["all_artefacts_match"] and summary["n_variants"] == 4
     assert summary["best_cr_cr4"] >= 4.0
