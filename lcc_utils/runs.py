@@ -31,7 +31,7 @@ from .paths import project_root, resolve_path, runs_root
 #: Parameters that say *where* things are, not *what* is computed: left out of the hash.
 LOCATION_PARAMS = ("data_dir",)
 #: Parameters shown first in the readable part of a folder name.
-SLUG_KEYS = ("dataset", "task", "model", "coreset", "fraction", "method", "scene", "seed")
+SLUG_KEYS = ("run", "dataset", "task", "model", "coreset", "fraction", "method", "scene", "seed")
 
 
 class RunConflictError(RuntimeError):
@@ -62,7 +62,7 @@ def _slug(params: dict[str, Any]) -> str:
         v = params.get(k)
         if v in (None, "", []):
             continue
-        s = Path(str(v)).name if k == "scene" else str(v)
+        s = Path(str(v)).name if k in ("scene", "run") else str(v)
         parts.append(s)
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", "-".join(parts)).strip("-")
     return (slug[:60] or "run")
