@@ -8,6 +8,9 @@ A profile is a list of parameter sets per notebook, kept in ``profiles/NN_name.j
 * ``quick``: the real CPU-sized study on real data (the default);
 * ``paper``: the papers' full protocol (224 px, 10 epochs, four backbones): GPU work.
 
+Figures of the ``quick`` study go to ``figures/``; those of ``smoke`` and ``paper`` to
+``figures/smoke/`` and ``figures/paper/`` so that no profile overwrites another's figures.
+
 Each parameter set becomes one run folder (see :mod:`lcc_utils.runs`); a run that
 already finished is skipped, so an interrupted study resumes where it stopped.
 
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .paths import project_root, resolve_data_dir
+from .paths import figures_dir, project_root, resolve_data_dir
 from .runs import execute_notebook
 
 PROFILES = ("smoke", "quick", "paper")
@@ -65,6 +68,10 @@ def prepare_data(data_dir: str | None = None, names: tuple[str, ...] = ("eurosat
 def run_study(profile: str = "quick", data_dir: str | None = None, only: list[str] | None = None) -> pd.DataFrame:
     """Execute the study; return one row per run (notebook, run folder, executed or skipped, seconds)."""
     root = resolve_data_dir(data_dir)
+    if profile != "quick" and "LCC_FIGURES_DIR" not in os.environ:
+        # The committed figures/ are the quick study's; smoke and paper runs must not overwrite
+        # them: their figures go to figures/<profile>/ (the kernels inherit this environment).
+        os.environ["LCC_FIGURES_DIR"] = str(figures_dir() / profile)
     rows = []
     books = [nb for nb in notebooks() if not only or nb.stem in only or nb.stem[:2] in only]
     plan = [(nb, p) for nb in books for p in profile_runs(nb, profile)]

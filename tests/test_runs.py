@@ -71,3 +71,17 @@ def test_notebook_without_metrics_is_an_error(tmp_path):
     nbformat.write(nb, str(tmp_path / "10_nometrics.ipynb"))
     with pytest.raises(RuntimeError, match="wrote no metrics.json"):
         runs.execute_notebook(tmp_path / "10_nometrics.ipynb", {})
+
+
+def test_smoke_profile_figures_do_not_overwrite_the_study_figures(monkeypatch, tmp_path):
+    import os
+
+    from lcc_utils import study
+
+    monkeypatch.delenv("LCC_FIGURES_DIR", raising=False)
+    monkeypatch.setattr(study, "notebooks", lambda: [])
+    monkeypatch.setattr(study, "prepare_data", lambda *a, **k: None)
+    study.run_study("smoke", str(tmp_path))
+    assert os.environ["LCC_FIGURES_DIR"].endswith(os.path.join("figures", "smoke"))
+    with pytest.raises(ValueError, match="unknown profile 'fast'"):
+        study.profile_runs(tmp_path / "01_x.ipynb", "fast")
