@@ -5,8 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= quick
-LCC_DATA_DIR ?= data
 LCC_KERNEL ?= lcc
+# LCC_DATA_DIR: data root; unset = data/ if present, else ../shared/data if present, else data/
 export LCC_DATA_DIR LCC_KERNEL
 
 .PHONY: setup study data test lint benchmarks clean-cache

@@ -37,16 +37,23 @@ def _resolve(path: str | os.PathLike) -> Path:
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """Return the data root: the ``data_dir`` parameter, else ``LCC_DATA_DIR``, else ``<root>/data``.
+    """Return the data root.
 
-    An empty string counts as "not given", so notebooks can default ``data_dir = ""``.
+    In order: the ``data_dir`` parameter; ``LCC_DATA_DIR``; ``<root>/data`` if it exists; a
+    ``shared/data`` folder beside the project (the layout of CI and of the team's machines) if
+    it exists; else ``<root>/data``, where missing datasets are downloaded. An empty string
+    counts as "not given", so notebooks can default ``data_dir = ""``.
     """
     if data_dir not in (None, ""):
         return _resolve(data_dir)
     env = os.environ.get("LCC_DATA_DIR")
     if env:
         return _resolve(env)
-    return project_root() / "data"
+    local = project_root() / "data"
+    sibling = project_root().parent / "shared" / "data"
+    if not local.exists() and sibling.is_dir():
+        return sibling
+    return local
 
 
 def resolve_path(path: str | os.PathLike) -> Path:

@@ -9,6 +9,8 @@ validation loss. Both are entries of :data:`RECIPES`; :func:`train` is the only 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import math
 import os
@@ -289,6 +291,34 @@ def evaluate(model: nn.Module, loader: Any, device: str | torch.device = "auto")
 
 
 # --------------------------------------------------------------------------- the loop
+#: CPU training runs on this many threads: the summation order of convolution kernels depends
+#: on the thread count, so a run rebuilt with another count drifts by float rounding (seen:
+#: 1e-4 weight differences that flip a few quantized predictions). One thread makes a run
+#: bit-reproducible on any machine of the same CPU type, which `load_trained` relies on.
+CPU_TRAIN_THREADS = 1
+
+
+def _pinned_cpu_threads(fn: Callable) -> Callable:
+    """Run ``fn`` with :data:`CPU_TRAIN_THREADS` torch threads when its ``device`` resolves to the CPU."""
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        if resolve_device(bound.arguments["device"]).type != "cpu":
+            return fn(*args, **kwargs)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(CPU_TRAIN_THREADS)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(previous)
+
+    return wrapper
+
+
+@_pinned_cpu_threads
 def train(
     model: nn.Module,
     loaders: Mapping[str, Any],

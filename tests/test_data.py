@@ -266,3 +266,19 @@ def test_real_corrupt_jpeg_in_a_copy_of_eurosat(shared_data, tmp_path, tmp_cache
     bad.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 100)
     with pytest.raises(data.BadImageError, match="Highway_corrupt.jpg"):
         data.load_dataset("eurosat", tmp_path / "copy", download=False)
+
+
+def test_data_root_resolution(monkeypatch, tmp_path):
+    from lcc_utils import paths
+
+    monkeypatch.setenv("LCC_PROJECT_ROOT", str(tmp_path / "proj"))
+    (tmp_path / "proj").mkdir()
+    monkeypatch.delenv("LCC_DATA_DIR", raising=False)
+    assert paths.resolve_data_dir("") == tmp_path / "proj" / "data"  # nothing exists: download target
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    assert paths.resolve_data_dir("") == tmp_path / "shared" / "data"  # the sibling checkout
+    (tmp_path / "proj" / "data").mkdir()
+    assert paths.resolve_data_dir(None) == tmp_path / "proj" / "data"  # a local data/ wins
+    monkeypatch.setenv("LCC_DATA_DIR", str(tmp_path / "elsewhere"))
+    assert paths.resolve_data_dir("") == tmp_path / "elsewhere"
+    assert paths.resolve_data_dir(tmp_path / "param") == tmp_path / "param"
