@@ -710,14 +710,27 @@ def rgb_composite(ds: ImageDataset, index: int, stretch: float = 0.3) -> np.ndar
     return np.clip(rgb.astype(np.float32) / C.S2_QUANTIFICATION_VALUE / stretch, 0, 1)
 
 
-def sample_images(ds: ImageDataset, per_class: int = 6, seed: int = 0) -> list[list[np.ndarray]]:
-    """A seeded random pick of ``per_class`` display images (RGB composites) for each class."""
+def sample_images(ds: ImageDataset, per_class: int = 6, seed: int = 0, max_px: int = 96) -> list[list[np.ndarray]]:
+    """A seeded random pick of ``per_class`` display images (RGB composites) for each class.
+
+    Images larger than ``max_px`` are shown as thumbnails, so a grid of 21 UC Merced classes
+    stays a small figure file.
+    """
+    from PIL import Image
+
     rng = np.random.default_rng(seed)
     rows = []
     for k in range(len(ds.classes)):
         idx = np.flatnonzero(ds.labels == k)
         pick = np.sort(rng.choice(idx, size=min(per_class, len(idx)), replace=False))
-        rows.append([rgb_composite(ds, int(i)) for i in pick])
+        row = []
+        for i in pick:
+            img = rgb_composite(ds, int(i))
+            if img.shape[0] > max_px:
+                small = Image.fromarray((img * 255).round().astype(np.uint8)).resize((max_px, max_px), Image.LANCZOS)
+                img = np.asarray(small, dtype=np.float32) / 255.0
+            row.append(img)
+        rows.append(row)
     return rows
 
 

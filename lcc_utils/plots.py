@@ -16,7 +16,9 @@ from matplotlib.figure import Figure
 from .paths import figures_dir
 
 
-def save_figure(fig: Figure, name: str, stage: str, formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
+def save_figure(
+    fig: Figure, name: str, stage: str, formats: tuple[str, ...] = ("png", "pdf"), dpi: int = 150
+) -> list[Path]:
     """Write ``fig`` as ``figures/<stage>_<name>.<fmt>`` for each format; return the paths.
 
     PDFs are written without a creation date so that reruns produce identical files.
@@ -27,7 +29,7 @@ def save_figure(fig: Figure, name: str, stage: str, formats: tuple[str, ...] = (
     for fmt in formats:
         p = out / f"{stage}_{name}.{fmt}"
         meta = {"CreationDate": None} if fmt == "pdf" else {"Software": None} if fmt == "png" else None
-        fig.savefig(p, dpi=150, bbox_inches="tight", metadata=meta)
+        fig.savefig(p, dpi=dpi, bbox_inches="tight", metadata=meta)
         paths.append(p)
     return paths
 
@@ -46,14 +48,14 @@ def plot_class_counts(counts: pd.DataFrame, title: str = "") -> Figure:
 def plot_sample_grid(images: list[list[np.ndarray]], row_labels: list[str], title: str = "") -> Figure:
     """Grid of images: one row per class, each cell an (H, W, 3) float or uint8 image."""
     rows, cols = len(images), max(len(r) for r in images)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols + 1.6, 1.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(0.8 * cols + 1.6, 0.8 * rows), squeeze=False)
     for r, row in enumerate(images):
         for c in range(cols):
             ax = axes[r][c]
             ax.set_xticks([])
             ax.set_yticks([])
             if c < len(row):
-                ax.imshow(row[c])
+                ax.imshow(row[c], interpolation="nearest")
             else:
                 ax.axis("off")
         axes[r][0].set_ylabel(row_labels[r], rotation=0, ha="right", va="center", fontsize=8)
