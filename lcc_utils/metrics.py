@@ -394,39 +394,6 @@ def plot_ndvi_errors(
 
 
 # --------------------------------------------------------------------------- curves, tables
-def plot_training_curves(history: pd.DataFrame, title: str | None = None) -> Figure:
-    """Loss (left) and accuracy (right) per epoch from a training ``history`` table.
-
-    Any column whose name contains ``loss`` goes on the left panel and any with
-    ``acc`` or ``oa`` on the right; the x axis is the ``epoch`` column (else the row).
-    """
-    if not isinstance(history, pd.DataFrame) or history.empty:
-        raise ValueError("history must be a non-empty DataFrame (one row per epoch)")
-    loss_cols = [c for c in history.columns if "loss" in str(c).lower()]
-    acc_cols = [c for c in history.columns
-                if "acc" in str(c).lower() or str(c).lower().endswith("oa")]
-    if not loss_cols:
-        raise ValueError(f"history has no loss column; columns are {list(history.columns)}")
-    x = history["epoch"] if "epoch" in history.columns else np.arange(1, len(history) + 1)
-    fig, axes = plt.subplots(1, 2 if acc_cols else 1, figsize=(10 if acc_cols else 5, 3.5))
-    ax0 = axes[0] if acc_cols else axes
-    for c in loss_cols:
-        ax0.plot(x, history[c], marker=".", label=c)
-    ax0.set_xlabel("epoch")
-    ax0.set_ylabel("loss")
-    ax0.legend(fontsize=8)
-    if acc_cols:
-        for c in acc_cols:
-            axes[1].plot(x, history[c], marker=".", label=c)
-        axes[1].set_xlabel("epoch")
-        axes[1].set_ylabel("accuracy")
-        axes[1].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
 def summary_table(
     results: Mapping[str, Mapping],
     paper: Mapping[str, Mapping[str, float]] = PAPER_B_RESULTS,

@@ -121,14 +121,7 @@ def test_ndvi_binned_errors_counts():
     plt.close(fig)
 
 
-def test_training_curves_summary_mean_std():
-    hist = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.0, 0.8, 0.6],
-                         "val_loss": [1.1, 0.9, 0.95], "val_acc": [0.5, 0.6, 0.65]})
-    fig = metrics.plot_training_curves(hist)
-    assert len(fig.axes) == 2
-    plt.close(fig)
-    with pytest.raises(ValueError, match="no loss column"):
-        metrics.plot_training_curves(hist[["epoch", "val_acc"]])
+def test_summary_mean_std():
     s = metrics.summary_table({"LightweightCNN": {"oa": 0.9, "kappa": 0.8},
                                "Random forest": {"oa": 0.85}})
     assert s.loc["LightweightCNN", "paper_oa_%"] == 91.2

@@ -240,3 +240,14 @@ def test_paper_b_l2_penalty_is_in_the_loss():
     with_l2 = train(tiny_model(), make_loaders(), frozen, device="cpu").history["train_loss"][0]
     without = train(tiny_model(), make_loaders(), plain, device="cpu").history["train_loss"][0]
     assert with_l2 - without == pytest.approx(1e-3 * expected, rel=1e-4)
+
+
+def test_plot_learning_curves_marks_the_kept_epoch():
+    from lcc_utils import training
+
+    hist = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.0, 0.8, 0.6], "val_loss": [1.1, 0.9, 0.95],
+                         "train_accuracy": [0.4, 0.5, 0.6], "val_accuracy": [0.5, 0.6, 0.55]})
+    fig = training.plot_learning_curves(hist, best_epoch=2, title="t")
+    loss_ax, acc_ax = fig.axes
+    assert [ln.get_label() for ln in acc_ax.lines] == ["train (augmented)", "validation", "best epoch 2"]
+    assert list(loss_ax.lines[1].get_ydata()) == [1.1, 0.9, 0.95]
