@@ -8,6 +8,8 @@ path therefore goes through these helpers instead of being written relative.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -79,3 +81,35 @@ def figures_dir() -> Path:
     """Published figures: ``LCC_FIGURES_DIR``, else ``<root>/figures``."""
     env = os.environ.get("LCC_FIGURES_DIR")
     return _resolve(env) if env else project_root() / "figures"
+
+
+# --------------------------------------------------------------------------- atomic writes
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; on success it replaces ``path`` in one rename.
+
+    The one way the package writes a file that others read: a reader (another notebook, an
+    interrupted study resumed later) sees the old file or the complete new one, never a half
+    written one. The temporary name keeps the suffix, so writers that infer the format from it
+    (``np.savez``, rasterio, ``torch.save``) behave as for ``path``. On an error the temporary
+    file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write text or bytes to ``path`` atomically (see :func:`atomic_path`); return the path."""
+    with atomic_path(path) as tmp:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data)
+    return Path(path)
