@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from lcc_utils.paths import atomic_path, atomic_write
+
 
 @dataclass(frozen=True)
 class CoresetMethod:
@@ -131,15 +133,10 @@ def save_scores(scores: CoresetScores, path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix != ".npz":
         raise ValueError(f"path={path}: score files end in .npz")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, scores=scores.scores, indices=scores.indices, labels=scores.labels)
     meta = {"method": scores.method, **scores.meta}
-    jtmp = path.with_name(path.name + ".json.tmp")
-    jtmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(jtmp, path.with_name(path.name + ".json"))
-    os.replace(tmp, path)
+    atomic_write(path.with_name(path.name + ".json"), json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # the scores last: their presence = complete
+        np.savez(fh, scores=scores.scores, indices=scores.indices, labels=scores.labels)
     return path
 
 
@@ -172,9 +169,9 @@ def score_dataset(
     ds: Any,
     split: Any,
     method: str,
-    scoring_model: str = "resnet18",
-    scoring_epochs: int = 3,
-    image_size: int | None = 64,
+    scoring_model: str,
+    scoring_epochs: int,
+    image_size: int | None,
     seed: int = 0,
     device: str = "auto",
     batch_size: int = 64,
@@ -244,9 +241,9 @@ def get_scores(
     ds: Any,
     split: Any,
     method: str,
-    scoring_model: str = "resnet18",
-    scoring_epochs: int = 3,
-    image_size: int | None = 64,
+    scoring_model: str,
+    scoring_epochs: int,
+    image_size: int | None,
     seed: int = 0,
     device: str = "auto",
 ) -> tuple[CoresetScores, Path, bool]:
@@ -364,14 +361,9 @@ def save_coreset(
     indices: np.ndarray, path: str | os.PathLike, **meta: Any
 ) -> Path:
     """Write a coreset index file (JSON, sorted keys, no timestamps: byte-identical reruns)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     body = {**{k: v for k, v in meta.items()}, "indices": [int(i) for i in indices],
             "size": int(len(indices))}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(body, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(body, sort_keys=True, default=str) + "\n")
 
 
 def load_coreset(path: str | os.PathLike) -> np.ndarray:
@@ -387,10 +379,11 @@ def coreset_indices(
     split: Any,
     coreset: str,
     fraction: float,
-    seed: int = 0,
-    scoring_model: str = "resnet18",
-    scoring_epochs: int = 3,
-    image_size: int | None = 64,
+    *,
+    seed: int,
+    scoring_model: str,
+    scoring_epochs: int,
+    image_size: int | None,
     device: str = "auto",
     balanced: bool = True,
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -438,33 +431,6 @@ def coreset_class_sizes(
          for f, idx in selected.items()},
         index=pd.Index(list(classes), name="class"),
     )
-
-
-def scoring_record(
-    scores: CoresetScores, scores_file: str | os.PathLike, selected: dict[float, np.ndarray]
-) -> dict[str, Any]:
-    """The metrics of a scoring run: score file (relative to the project), cost, sizes.
-
-    Everything here is read from the score file, so a rerun of a cached scoring logs
-    identical metrics.
-    """
-    from lcc_utils.paths import project_root
-
-    path = Path(scores_file).resolve()
-    try:
-        shown = str(path.relative_to(project_root()))
-    except ValueError:
-        shown = str(path)
-    rec: dict[str, Any] = {
-        "scores_file": shown,
-        "scoring_seconds": round(float(scores.meta.get("seconds", 0.0)), 2),
-        "scoring_device": scores.meta.get("device"),
-        "n_scored": int(len(scores.scores)),
-        "score_mean": round(float(scores.scores.mean()), 6),
-        "proxy_final_val_accuracy": scores.meta.get("proxy_final_val_accuracy"),
-    }
-    rec.update({f"coreset_{100 * f:g}pct": int(len(idx)) for f, idx in selected.items()})
-    return rec
 
 
 # --------------------------------------------------------------------------- plots
@@ -525,88 +491,5 @@ def plot_selected_images(
         axes[r][0].text(-0.1, 0.5, ds.classes[c], transform=axes[r][0].transAxes,
                         ha="right", va="center", fontsize=8)
     fig.suptitle(f"{scores.method} coreset: selected images (score above each)")
-    fig.tight_layout()
-    return fig
-
-
-# --------------------------------------------------------------------------- paper A Table 1
-def table1(runs_df: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
-    """Paper A's Table 1 layout: test accuracy (%) per model x dataset x fraction x coreset.
-
-    Each cell is our mean +- std over seeds and the number of seeds. The paper's published
-    Table 1 numbers are not in ``constants.py``, so the ``paper`` column is NaN: we never
-    invent them.
-    """
-    need = {"model", "dataset", "fraction", "coreset", "seed", metric}
-    missing = need - set(runs_df.columns)
-    if missing:
-        raise ValueError(f"runs_df lacks columns {sorted(missing)} (collect_runs('train'))")
-    df = runs_df.copy()
-    df["acc"] = 100.0 * df[metric].astype(float)
-    # at 100 % every coreset is the full split: show it under every method's column
-    g = df.groupby(["model", "dataset", "fraction", "coreset"])["acc"]
-    stats = g.agg(["mean", "std", "count"]).reset_index()
-    rows = []
-    for (model, dataset, fraction), part in stats.groupby(["model", "dataset", "fraction"]):
-        row: dict[str, Any] = {"model": model, "dataset": dataset, "fraction": fraction}
-        for name in CORESETS:
-            hit = part[part["coreset"] == name]
-            if fraction == 1.0 and hit.empty:
-                hit = part
-            if hit.empty:
-                row[name] = ""
-                row[f"{name}_n"] = 0
-                continue
-            mean, std, cnt = hit["mean"].iloc[0], hit["std"].iloc[0], int(hit["count"].iloc[0])
-            row[name] = f"{mean:.2f} ± {std:.2f}" if cnt > 1 else f"{mean:.2f}"  # one seed: no spread to show
-            row[f"{name}_n"] = cnt
-        row["paper"] = np.nan
-        rows.append(row)
-    out = pd.DataFrame(rows)
-    out.attrs["note"] = "paper column: paper A's Table 1 values are not in the repository"
-    return out
-
-
-def protocol_differences(runs_df: pd.DataFrame) -> pd.DataFrame:
-    """How our runs differ from paper A's protocol (224 px, 10 epochs, ImageNet weights, GPU)."""
-    cols = {"image_size": "224", "epochs": "10", "pretrained": "True (ImageNet)",
-            "device": "GPU", "seed": "not stated"}
-    rows = []
-    for col, paper in cols.items():
-        if col in runs_df.columns:
-            vals = sorted({str(v) for v in runs_df[col].dropna()})
-            ours = ", ".join(vals) if col != "seed" else f"{len(vals)} seeds: {', '.join(vals)}"
-        else:
-            ours = "n/a"
-        rows.append({"setting": col, "paper A": paper, "ours": ours})
-    return pd.DataFrame(rows)
-
-
-def plot_table1(runs_df: pd.DataFrame, model: str | None = None, metric: str = "test_accuracy") -> Figure:
-    """Test accuracy vs coreset fraction, one panel per dataset, one line per coreset method.
-
-    Points are the mean over seeds, bars the standard deviation; the 100 % run (the whole
-    training split) is drawn as a dashed reference line.
-    """
-    import matplotlib.pyplot as plt
-
-    df = runs_df if model is None else runs_df[runs_df["model"] == model]
-    datasets = sorted(df["dataset"].unique())
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets, strict=True):
-        part = df[df["dataset"] == dataset]
-        full = part[part["fraction"] == 1.0][metric].astype(float) * 100
-        for name in CORESETS:
-            sub = part[(part["coreset"] == name) & (part["fraction"] < 1.0)]
-            if sub.empty:
-                continue
-            g = sub.groupby("fraction")[metric].agg(["mean", "std"]) * 100
-            ax.errorbar(g.index * 100, g["mean"], yerr=g["std"].fillna(0), marker="o", capsize=3, label=name)
-        if len(full):
-            ax.axhline(full.mean(), ls="--", color="grey", label="100 % (full split)")
-        ax.set(title=f"{dataset}" + (f" · {model}" if model else ""), xlabel="coreset size (% of training split)",
-               ylabel="test accuracy (%)")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     return fig

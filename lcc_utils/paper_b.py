@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from lcc_utils import baselines, metrics
 from lcc_utils.constants import PAPER_B_ABLATION
+from lcc_utils.paths import atomic_write
 
 #: Our model key -> the name paper B's results table uses (``constants.PAPER_B_RESULTS``).
 MODEL_NAMES: dict[str, str] = {
@@ -88,6 +89,64 @@ class ModelResult:
     probs: np.ndarray | None = None
 
 
+# --------------------------------------------------------------------------- hand-over 02 -> 06/07/08
+def patchset_file(name: str, content_hash: str) -> Path:
+    """Where a patch set lives in the cache: ``cache/patchsets/<name>-<content hash>`` (+ .npz/.json)."""
+    from lcc_utils.paths import cache_dir
+
+    return cache_dir() / "patchsets" / f"{name}-{content_hash}"
+
+
+def build_eurosat_patchsets(
+    ds: Any, tasks: Sequence[str], *, patch_size: int, bands: Sequence[str], seed: int, block_size_m: float
+) -> dict[str, tuple[Any, Path]]:
+    """Notebook 02: cut EuroSAT MS into paper B's patch sets, one per task, and store each by content hash."""
+    from lcc_utils import sentinel2
+
+    out = {}
+    for task in tasks:
+        ps = sentinel2.eurosat_ms_patchset(ds, task, patch_size=patch_size, bands=tuple(bands), seed=seed,
+                                           block_size_m=block_size_m)
+        path = patchset_file(f"eurosat_ms-{task}-p{patch_size}-seed{seed}", ps.hash)
+        sentinel2.save_patchset(ps, path)
+        out[task] = (ps, path)
+    return out
+
+
+def load_eurosat_patchset(sentinel2_run: Mapping[str, Any], task: str, data_dir: str | None = "") -> Any:
+    """The EuroSAT MS patch set of ``task`` that notebook 02 built, found by 02's parameters.
+
+    ``sentinel2_run`` names the 02 run by its parameters (overrides of 02's defaults, ``{}`` for
+    the defaults). The patch set is read from the cache by the content hash the run recorded; in
+    a fresh clone (the cache is not committed) it is rebuilt from the run's parameters and must
+    reproduce that hash.
+
+    Raises:
+        FileNotFoundError: the 02 run has not finished (the message says how to run it).
+        ValueError: the run built no patch set for ``task``, or a rebuild gives another hash.
+
+    """
+    from lcc_utils import data, runs, sentinel2
+
+    d = runs.find_run("02", sentinel2_run)
+    params = json.loads((d / "params.json").read_text())["params"]
+    want = json.loads((d / "metrics.json").read_text()).get(f"eurosat_ms_{task}_hash")
+    if want is None:
+        raise ValueError(f"the 02 run {d.name} built no EuroSAT MS {task!r} patch set (eurosat_task="
+                         f"{params['eurosat_task']!r}); run 02 with -p eurosat_task {task} or both")
+    try:
+        ps = sentinel2.load_patchset(patchset_file(f"eurosat_ms-{task}-p{params['patch_size']}-seed{params['seed']}",
+                                                   want))
+    except FileNotFoundError:
+        ds = data.load_dataset("eurosat_ms", data_dir or None)
+        ps = build_eurosat_patchsets(ds, [task], patch_size=params["patch_size"], bands=params["bands"],
+                                     seed=params["seed"], block_size_m=params["eurosat_block_size_m"])[task][0]
+    if ps.hash != want:
+        raise ValueError(f"EuroSAT MS {task} patch set rebuilt with hash {ps.hash}, but the 02 run {d.name} "
+                         f"recorded {want}: the data or the code differ")
+    return ps
+
+
 # --------------------------------------------------------------------------- data
 def _split_indices(ps: Any) -> dict[str, np.ndarray]:
     idx = {s: ps.indices(s) for s in ("train", "val", "test")}
@@ -124,15 +183,11 @@ def patch_ndvi(ps: Any, indices: np.ndarray | None = None) -> np.ndarray:
 
 # --------------------------------------------------------------------------- one model
 def _model_run_dir(run_dir: str | os.PathLike | None, key: str, params: Mapping) -> Path | None:
-    """A per-model sub-folder that ``training.load_trained`` can open (params.json + checkpoints)."""
+    """A per-model sub-folder that ``trained.reopen_trained`` can open (params.json + checkpoints)."""
     if run_dir is None:
         return None
     d = Path(run_dir) / "models" / key
-    d.mkdir(parents=True, exist_ok=True)
-    p = d / "params.json"
-    tmp = p.with_name(".params.json.tmp")
-    tmp.write_text(json.dumps({"params": dict(params)}, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, p)
+    atomic_write(d / "params.json", json.dumps({"params": dict(params)}, indent=2, sort_keys=True, default=str) + "\n")
     return d
 
 
@@ -156,7 +211,7 @@ def run_neural(
         device: ``cpu`` (deterministic), ``cuda`` or ``auto``.
         run_dir: With a folder, the model trains in ``<run_dir>/models/<key>/``
             (``params.json``, ``history.csv``, ``checkpoints/best.pt``,
-            ``normalization.json``) so ``training.load_trained`` can reopen it.
+            ``normalization.json``) so ``trained.reopen_trained`` can reopen it.
         model_kwargs: Extra ``create_model`` options (``depth``, ``filters``, ``kernel_size``).
         latency_batch: Batch size of the CPU latency measurement.
 
@@ -174,7 +229,7 @@ def run_neural(
         "model": key, "recipe": recipe.name, "seed": int(seed), "epochs": epochs,
         "image_size": size, "in_chans": len(ps.bands), "bands": list(ps.bands),
         "classes": list(ps.classes), "patchset_hash": ps.hash, "device": device,
-        # how to rebuild the patch set (rebuild_neural): EuroSAT MS, task, tiles, split
+        # how to rebuild the patch set (retrain_model): EuroSAT MS, task, tiles, split
         "dataset": "eurosat_ms", "task": ps.meta.get("task"),
         "patch_size": ps.meta.get("patch_size", size), "split_seed": ps.meta.get("seed"),
         "block_size_m": ps.meta.get("block_size_m"),
@@ -183,10 +238,8 @@ def run_neural(
     mdir = _model_run_dir(run_dir, key, sub_params)
     if mdir is not None:
         mean, std = sentinel2.band_stats(ps, "train")
-        tmp = mdir / ".normalization.json.tmp"
-        tmp.write_text(json.dumps({"bands": list(ps.bands), "mean": mean, "std": std,
-                                   "classes": list(ps.classes)}, indent=2) + "\n")
-        os.replace(tmp, mdir / "normalization.json")
+        atomic_write(mdir / "normalization.json", json.dumps(
+            {"bands": list(ps.bands), "mean": mean, "std": std, "classes": list(ps.classes)}, indent=2) + "\n")
     training.seed_everything(seed)
     net = models.create_model(key, num_classes=len(ps.classes), in_chans=len(ps.bands), **kwargs)
     result = training.train(net, loaders, recipe=recipe, epochs=epochs, device=device,
@@ -211,48 +264,24 @@ def run_neural(
     )
 
 
-_ARCH_KEYS = ("depth", "filters", "kernel_size", "dropout")
+def retrain_model(model_dir: str | os.PathLike, data_dir: str | None = None) -> None:
+    """Train a network of :func:`run_neural` (``<run>/models/<key>/``) again: its checkpoint is gone.
 
+    The EuroSAT MS patch set is rebuilt from the recorded task / tile size / split seed (older
+    folders: from the enclosing run's ``params.json``), its content hash is checked against the
+    recorded one, and the model is retrained with the recorded seed and architecture
+    (deterministic on the CPU, so the same weights come back). Reopen it with
+    :func:`lcc_utils.trained.reopen_trained`.
 
-def rebuild_neural(
-    model_dir: str | os.PathLike, data_dir: str | None = None, rebuild: bool = True
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Reopen a network trained by :func:`run_neural` (``<run>/models/<key>/``).
-
-    With ``checkpoints/best.pt`` present the architecture (including ablation options
-    such as ``depth`` / ``kernel_size``) is rebuilt from ``params.json`` and the best
-    weights are loaded. Checkpoints are not committed: without one and with
-    ``rebuild=True`` the EuroSAT MS patch set is rebuilt from the recorded task / tile
-    size / split seed (older folders: from the enclosing run's ``params.json``), its
-    content hash is checked against the recorded one, and the model is retrained
-    (deterministic on the CPU, so the same weights come back).
-
-    Returns:
-        ``(model in eval mode on the CPU, params)``; ``params["normalization"]`` holds the
-        per-band mean / std the model expects (``normalization.json``).
+    Raises:
+        ValueError: the rebuilt patch set differs from the one the run used.
 
     """
-    from lcc_utils import data, models, sentinel2
+    from lcc_utils import data, sentinel2, training
 
     model_dir = Path(model_dir)
-    pfile = model_dir / "params.json"
-    if not pfile.is_file():
-        raise FileNotFoundError(f"model_dir={model_dir}: no params.json (not a run_neural folder)")
-    params = dict(json.loads(pfile.read_text())["params"])
-    norm = model_dir / "normalization.json"
-    if norm.is_file():
-        params["normalization"] = json.loads(norm.read_text())
-    arch = {k: params[k] for k in _ARCH_KEYS if k in params}
-    best = model_dir / "checkpoints" / "best.pt"
-    if best.is_file():
-        ckpt = torch.load(best, map_location="cpu", weights_only=False)
-        net = models.create_model(params["model"], num_classes=len(params["classes"]),
-                                  in_chans=int(params["in_chans"]), **arch)
-        net.load_state_dict(ckpt["model"])
-        return net.eval(), params
-    if not rebuild:
-        raise FileNotFoundError(f"{best} is missing (checkpoints are not committed); "
-                                "call rebuild_neural(..., rebuild=True) to retrain it")
+    params = dict(json.loads((model_dir / "params.json").read_text())["params"])
+    arch = {k: params[k] for k in training.ARCH_KEYS if k in params}
     spec = {k: params.get(k) for k in ("task", "patch_size", "split_seed", "block_size_m")}
     if any(v is None for v in spec.values()):
         # folders written before these keys were recorded: the enclosing evaluation run
@@ -267,12 +296,8 @@ def rebuild_neural(
     if ps.hash != params["patchset_hash"]:
         raise ValueError(f"rebuilt patch set has hash {ps.hash}, the run used "
                          f"{params['patchset_hash']}: the data differ, cannot rebuild {model_dir}")
-    r = run_neural(params["model"], ps, seed=int(params["seed"]), epochs=params.get("epochs"),
-                   device=params.get("device", "cpu"), run_dir=model_dir.parent.parent,
-                   model_kwargs=arch)
-    net, _ = rebuild_neural(model_dir, rebuild=False)
-    params["rebuilt_best_epoch"] = r.details["best_epoch"]
-    return net, params
+    run_neural(params["model"], ps, seed=int(params["seed"]), epochs=params.get("epochs"),
+               device=params.get("device", "cpu"), run_dir=model_dir.parent.parent, model_kwargs=arch)
 
 
 def run_baseline(key: str, ps: Any, seed: int = 0) -> ModelResult:

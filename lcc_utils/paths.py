@@ -85,23 +85,26 @@ def figures_dir() -> Path:
 
 # --------------------------------------------------------------------------- atomic writes
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, keep_on_error: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; on success it replaces ``path`` in one rename.
 
     The one way the package writes a file that others read: a reader (another notebook, an
     interrupted study resumed later) sees the old file or the complete new one, never a half
     written one. The temporary name keeps the suffix, so writers that infer the format from it
-    (``np.savez``, rasterio, ``torch.save``) behave as for ``path``. On an error the temporary
-    file is removed and ``path`` is left as it was.
+    (``np.savez``, rasterio, ``torch.save``) behave as for ``path``. On an error ``path`` is
+    left as it was and the temporary file is removed (kept with ``keep_on_error``, e.g. the
+    partial output of a failed notebook, which shows the traceback).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    ok = False
     try:
         yield tmp
         os.replace(tmp, path)
+        ok = True
     finally:
-        if tmp.exists():
+        if not ok and not keep_on_error and tmp.exists():
             tmp.unlink()
 
 

@@ -1,10 +1,12 @@
 """Figures: ``plot_*`` functions return a Figure; :func:`save_figure` is the one place that writes.
 
-Figures land in ``figures/<stage>_<name>.png`` and ``.pdf`` (the study's published figures).
+Per-run figures land in the run folder; the study's published figures in
+``figures/<stage>_<name>.png`` and ``.pdf`` (see :meth:`lcc_utils.runs.Run.save_figure`).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -13,23 +15,25 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from .paths import figures_dir
+from .paths import atomic_path
 
 
 def save_figure(
-    fig: Figure, name: str, stage: str, formats: tuple[str, ...] = ("png", "pdf"), dpi: int = 150
+    fig: Figure, stem: str | os.PathLike, formats: tuple[str, ...] = ("png", "pdf"), dpi: int = 150
 ) -> list[Path]:
-    """Write ``fig`` as ``figures/<stage>_<name>.<fmt>`` for each format; return the paths.
+    """Write ``fig`` as ``<stem>.<fmt>`` for each format (atomically); return the paths.
 
-    PDFs are written without a creation date so that reruns produce identical files.
+    The one function that writes figure files. Run folders get per-run figures through
+    :meth:`lcc_utils.runs.Run.save_figure`, which also publishes the study's figures to
+    ``figures/<stage>_<name>`` during ``make study``. Files carry no creation date or
+    software tag, so reruns produce identical files.
     """
-    out = figures_dir()
-    out.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in formats:
-        p = out / f"{stage}_{name}.{fmt}"
+        p = Path(f"{stem}.{fmt}")
         meta = {"CreationDate": None} if fmt == "pdf" else {"Software": None} if fmt == "png" else None
-        fig.savefig(p, dpi=dpi, bbox_inches="tight", metadata=meta)
+        with atomic_path(p) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", metadata=meta, format=fmt)
         paths.append(p)
     return paths
 

@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 
 from . import __version__
-from .paths import project_root, resolve_path, runs_root
+from .paths import atomic_path, atomic_write, project_root, resolve_path, runs_root
 
 #: Parameters that say *where* things are, not *what* is computed: left out of the hash.
 LOCATION_PARAMS = ("data_dir",)
@@ -85,12 +85,6 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _close(a: Any, b: Any, rel: float = 1e-9) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_close(a[k], b[k], rel) for k in a)
@@ -125,23 +119,30 @@ class Run:
     def save_table(self, df: pd.DataFrame, name: str, index: bool = False) -> Path:
         """Write a table as ``<name>.csv``."""
         p = self.path(f"{name}.csv")
-        _atomic_write(p, df.to_csv(index=index))
+        atomic_write(p, df.to_csv(index=index))
         return p
 
     def save_json(self, obj: Any, name: str) -> Path:
         """Write ``obj`` as ``<name>.json``."""
         p = self.path(f"{name}.json")
-        _atomic_write(p, json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
+        atomic_write(p, json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
         return p
 
-    def save_figure(self, fig: Any, name: str) -> Path:
-        """Write a per-run figure as ``<name>.png`` in the run folder.
+    def save_figure(self, fig: Any, name: str, publish: bool = False, dpi: int = 150) -> Path:
+        """Write a figure as ``<name>.png`` in the run folder; return its path.
 
-        Figures the study reports go to ``figures/`` through :func:`lcc_utils.plots.save_figure`;
-        per-run diagnostics (learning curves, confusion matrices of every seed) stay with their run.
+        Every figure stays with the run that made it, so running a notebook by hand never
+        touches the committed ``figures/``. ``publish=True`` marks a figure the study reports:
+        it is *also* written to ``figures/<stage>_<name>.png/.pdf`` (at ``dpi``), but only while
+        :func:`publishing` is on (``make study`` turns it on; see :mod:`lcc_utils.study`).
         """
-        p = self.path(f"{name}.png")
-        fig.savefig(p, dpi=110, bbox_inches="tight", metadata={"Software": None})
+        from .plots import save_figure
+
+        p = save_figure(fig, self.dir / name, formats=("png",), dpi=110)[0]
+        if publish and publishing():
+            from .paths import figures_dir
+
+            save_figure(fig, figures_dir() / f"{self.stage}_{name}", dpi=dpi)
         return p
 
     def log_metrics(self, metrics: dict[str, Any]) -> Path:
@@ -160,7 +161,7 @@ class Run:
                 f"run {self.dir} already finished with different metrics; it is never overwritten. "
                 f"Old: {old}; new: {new}. Delete the folder to redo it, or change a parameter."
             )
-        _atomic_write(p, json.dumps(new, indent=2, sort_keys=True) + "\n")
+        atomic_write(p, json.dumps(new, indent=2, sort_keys=True) + "\n")
         return p
 
     def metrics(self) -> dict[str, Any]:
@@ -169,16 +170,37 @@ class Run:
         return json.loads(p.read_text()) if p.exists() else {}
 
 
-def start_run(stage: str, params: dict[str, Any], data_hash: str | None = None, **extra: Any) -> Run:
+class NotebookParams(dict):
+    """The parameters of one notebook run, as executed, and the notebook they belong to.
+
+    A plain dict of ``name -> value`` (exactly the names of the notebook's ``parameters``
+    cell) that also knows its notebook's file name and stage, so ``start_run(params)`` needs
+    nothing hand-written.
+    """
+
+    def __init__(self, values: dict[str, Any], notebook: str):
+        super().__init__(values)
+        self.notebook = notebook
+        self.stage = notebook_stage(notebook)
+
+
+def start_run(params: dict[str, Any], data_hash: str | None = None, stage: str | None = None,
+              **extra: Any) -> Run:
     """Open (or reopen) the run folder for ``params`` and write its ``params.json``.
 
     Args:
-        stage: pipeline stage (``data``, ``train``, ``compression``...).
-        params: exactly the variables of the notebook's ``parameters`` cell.
+        params: the notebook's parameters, from :func:`notebook_params` (which knows its stage),
+            or a plain dict together with ``stage``.
         data_hash: content hash of the data the run reads.
+        stage: pipeline stage (``data``, ``train``...); default ``params.stage``.
         **extra: more provenance to record (split hash, weights description...).
 
     """
+    stage = stage or getattr(params, "stage", None)
+    if not stage:
+        raise ValueError("start_run needs the stage: pass params from runs.notebook_params(globals()) "
+                         "or stage='...'")
+    params = dict(params)
     d = run_dir(stage, params)
     d.mkdir(parents=True, exist_ok=True)
     info = {
@@ -202,42 +224,131 @@ def start_run(stage: str, params: dict[str, Any], data_hash: str | None = None, 
                 f"run {d} was made on other data (hash {old['data_hash']}, now {data_hash})"
             )
         if (d / "metrics.json").exists():
-            return Run(stage, dict(params), d)  # keep the provenance of the finished run
-    _atomic_write(p, json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return Run(stage, dict(params), d)
+            return Run(stage, params, d)  # keep the provenance of the finished run
+    atomic_write(p, json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return Run(stage, params, d)
 
 
-# --------------------------------------------------------------------------- papermill
-def stage_of(notebook: str | os.PathLike) -> str:
-    """Stage name of a numbered notebook: ``04_train.ipynb`` -> ``train``."""
-    stem = Path(notebook).stem
-    return re.sub(r"^\d+_", "", stem)
-
-
+# --------------------------------------------------------------------------- notebooks
+#: Run folders of two stages are named for their product, not their notebook (kept so that the
+#: committed run folders keep their paths): everything else is the file name without its number.
 _STAGE_ALIASES = {"sentinel2_preprocessing": "sentinel2", "coreset_scoring": "coresets"}
+#: Environment variable naming the notebook being executed (set by :func:`execute_notebook`).
+NOTEBOOK_ENV = "LCC_NOTEBOOK"
 
 
 def notebook_stage(notebook: str | os.PathLike) -> str:
-    """Stage under ``runs/`` for a notebook (``02_sentinel2_preprocessing`` -> ``sentinel2``)."""
-    s = stage_of(notebook)
-    return _STAGE_ALIASES.get(s, s)
+    """Stage under ``runs/`` for a notebook file: ``04_train.ipynb`` -> ``train``.
+
+    ``02_sentinel2_preprocessing`` -> ``sentinel2`` and ``03_coreset_scoring`` -> ``coresets``
+    (:data:`_STAGE_ALIASES`). A copy such as ``04_train-Copy1.ipynb`` is still ``train``.
+    """
+    m = re.match(r"\d+_([a-z0-9_]+)", Path(notebook).stem)
+    if not m:
+        raise ValueError(f"{notebook}: a study notebook is named NN_<stage>.ipynb")
+    return _STAGE_ALIASES.get(m.group(1), m.group(1))
+
+
+def notebooks_dir() -> Path:
+    """The study's numbered notebooks."""
+    return project_root() / "notebooks"
+
+
+def notebook_path(name: str) -> Path:
+    """``notebooks/<name>.ipynb`` of a notebook named by stem (``04_train``) or number (``04``)."""
+    hits = sorted(notebooks_dir().glob(f"{name}.ipynb")) or sorted(notebooks_dir().glob(f"{name}_*.ipynb"))
+    if len(hits) != 1:
+        choices = ", ".join(p.stem for p in sorted(notebooks_dir().glob("[0-9][0-9]_*.ipynb")))
+        raise ValueError(f"notebook {name!r} is not one of: {choices}")
+    return hits[0]
+
+
+def _literal_assignments(source: str) -> dict[str, Any] | None:
+    """``{name: value}`` of a cell made only of ``name = <literal>`` lines, else None."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return None
+    out: dict[str, Any] = {}
+    for node in body:
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else (
+            node.target if isinstance(node, ast.AnnAssign) and node.value is not None else None)
+        if not isinstance(target, ast.Name):
+            return None
+        try:
+            out[target.id] = ast.literal_eval(node.value)
+        except ValueError:
+            return None
+    return out or None
 
 
 def notebook_defaults(notebook: str | os.PathLike) -> dict[str, Any]:
-    """The default values of a notebook's ``parameters`` cell."""
+    """The default values of a notebook's ``parameters`` cell (read from the file)."""
     import nbformat
 
     nb = nbformat.read(str(notebook), as_version=4)
     cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(cells) != 1:
         raise ValueError(f"{notebook} must have exactly one cell tagged 'parameters' (found {len(cells)})")
-    out: dict[str, Any] = {}
-    for node in ast.parse(cells[0].source).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            out[node.targets[0].id] = ast.literal_eval(node.value)
-        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value:
-            out[node.target.id] = ast.literal_eval(node.value)
-    return out
+    values = _literal_assignments(cells[0].source)
+    if values is None:
+        raise ValueError(f"{notebook}: the parameters cell must hold only `name = <literal>` lines")
+    return values
+
+
+def _which_notebook(namespace: dict[str, Any], names: set[str]) -> str:
+    """File name of the notebook running in ``namespace``.
+
+    JupyterLab tells the kernel (``__session__``), :func:`execute_notebook` sets
+    :data:`NOTEBOOK_ENV`; under a bare ``papermill`` call nothing does, so the notebook is the
+    one in ``notebooks/`` whose parameters cell declares the most of the executed names (all
+    of its names must be among them; a tie is an error).
+    """
+    for candidate in (namespace.get("__session__"), os.environ.get(NOTEBOOK_ENV)):
+        if candidate and re.match(r"\d+_", Path(str(candidate)).name):
+            return Path(str(candidate)).name
+    best: list[tuple[int, str]] = []
+    for nb in sorted(notebooks_dir().glob("[0-9][0-9]_*.ipynb")):
+        declared = set(notebook_defaults(nb))
+        if declared <= names:
+            best.append((len(declared), nb.name))
+    best.sort(reverse=True)
+    if not best or (len(best) > 1 and best[0][0] == best[1][0]):
+        raise ValueError(f"cannot tell which study notebook declares the parameters {sorted(names)}; "
+                         f"set {NOTEBOOK_ENV}=NN_name.ipynb")
+    return best[0][1]
+
+
+def notebook_params(namespace: dict[str, Any]) -> NotebookParams:
+    """The run parameters of the notebook executing in ``namespace`` (pass ``globals()``).
+
+    The names are those of the notebook's ``parameters`` cell, read from what the kernel
+    actually executed (IPython's ``In``), so a parameter added to the cell can never be left
+    out of the run hash; the values are the current ones (after papermill's injected cell).
+    A name injected by papermill that the cell does not declare (``-p fracton 0.1``) is an
+    error naming it, instead of papermill's warning. The stage comes from the file name.
+
+    Raises:
+        ValueError: unknown injected parameters, or no parameters cell was executed.
+
+    """
+    history = namespace.get("In") or namespace.get("_ih") or []
+    cells = [(src, _literal_assignments(src)) for src in history if src and src.strip()]
+    literal = [(src, vals) for src, vals in cells if vals]
+    declared = [vals for src, vals in literal if not src.lstrip().startswith("# Parameters")]
+    if not declared:
+        raise ValueError("notebook_params(globals()) found no executed parameters cell (a cell of "
+                         "`name = <literal>` lines): run the parameters cell first")
+    names = list(declared[0])
+    injected = {k for src, vals in literal if src.lstrip().startswith("# Parameters") for k in vals}
+    unknown = sorted(injected - set(names))
+    notebook = _which_notebook(namespace, set(names))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for {notebook}; it takes: {', '.join(names)}")
+    missing = [k for k in names if k not in namespace]
+    if missing:
+        raise ValueError(f"parameters {missing} are not defined: run the parameters cell")
+    return NotebookParams({k: namespace[k] for k in names}, notebook)
 
 
 def resolve_params(notebook: str | os.PathLike, params: dict[str, Any]) -> dict[str, Any]:
@@ -248,6 +359,35 @@ def resolve_params(notebook: str | os.PathLike, params: dict[str, Any]) -> dict[
         raise ValueError(f"unknown parameter(s) {unknown} for {Path(notebook).name}; "
                          f"it takes: {', '.join(defaults)}")
     return {**defaults, **params}
+
+
+def find_run(notebook: str, params: dict[str, Any] | None = None, finished: bool = True) -> Path:
+    """The run folder of ``notebook`` (``"04_train"`` or ``"04"``) with ``params``.
+
+    A later stage names an earlier run by its parameters, never by a folder hash: ``params``
+    overrides the notebook's defaults exactly as ``papermill -p`` would, so the folder is the
+    one that notebook writes for them.
+
+    Raises:
+        FileNotFoundError: the run has not finished yet (the message says how to make it).
+
+    """
+    nb = notebook_path(notebook)
+    full = resolve_params(nb, dict(params or {}))
+    d = run_dir(notebook_stage(nb), full)
+    if finished and not (d / "metrics.json").is_file():
+        args = " ".join(f"-p {k} {json.dumps(v) if not isinstance(v, str) else v}"
+                        for k, v in sorted((params or {}).items()))
+        raise FileNotFoundError(
+            f"no finished {nb.stem} run with parameters {params or {}} (folder {d.name}); run it first: "
+            f"papermill notebooks/{nb.name} out.ipynb {args}".rstrip()
+        )
+    return d
+
+
+def publishing() -> bool:
+    """Whether figures marked ``publish`` go to ``figures/`` too (only during ``make study``)."""
+    return os.environ.get("LCC_PUBLISH_FIGURES", "") == "1"
 
 
 def shrink_notebook_images(path: str | os.PathLike, max_px: int = 700) -> int:
@@ -277,9 +417,8 @@ def shrink_notebook_images(path: str | os.PathLike, max_px: int = 700) -> int:
             im.convert("RGB").quantize(256).save(buf, format="PNG", optimize=True)
             out["data"]["image/png"] = base64.b64encode(buf.getvalue()).decode()
             out.setdefault("metadata", {}).pop("image/png", None)
-    tmp = path.with_name(f".{path.name}.shrink")
-    nbformat.write(nb, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        nbformat.write(nb, str(tmp))
     return before - path.stat().st_size
 
 
@@ -306,25 +445,37 @@ def execute_notebook(
     if (d / "metrics.json").exists() and not force:
         return d, False
     d.mkdir(parents=True, exist_ok=True)
-    out = d / notebook.name
-    tmp = d / f".{notebook.stem}.partial.ipynb"
-    pm.execute_notebook(str(notebook), str(tmp), parameters=params or {},
-                        kernel_name=kernel or os.environ.get("LCC_KERNEL") or None,
-                        cwd=str(project_root()), progress_bar=False)
-    shrink_notebook_images(tmp)
-    os.replace(tmp, out)
+    previous = os.environ.get(NOTEBOOK_ENV)
+    os.environ[NOTEBOOK_ENV] = notebook.name  # the kernel inherits it: notebook_params knows its file
+    try:
+        with atomic_path(d / notebook.name, keep_on_error=True) as tmp:
+            pm.execute_notebook(str(notebook), str(tmp), parameters=params or {},
+                                kernel_name=kernel or os.environ.get("LCC_KERNEL") or None,
+                                cwd=str(project_root()), progress_bar=False)
+            shrink_notebook_images(tmp)
+    finally:
+        if previous is None:
+            os.environ.pop(NOTEBOOK_ENV, None)
+        else:
+            os.environ[NOTEBOOK_ENV] = previous
     if not (d / "metrics.json").exists():
         raise RuntimeError(f"{notebook.name} finished but wrote no metrics.json in {d}: "
                            "the notebook must call run.log_metrics(...) last")
     return d, True
 
 
-def collect_runs(stage: str | None = None) -> pd.DataFrame:
-    """Read every finished run folder into one DataFrame (flattened params + metrics)."""
+def collect_runs(stage: str | None = None, folders: list[Path] | None = None) -> pd.DataFrame:
+    """Read finished run folders into one DataFrame (flattened params + metrics).
+
+    Every finished folder of ``stage`` (all stages when None), or only those of ``folders``
+    (e.g. the runs of one profile's grid, from :func:`find_run` with ``finished=False``).
+    """
     root = runs_root()
     rows = []
     pattern = f"{stage}/*/metrics.json" if stage else "*/*/metrics.json"
-    for m in sorted(root.glob(pattern)):
+    found = sorted(root.glob(pattern)) if folders is None else [
+        Path(f) / "metrics.json" for f in folders if (Path(f) / "metrics.json").is_file()]
+    for m in found:
         d = m.parent
         info = json.loads((d / "params.json").read_text()) if (d / "params.json").exists() else {}
         metrics = json.loads(m.read_text())

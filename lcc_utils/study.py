@@ -1,15 +1,25 @@
 """``make study``: execute every notebook, in number order, under a named profile.
 
-A profile is a list of parameter sets per notebook, kept in ``profiles/NN_name.json``::
+A profile is a list of parameter **grids** per notebook, kept in ``profiles/NN_name.json``::
 
-    {"smoke": [{...}, ...], "quick": [{...}, ...], "paper": [{...}, ...]}
+    {"smoke": [grid, ...], "quick": [grid, ...], "paper": [grid, ...]}
+
+A grid maps parameter names to a value or to a list of values to sweep; :func:`expand_grid`
+expands it into runs (the Cartesian product, in the grid's key order), e.g.
+``{"dataset": "eurosat", "coreset": ["random", "forgetting"], "seed": [0, 1, 2]}`` is six runs.
+A parameter whose notebook default is itself a list (``levels``, ``models``...) or a dict (a
+reference to an earlier run) is swept by a list of lists / a list of dicts. Parameters left out
+take the notebook's defaults. A later stage names an earlier run by its parameters
+(``{"train_run": {"dataset": "eurosat", "fraction": 0.05}}``), never by a folder hash.
 
 * ``smoke``: minutes in total, for CI;
 * ``quick``: the real CPU-sized study on real data (the default);
 * ``paper``: the papers' full protocol (224 px, 10 epochs, four backbones): GPU work.
 
-Figures of the ``quick`` study go to ``figures/``; those of ``smoke`` and ``paper`` to
-``figures/smoke/`` and ``figures/paper/`` so that no profile overwrites another's figures.
+Every run keeps its figures in its run folder. ``make study`` also *publishes* the figures the
+study reports (``run.save_figure(..., publish=True)``): the ``quick`` study's to ``figures/``,
+those of ``smoke`` and ``paper`` to ``figures/smoke/`` and ``figures/paper/``, so no profile
+overwrites another's and a notebook run by hand never touches ``figures/``.
 
 Each parameter set becomes one run folder (see :mod:`lcc_utils.runs`); a run that
 already finished is skipped, so an interrupted study resumes where it stopped.
@@ -20,6 +30,7 @@ Usage: ``python -m lcc_utils.study --profile quick [--data-dir DIR] [--only 04_t
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -29,7 +40,7 @@ from pathlib import Path
 import pandas as pd
 
 from .paths import figures_dir, project_root, resolve_data_dir
-from .runs import execute_notebook
+from .runs import execute_notebook, notebook_defaults
 
 PROFILES = ("smoke", "quick", "paper")
 
@@ -37,6 +48,22 @@ PROFILES = ("smoke", "quick", "paper")
 def notebooks() -> list[Path]:
     """The numbered notebooks in ``notebooks/``, in number order."""
     return sorted((project_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def expand_grid(notebook: Path, grid: dict) -> list[dict]:
+    """The runs of one grid of ``notebook`` (see the module docstring for the rule)."""
+    defaults = notebook_defaults(notebook)
+    unknown = sorted(set(grid) - set(defaults))
+    if unknown:
+        raise ValueError(f"profiles/{notebook.stem}.json: unknown parameter(s) {unknown}; "
+                         f"{notebook.name} takes: {', '.join(defaults)}")
+    axes = []
+    for k, v in grid.items():
+        container = isinstance(defaults[k], (list, dict))
+        sweep = isinstance(v, list) and (not container or (bool(v) and all(
+            isinstance(e, type(defaults[k])) for e in v)))
+        axes.append([(k, e) for e in v] if sweep else [(k, v)])
+    return [dict(combo) for combo in itertools.product(*axes)]
 
 
 def profile_runs(notebook: Path, profile: str) -> list[dict]:
@@ -50,10 +77,19 @@ def profile_runs(notebook: Path, profile: str) -> list[dict]:
     unknown = sorted(set(spec) - set(PROFILES))
     if unknown:
         raise ValueError(f"{f}: unknown profile name(s) {unknown}; allowed: {', '.join(PROFILES)}")
-    runs = spec.get(profile, [])
-    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
-        raise ValueError(f"{f}: profile {profile!r} must be a list of parameter objects")
-    return runs
+    grids = spec.get(profile, [])
+    if isinstance(grids, dict):
+        grids = [grids]
+    if not isinstance(grids, list) or not all(isinstance(g, dict) for g in grids):
+        raise ValueError(f"{f}: profile {profile!r} must be a grid or a list of grids (objects)")
+    runs = [r for g in grids for r in expand_grid(notebook, g)]
+    seen, unique = set(), []
+    for r in runs:  # two grids may name the same run: run it once
+        key = json.dumps(r, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            unique.append(r)
+    return unique
 
 
 def prepare_data(data_dir: str | None = None, names: tuple[str, ...] = ("eurosat", "ucmerced", "eurosat_ms")) -> None:
@@ -68,9 +104,10 @@ def prepare_data(data_dir: str | None = None, names: tuple[str, ...] = ("eurosat
 def run_study(profile: str = "quick", data_dir: str | None = None, only: list[str] | None = None) -> pd.DataFrame:
     """Execute the study; return one row per run (notebook, run folder, executed or skipped, seconds)."""
     root = resolve_data_dir(data_dir)
+    # Only the study publishes figures (the kernels inherit this environment). The committed
+    # figures/ are the quick study's; smoke and paper publish to figures/<profile>/.
+    os.environ["LCC_PUBLISH_FIGURES"] = "1"
     if profile != "quick" and "LCC_FIGURES_DIR" not in os.environ:
-        # The committed figures/ are the quick study's; smoke and paper runs must not overwrite
-        # them: their figures go to figures/<profile>/ (the kernels inherit this environment).
         os.environ["LCC_FIGURES_DIR"] = str(figures_dir() / profile)
     rows = []
     books = [nb for nb in notebooks() if not only or nb.stem in only or nb.stem[:2] in only]

@@ -17,7 +17,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ import pandas as pd
 import torch
 from torch import nn
 from tqdm import tqdm
+
+from lcc_utils.paths import atomic_path, atomic_write
 
 CHECKPOINT_DIR = "checkpoints"
 HISTORY_COLUMNS = (
@@ -214,15 +216,8 @@ def _num_classes(model: nn.Module, loaders: Mapping[str, Any]) -> int:
 
 
 def _atomic_torch_save(obj: object, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -503,8 +498,7 @@ def train(
                 "rng": _rng_state(), "fingerprint": fingerprint, "params": dict(params or {}),
                 "num_classes": k,
             }, last_path)
-            _atomic_write_text(_history_frame(history).to_csv(index=False),
-                               Path(run_dir) / "history.csv")
+            atomic_write(Path(run_dir) / "history.csv", _history_frame(history).to_csv(index=False))
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
         if finished:
@@ -526,147 +520,42 @@ def train(
     )
 
 
-# --------------------------------------------------------------------------- runs of notebook 04
-@dataclass
-class TrainingSetup:
-    """Everything a paper A training run needs, built from the notebook's parameters.
-
-    Attributes:
-        ds: The dataset.
-        split: Its train/val/test split (seeded by ``seed``).
-        train_indices: Dataset indices actually trained on (the coreset).
-        coreset_info: Scores file and scoring cost of the coreset.
-        loaders: ``{"train", "val", "test"}`` batch loaders.
-        model: The freshly initialised model (seeded).
-        recipe: The training recipe, with the run's batch size.
-        weights_description: Where the initial weights came from.
-
-    """
-
-    ds: Any
-    split: Any
-    train_indices: np.ndarray
-    coreset_info: dict[str, Any]
-    loaders: dict[str, Any]
-    model: nn.Module
-    recipe: Recipe
-    weights_description: str
+# --------------------------------------------------------------------------- reopening
+#: Architecture options recorded in a trained folder's ``params.json`` (paper B's ablation).
+ARCH_KEYS = ("depth", "filters", "kernel_size", "dropout")
 
 
-def prepare_training(
-    dataset: str,
-    model: str,
-    coreset: str = "random",
-    fraction: float = 1.0,
-    seed: int = 0,
-    image_size: int | None = 64,
-    batch_size: int | None = None,
-    device: str = "auto",
-    pretrained: bool = False,
-    weights: str | None = "",
-    recipe: str = "paper_a",
-    scoring_model: str = "resnet18",
-    scoring_epochs: int = 3,
-    data_dir: str | None = "",
-    **ignored: Any,
-) -> TrainingSetup:
-    """Build data, coreset, loaders and model of a training run from its parameters.
+def load_checkpoint(folder: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """The best model of a trained folder (``params.json`` + ``checkpoints/best.pt``) and its params.
 
-    Notebook 04 and :func:`load_trained` both go through here, so a rebuilt model is
-    trained on exactly the data a run used. The split is seeded with ``seed`` (each
-    seed is a different 80/20 split); the coreset is selected on the split's training part.
-    Extra keys (``epochs``...) are accepted and ignored.
-    """
-    from lcc_utils import coresets, data, models
+    The engine half of reopening a run: it rebuilds the architecture from the recorded
+    parameters (model name, classes, input bands, image size, ablation options) and loads the
+    kept weights. Retraining a folder whose checkpoint is gone (checkpoints are not committed)
+    is study knowledge: :func:`lcc_utils.trained.reopen_trained` does both.
 
-    rec = get_recipe(recipe)
-    if batch_size:
-        rec = replace(rec, batch_size=int(batch_size))
-    ds = data.load_dataset(dataset, data_dir=data_dir or None)
-    split = data.get_split(ds, seed=seed)
-    train_idx, info = coresets.coreset_indices(
-        ds, split, coreset, fraction, seed=seed, scoring_model=scoring_model,
-        scoring_epochs=scoring_epochs, image_size=image_size, device=device)
-    loaders = data.make_loaders(ds, split, image_size=image_size, batch_size=rec.batch_size,
-                                seed=seed, train_indices=train_idx)
-    weights_path = None
-    if weights not in (None, ""):
-        from lcc_utils.paths import resolve_path
-
-        weights_path = resolve_path(weights)
-    seed_everything(seed)
-    net = models.create_model(model, num_classes=len(ds.classes), in_chans=ds.images.shape[-1],
-                              pretrained=bool(pretrained), weights=weights_path,
-                              image_size=image_size)
-    return TrainingSetup(ds, split, train_idx, info, loaders, net, rec,
-                         models.describe_weights(bool(pretrained), weights_path))
-
-
-def load_trained(
-    run_dir: str | os.PathLike,
-    rebuild: bool = True,
-    device: str | None = None,
-    data_dir: str | os.PathLike | None = None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Return the best model of a training run folder and the run's parameters.
-
-    Checkpoints are not committed: in a fresh clone a run folder holds only its text
-    files. Then, with ``rebuild=True``, the run is trained again from its ``params.json``
-    (deterministic on the CPU, so the same best model and the same ``metrics.json``);
-    with ``rebuild=False`` a missing ``checkpoints/best.pt`` is an error.
-
-    Args:
-        run_dir: A ``runs/train/<slug>-<hash>`` folder.
-        rebuild: Retrain when the checkpoint is missing.
-        device: Device for a rebuild; default the run's own ``device`` parameter.
-        data_dir: Data root for a rebuild; default the run's ``data_dir`` when it exists
-            here, else ``LCC_DATA_DIR`` / ``<root>/data`` (a clone on another machine).
-
-    Returns:
-        ``(model in eval mode on the CPU, params)``.
+    Raises:
+        FileNotFoundError: no ``params.json`` or no ``checkpoints/best.pt`` in ``folder``.
 
     """
     from lcc_utils import models
 
-    run_dir = Path(run_dir)
-    pfile = run_dir / "params.json"
+    folder = Path(folder)
+    pfile = folder / "params.json"
     if not pfile.is_file():
-        raise FileNotFoundError(f"run_dir={run_dir}: no params.json (not a run folder)")
+        raise FileNotFoundError(f"{folder}: no params.json (not a run folder)")
     info = json.loads(pfile.read_text())
     params = dict(info.get("params", info))
-    best = run_dir / CHECKPOINT_DIR / "best.pt"
-    if best.is_file():
-        ckpt = torch.load(best, map_location="cpu", weights_only=False)
-        in_chans = int(ckpt.get("in_chans") or _first_conv_in_chans(ckpt["model"]))
-        net = models.create_model(params["model"], num_classes=int(ckpt["num_classes"]),
-                                  in_chans=in_chans, image_size=params.get("image_size"))
-        net.load_state_dict(ckpt["model"])
-        return net.eval(), params
-    if not rebuild:
-        raise FileNotFoundError(
-            f"run_dir={run_dir}: checkpoints/best.pt is missing (checkpoints are not committed); "
-            "call load_trained(..., rebuild=True) to retrain it from params.json"
-        )
-    stored_dir = params.get("data_dir") or ""
-    if data_dir is not None:
-        params["data_dir"] = str(data_dir)
-    elif stored_dir and not Path(stored_dir).exists():
-        params["data_dir"] = ""
-    setup = prepare_training(**params)
-    params["data_dir"] = stored_dir
-    result = train(setup.model, setup.loaders, setup.recipe, epochs=params.get("epochs"),
-                   device=device or params.get("device", "auto"), run_dir=run_dir,
-                   seed=int(params.get("seed", 0)), params=params)
-    mfile = run_dir / "metrics.json"
-    if mfile.is_file():
-        stored = json.loads(mfile.read_text())
-        if "best_epoch" in stored and int(stored["best_epoch"]) != result.best_epoch:
-            import warnings
-
-            warnings.warn(f"rebuilt {run_dir}: best epoch {result.best_epoch} differs from the "
-                          f"stored {stored['best_epoch']} (different device or library versions?)",
-                          stacklevel=2)
-    return setup.model.cpu().eval(), params
+    best = folder / CHECKPOINT_DIR / "best.pt"
+    if not best.is_file():
+        raise FileNotFoundError(f"{best} is missing (checkpoints are not committed)")
+    ckpt = torch.load(best, map_location="cpu", weights_only=False)
+    num_classes = int(ckpt.get("num_classes") or len(params["classes"]))
+    in_chans = int(params.get("in_chans") or ckpt.get("in_chans") or _first_conv_in_chans(ckpt["model"]))
+    arch = {k: params[k] for k in ARCH_KEYS if k in params}
+    net = models.create_model(params["model"], num_classes=num_classes, in_chans=in_chans,
+                              image_size=params.get("image_size"), **arch)
+    net.load_state_dict(ckpt["model"])
+    return net.eval(), params
 
 
 def _first_conv_in_chans(state: Mapping[str, torch.Tensor]) -> int:
@@ -693,36 +582,3 @@ def plot_learning_curves(history: pd.DataFrame, best_epoch: int | None = None, t
     fig.suptitle(title)
     fig.tight_layout()
     return fig
-
-
-def run_record(result: TrainResult, test: Mapping[str, Any], setup: TrainingSetup) -> dict[str, Any]:
-    """The ``metrics.json`` of a training run: test accuracy, kept epoch, size, cost, device.
-
-    Args:
-        result: What :func:`train` returned.
-        test: ``metrics.classification_metrics`` on the test split.
-        setup: The run's :class:`TrainingSetup`.
-
-    Returns:
-        A flat dict (stored seconds of a finished run, so reruns log identical metrics).
-
-    """
-    hist = result.history
-    best_row = hist[hist["epoch"] == result.best_epoch].iloc[0]
-    info = setup.coreset_info
-    return {
-        "test_accuracy": float(test["oa"]),
-        "test_kappa": float(test["kappa"]),
-        "test_macro_f1": float(test["macro_f1"]),
-        "n_test": int(test["n"]),
-        "best_epoch": int(result.best_epoch),
-        "best_val_accuracy": float(best_row["val_accuracy"]),
-        "epochs_run": int(len(hist)),
-        "stopped_early": bool(result.stopped_early),
-        "train_size": int(len(setup.train_indices)),
-        "train_seconds": round(float(result.seconds), 2),
-        "device": result.device,
-        "weights": setup.weights_description,
-        "scoring_seconds": round(float(info.get("scoring_seconds", 0.0)), 2),
-        "scores_file": Path(info["scores_file"]).name if info.get("scores_file") else None,
-    }

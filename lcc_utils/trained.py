@@ -1,0 +1,80 @@
+"""Reopen a trained model from its run folder: the one way, for notebooks 05, 06 and 08.
+
+A trained folder is a notebook-04 run (``runs/train/<run>``) or one network of a paper-B
+evaluation run (``runs/evaluation/<run>/models/<key>``). Both hold ``params.json`` and, on the
+machine that trained them, ``checkpoints/best.pt``. Checkpoints are not committed, so in a
+fresh clone the folder is trained again from its ``params.json`` (deterministic on the CPU) by
+the paper module that made it. This module sits above both paper modules, so neither paper
+module imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from lcc_utils import paper_a, paper_b, training
+from lcc_utils.paths import project_root
+
+
+def trained_folder(folder: str | os.PathLike, model: str = "lightweight_cnn") -> Path:
+    """The folder holding the network: ``folder`` itself, or ``folder/models/<model>`` of a paper-B run."""
+    folder = Path(folder)
+    if not (folder / "params.json").is_file():
+        raise FileNotFoundError(f"{folder}: no params.json (not a run folder)")
+    if (folder / "models").is_dir():
+        sub = folder / "models" / model
+        if not sub.is_dir():
+            have = sorted(p.name for p in (folder / "models").iterdir() if p.is_dir())
+            raise FileNotFoundError(f"{folder} holds no network {model!r}; it has: {', '.join(have)}")
+        return sub
+    return folder
+
+
+def reopen_trained(
+    folder: str | os.PathLike,
+    model: str = "lightweight_cnn",
+    rebuild: bool = True,
+    data_dir: str | os.PathLike | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The kept (best-validation) model of a trained folder, retrained first if its checkpoint is gone.
+
+    Args:
+        folder: A ``runs/train/...`` run, a ``runs/evaluation/...`` run (then ``model`` picks
+            the network) or a ``models/<key>`` folder.
+        model: The network of a paper-B evaluation run.
+        rebuild: Retrain when ``checkpoints/best.pt`` is missing (else raise).
+        data_dir: Data root of a retraining (default: the run's, else ``LCC_DATA_DIR``).
+
+    Returns:
+        ``(model in eval mode on the CPU, info)`` with ``info["params"]`` (the folder's
+        parameters), ``info["source"]`` (the folder, relative to the project) and, for paper-B networks,
+        ``info["normalization"]`` (bands, train mean / std, classes the model expects).
+
+    """
+    d = trained_folder(folder, model)
+    try:
+        net, params = training.load_checkpoint(d)
+    except FileNotFoundError:
+        if not rebuild:
+            raise FileNotFoundError(f"{d / training.CHECKPOINT_DIR / 'best.pt'} is missing (checkpoints are "
+                                    "not committed); reopen_trained(..., rebuild=True) retrains it") from None
+        if d.parent.name == "models":
+            paper_b.retrain_model(d, data_dir=data_dir)
+        elif json.loads((d / "params.json").read_text()).get("stage") == "train":
+            paper_a.retrain_run(d, data_dir=data_dir)
+        else:
+            raise ValueError(f"{d}: not a trained folder of notebook 04 or 06") from None
+        net, params = training.load_checkpoint(d)
+    try:
+        shown = str(d.resolve().relative_to(project_root()))
+    except ValueError:
+        shown = str(d)
+    info: dict[str, Any] = {"params": params, "source": shown}
+    if (d / "normalization.json").is_file():
+        info["normalization"] = json.loads((d / "normalization.json").read_text())
+    return net, info
