@@ -10,12 +10,11 @@ from lcc_utils.coresets import (
     load_coreset,
     load_scores,
     margin_scores,
-    protocol_differences,
     save_coreset,
     save_scores,
     select_coreset,
-    table1,
 )
+from lcc_utils.paper_a import protocol_differences, table1
 
 
 def test_registry_error_lists_choices():

@@ -80,31 +80,36 @@ def test_run_models_deterministic_and_tables(tmp_path):
     assert len(paper_b.predictions(ps, res)) == n_test
 
 
-def test_load_trained_reopens_cnn(tmp_path):
+def test_reopen_trained_reopens_cnn(tmp_path):
     from lcc_utils import training
+    from lcc_utils.trained import reopen_trained
 
     ps = _patchset()
     r = paper_b.run_neural("lightweight_cnn", ps, seed=0, epochs=1, run_dir=tmp_path)
-    net, params = training.load_trained(tmp_path / "models" / "lightweight_cnn", rebuild=False)
-    assert params["model"] == "lightweight_cnn"
+    (tmp_path / "params.json").write_text('{"params": {}, "stage": "evaluation"}')
+    net, info = reopen_trained(tmp_path, rebuild=False)  # the run folder: models/<network> inside
+    assert info["params"]["model"] == "lightweight_cnn" and info["normalization"]["classes"] == list(ps.classes)
+    with pytest.raises(FileNotFoundError, match="holds no network 'resnet18'; it has: lightweight_cnn"):
+        reopen_trained(tmp_path, model="resnet18")
     probs, _, _ = training.predict(net, paper_b.patch_loaders(ps)["test"], "cpu")
     assert np.allclose(probs, r.probs, atol=1e-6)
 
 
-def test_rebuild_neural_ablation_architecture(tmp_path):
+def test_reopen_ablation_architecture(tmp_path):
     from lcc_utils import training
+    from lcc_utils.trained import reopen_trained
 
     ps = _patchset()
     kw = paper_b.get_ablation_variant("A3")
     r = paper_b.run_neural("lightweight_cnn", ps, seed=1, epochs=1, run_dir=tmp_path,
                            model_kwargs=kw)
-    net, params = paper_b.rebuild_neural(tmp_path / "models" / "lightweight_cnn", rebuild=False)
-    assert params["kernel_size"] == 5 and len(params["normalization"]["mean"]) == 6
+    net, info = reopen_trained(tmp_path / "models" / "lightweight_cnn", rebuild=False)
+    assert info["params"]["kernel_size"] == 5 and len(info["normalization"]["mean"]) == 6
     probs, _, _ = training.predict(net, paper_b.patch_loaders(ps)["test"], "cpu")
     assert np.allclose(probs, r.probs, atol=1e-6)
     (tmp_path / "models" / "lightweight_cnn" / "checkpoints" / "best.pt").unlink()
     with pytest.raises(FileNotFoundError, match="not committed"):
-        paper_b.rebuild_neural(tmp_path / "models" / "lightweight_cnn", rebuild=False)
+        reopen_trained(tmp_path / "models" / "lightweight_cnn", rebuild=False)
 
 
 def test_multiclass_rejects_ndvi_threshold():
@@ -158,18 +163,20 @@ def test_real_rebuild_without_checkpoint_is_identical(tmp_path):
     import torch
 
     from lcc_utils import data, sentinel2, training
+    from lcc_utils.trained import reopen_trained
 
     ds = data.load_dataset("eurosat_ms", data_dir=str(DATA), download=False)
     ps = sentinel2.eurosat_ms_patchset(ds, task="binary")
     torch.set_num_threads(1)
     paper_b.run_neural("lightweight_cnn", ps, seed=0, epochs=1, run_dir=tmp_path)
     mdir = tmp_path / "models" / "lightweight_cnn"
-    before, _ = paper_b.rebuild_neural(mdir, rebuild=False)
+    before, _ = reopen_trained(mdir, rebuild=False)
     for f in (mdir / "checkpoints").iterdir():
         f.unlink()
-    after, params = paper_b.rebuild_neural(mdir, data_dir=str(DATA))
+    after, info = reopen_trained(mdir, data_dir=str(DATA))
     test = paper_b.patch_loaders(ps)["test"]
     p0, _, _ = training.predict(before, test, "cpu")
     p1, _, _ = training.predict(after, test, "cpu")
-    assert params["rebuilt_best_epoch"] == 1
+    assert len((mdir / "history.csv").read_text().strip().splitlines()) == 2  # header + the one epoch
+    assert info["params"]["seed"] == 0
     assert np.array_equal(p0, p1)

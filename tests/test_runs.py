@@ -16,7 +16,7 @@ def test_same_params_same_folder_and_data_dir_excluded():
 
 
 def test_start_run_writes_params_and_metrics_are_never_overwritten():
-    run = runs.start_run("train", {"dataset": "eurosat", "seed": 0}, data_hash="abc", split_hash="s1")
+    run = runs.start_run({"dataset": "eurosat", "seed": 0}, data_hash="abc", stage="train", split_hash="s1")
     info = json.loads((run.dir / "params.json").read_text())
     assert info["params"] == {"dataset": "eurosat", "seed": 0} and info["data_hash"] == "abc"
     assert info["split_hash"] == "s1" and info["code_version"]
@@ -29,7 +29,9 @@ def test_start_run_writes_params_and_metrics_are_never_overwritten():
         run.log_metrics({"acc": 0.6, "n": 3})
     assert json.loads((run.dir / "metrics.json").read_text())["acc"] == 0.5
     with pytest.raises(runs.RunConflictError, match="other data"):
-        runs.start_run("train", {"dataset": "eurosat", "seed": 0}, data_hash="xyz")
+        runs.start_run({"dataset": "eurosat", "seed": 0}, data_hash="xyz", stage="train")
+    with pytest.raises(ValueError, match="needs the stage"):
+        runs.start_run({"dataset": "eurosat"})
 
 
 def test_bad_stage_name():
@@ -42,7 +44,7 @@ def _tiny_notebook(path, body="x = 1"):
     nb.cells = [
         nbformat.v4.new_code_cell("from lcc_utils import runs"),
         nbformat.v4.new_code_cell("value = 2  # a number\ndata_dir = ''  # where", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("run = runs.start_run('toy', dict(value=value, data_dir=data_dir))\n"
+        nbformat.v4.new_code_cell("run = runs.start_run(runs.notebook_params(globals()))\n"
                                   f"{body}\nrun.log_metrics({{'double': value * 2}})"),
     ]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -85,3 +87,51 @@ def test_smoke_profile_figures_do_not_overwrite_the_study_figures(monkeypatch, t
     assert os.environ["LCC_FIGURES_DIR"].endswith(os.path.join("figures", "smoke"))
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
         study.profile_runs(tmp_path / "01_x.ipynb", "fast")
+
+
+def _namespace(*cells, **values):
+    """What a kernel holds after executing ``cells``: IPython's history ``In`` and the variables."""
+    return {"In": ["", *cells], **values}
+
+
+def test_notebook_params_come_from_the_executed_parameters_cell(monkeypatch):
+    monkeypatch.setenv(runs.NOTEBOOK_ENV, "04_train.ipynb")
+    ns = _namespace("from lcc_utils import runs", "fraction = 0.1  # share\nseed = 0",
+                    "# Parameters\nfraction = 0.05\n", "params = runs.notebook_params(globals())",
+                    fraction=0.05, seed=0, runs=runs)
+    p = runs.notebook_params(ns)
+    assert p == {"fraction": 0.05, "seed": 0} and p.stage == "train" and p.notebook == "04_train.ipynb"
+    bad = _namespace("fraction = 0.1\nseed = 0", "# Parameters\nfracton = 0.05\n", fraction=0.1, seed=0, fracton=0.05)
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['fracton'\] for 04_train.ipynb"):
+        runs.notebook_params(bad)
+    with pytest.raises(ValueError, match="no executed parameters cell"):
+        runs.notebook_params(_namespace("import os"))
+
+
+def test_notebook_is_found_by_its_parameter_names_under_bare_papermill(monkeypatch):
+    """No JupyterLab session and no LCC_NOTEBOOK: the notebook declaring the executed names."""
+    monkeypatch.delenv(runs.NOTEBOOK_ENV, raising=False)
+    defaults = runs.notebook_defaults(runs.notebook_path("04"))
+    cell = "\n".join(f"{k} = {v!r}" for k, v in defaults.items()) + "\ndummy = 1"
+    p = runs.notebook_params(_namespace(cell, **defaults, dummy=1))
+    assert p.stage == "train" and p["dummy"] == 1
+    assert runs.notebook_stage("02_sentinel2_preprocessing.ipynb") == "sentinel2"
+    assert runs.notebook_stage("04_train-Copy1.ipynb") == "train"
+
+
+def test_grids_expand_and_refer_to_runs_by_parameters(tmp_path):
+    from lcc_utils import study
+
+    nb4, nb5 = runs.notebook_path("04_train"), runs.notebook_path("05")
+    grid = {"dataset": "eurosat", "coreset": ["random", "margin"], "fraction": [0.05, 0.1], "seed": [0, 1, 2]}
+    rows = study.expand_grid(nb4, grid)
+    assert len(rows) == 12 and rows[0] == {"dataset": "eurosat", "coreset": "random", "fraction": 0.05, "seed": 0}
+    # a list-valued parameter is one value; a list of lists (or of dicts) sweeps it
+    assert study.expand_grid(nb5, {"bits": [2, 4]}) == [{"bits": [2, 4]}]
+    assert len(study.expand_grid(nb5, {"bits": [[2], [4]], "train_run": [{"seed": 0}, {"seed": 1}]})) == 4
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['fracton'\]"):
+        study.expand_grid(nb4, {"fracton": [0.1]})
+    with pytest.raises(FileNotFoundError, match="papermill notebooks/04_train.ipynb out.ipynb -p fraction 0.05"):
+        runs.find_run("04", {"fraction": 0.05})
+    d = runs.find_run("04", {"fraction": 0.05}, finished=False)
+    assert d == runs.run_dir("train", runs.resolve_params(nb4, {"fraction": 0.05}))

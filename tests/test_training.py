@@ -13,7 +13,7 @@ from lcc_utils.training import (
     class_weights,
     evaluate,
     get_recipe,
-    load_trained,
+    load_checkpoint,
     predict,
     resolve_device,
     seed_everything,
@@ -161,26 +161,31 @@ def test_correctness_matrix_shape():
     assert list(res.correctness_indices) == list(range(48))
 
 
-def test_load_trained_from_checkpoint_and_missing(tmp_path):
+def test_load_checkpoint_and_missing(tmp_path):
     seed_everything(0)
     model = create_model("lightweight_cnn", num_classes=3, in_chans=3)
     res = train(model, make_loaders(), TINY, epochs=1, device="cpu", run_dir=tmp_path)
     (tmp_path / "params.json").write_text(
         json.dumps({"params": {"model": "lightweight_cnn", "image_size": 8}}))
-    loaded, params = load_trained(tmp_path)
+    loaded, params = load_checkpoint(tmp_path)
     assert params["model"] == "lightweight_cnn" and not loaded.training
     for k, v in loaded.state_dict().items():
         assert torch.equal(v, res.best_state[k]), k
     empty = tmp_path / "fresh_clone_run"
     empty.mkdir()
-    (empty / "params.json").write_text(json.dumps({"params": {"model": "resnet18"}}))
+    (empty / "params.json").write_text(json.dumps({"params": {"model": "resnet18"}, "stage": "train"}))
     with pytest.raises(FileNotFoundError, match="best.pt is missing"):
-        load_trained(empty, rebuild=False)
+        load_checkpoint(empty)
     with pytest.raises(FileNotFoundError, match="no params.json"):
-        load_trained(tmp_path / "nope")
+        load_checkpoint(tmp_path / "nope")
+    from lcc_utils.trained import reopen_trained
+
+    with pytest.raises(FileNotFoundError, match="rebuild=True"):
+        reopen_trained(empty, rebuild=False)
 
 
-@pytest.mark.parametrize("stem", ["03_coreset_scoring", "04_train"])
+@pytest.mark.parametrize("stem", ["03_coreset_scoring", "04_train", "05_compression", "06_evaluation",
+                                  "07_ablation", "08_mapping", "09_paper_a_tables"])
 def test_profiles_and_ci_params_match_the_notebook_parameters(stem):
     from pathlib import Path
 
@@ -191,18 +196,23 @@ def test_profiles_and_ci_params_match_the_notebook_parameters(stem):
     profiles = json.loads((root / "profiles" / f"{stem}.json").read_text())
     assert set(profiles) == {"smoke", "quick", "paper"}
     ci = json.loads((root / "tests" / "notebook_params" / f"{stem}.json").read_text())
-    for params in [ci, *(p for runs_ in profiles.values() for p in runs_)]:
-        assert "data_dir" not in params or params is ci
-        runs.resolve_params(nb, params)  # unknown names raise
+    from lcc_utils import study
+
+    assert "data_dir" not in json.dumps(profiles)
+    runs.resolve_params(nb, ci)  # unknown names raise
+    for profile in profiles:
+        for params in study.profile_runs(nb, profile):
+            runs.resolve_params(nb, params)
 
 
 @pytest.mark.integration
-def test_load_trained_rebuilds_a_run_without_checkpoints(shared_data, tmp_path):
+def test_reopen_trained_rebuilds_a_run_without_checkpoints(shared_data, tmp_path):
     """A fresh clone has params.json + metrics.json only: rebuilding gives the same model."""
     import shutil
 
     from lcc_utils import metrics
-    from lcc_utils.training import prepare_training, run_record
+    from lcc_utils.paper_a import prepare_training, run_record
+    from lcc_utils.trained import reopen_trained
 
     params = {"dataset": "eurosat_ms", "data_dir": str(shared_data), "model": "lightweight_cnn",
               "coreset": "margin", "fraction": 0.1, "seed": 0, "epochs": 2, "image_size": 16,
@@ -215,11 +225,11 @@ def test_load_trained_rebuilds_a_run_without_checkpoints(shared_data, tmp_path):
     probs, y, _ = predict(setup.model, setup.loaders["test"], "cpu")
     rec = run_record(res, metrics.classification_metrics(y, probs.argmax(1), setup.ds.classes),
                      setup)
-    (run / "params.json").write_text(json.dumps({"params": params}))
+    (run / "params.json").write_text(json.dumps({"params": params, "stage": "train"}))
     (run / "metrics.json").write_text(json.dumps(rec))
     shutil.rmtree(run / "checkpoints")
-    model, back = load_trained(run, rebuild=True)
-    assert back["model"] == "lightweight_cnn"
+    model, info = reopen_trained(run)
+    assert info["params"]["model"] == "lightweight_cnn"
     for k, v in model.state_dict().items():
         assert torch.equal(v, res.best_state[k]), k
     probs2, _, _ = predict(model, setup.loaders["test"], "cpu")
