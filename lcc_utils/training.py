@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from lcc_utils.inference import mixed_precision as _autocast
+from lcc_utils.inference import predict, resolve_device
 from lcc_utils.paths import atomic_path, atomic_write
 
 CHECKPOINT_DIR = "checkpoints"
@@ -142,24 +144,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when present else CPU; ``"cpu"``/``"cuda"``/``"cuda:N"`` as given."""
-    name = str(device)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        try:
-            dev = torch.device(name)
-        except RuntimeError as err:
-            raise ValueError(f"device={device!r} is not a valid device string") from err
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} requested but CUDA is not available here")
-        return dev
-    raise ValueError(f"unknown device {device!r}; choose one of: auto, cpu, cuda, cuda:N")
-
-
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     """Inverse-frequency class weights ``N / (K * n_k)`` of the labels actually trained on.
 
@@ -236,13 +220,6 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _autocast(device: torch.device):
-    if device.type != "cuda":
-        return torch.autocast("cpu", enabled=False)
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
 def _fingerprint(recipe: Recipe, epochs: int, seed: int, train_indices: np.ndarray) -> dict:
     """What a checkpoint must match to be resumed (a different run must not continue it)."""
     return {"recipe": asdict(recipe), "epochs": epochs, "seed": seed,
@@ -255,25 +232,6 @@ def _history_frame(rows: list[dict]) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- inference
-@torch.no_grad()
-def predict(
-    model: nn.Module, loader: Any, device: str | torch.device = "auto"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Softmax probabilities ``(N, K)``, labels ``(N,)`` and dataset indices ``(N,)`` of a loader."""
-    dev = resolve_device(device)
-    model.eval().to(dev)
-    probs, labels, idx = [], [], []
-    for x, y, i in loader:
-        with _autocast(dev):
-            logits = model(x.to(dev, non_blocking=True))
-        probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-        labels.append(y.numpy())
-        idx.append(i.numpy())
-    if not probs:
-        raise ValueError("predict: the loader yielded no batches")
-    return np.concatenate(probs), np.concatenate(labels), np.concatenate(idx)
-
-
 def evaluate(model: nn.Module, loader: Any, device: str | torch.device = "auto") -> dict[str, float]:
     """Overall accuracy and mean (unweighted) cross-entropy of ``model`` on a loader."""
     probs, labels, _ = predict(model, loader, device)

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from lcc_utils import compression as C
+from lcc_utils import paper_a as PA
+from lcc_utils.compression.pruning import _smallest_k_mask
 
 
 def tiny_cnn(seed: int = 0, width: int = 8, classes: int = 5) -> nn.Module:
@@ -343,12 +345,12 @@ def test_make_variants_and_evaluate(tmp_path):
     assert np.array_equal(df[cols].to_numpy(), df2[cols].to_numpy())
     # Table 2 / 3 layouts carry the paper's numbers only where it published them
     df["fraction"] = 0.1
-    t2 = C.table2(df)
+    t2 = PA.table2(df)
     assert (0.1, "accuracy") in t2.columns and ("paper", "paper_cr") in t2.columns
     assert t2.loc[("fixed_prune", "level 0.5"), ("paper", "paper_cr")] == 1.7
     assert t2.loc[("pq", "magnitude, CR>=4"), ("paper", "paper_accuracy")] == 98.10
     assert np.isnan(t2.loc[("fixed_quant", "4 bit"), ("paper", "paper_cr")])
-    t3 = C.table3(df, "cnn")
+    t3 = PA.table3(df, "cnn")
     assert list(t3["model"])[:2] == ["cnn", "cnn fixed_prune-level0.5-global"]
     fig = C.plot_accuracy_vs_cr(df)
     assert len(fig.axes) == 1 and fig.axes[0].get_xscale() == "log"
@@ -357,7 +359,7 @@ def test_make_variants_and_evaluate(tmp_path):
     assert bits_slider.options == (4, 8) and "fixed_quant-4bit" in table.value
     bits_slider.value = 8
     assert "fixed_quant-8bit" in table.value and "fixed_quant-4bit" not in table.value
-    summary = C.results_summary(df, min_cr=4.0)
+    summary = PA.results_summary(df, min_cr=4.0)
     assert summary["all_artefacts_match"] and summary["n_variants"] == 4
     assert summary["best_cr_cr4"] >= 4.0
 
@@ -373,9 +375,9 @@ def test_check_images_limits_the_reloaded_pass(tmp_path):
 
 def test_smallest_k_mask_ties_by_position():
     w = torch.tensor([0.0, 1.0, 0.0, -1.0, 0.5, 0.0])
-    assert C._smallest_k_mask(w, 2).tolist() == [False, True, False, True, True, True]
-    assert C._smallest_k_mask(w, 5).tolist() == [False, False, False, True, False, False]
-    assert C._smallest_k_mask(w, 0).all() and not C._smallest_k_mask(w, 6).any()
+    assert _smallest_k_mask(w, 2).tolist() == [False, True, False, True, True, True]
+    assert _smallest_k_mask(w, 5).tolist() == [False, False, False, True, False, False]
+    assert _smallest_k_mask(w, 0).all() and not _smallest_k_mask(w, 6).any()
 
 
 def test_pruning_level_table_columns():
@@ -389,28 +391,94 @@ def test_prepare_compression_on_a_trained_run(synthetic_root, tmp_cache, tmp_pat
     import json
 
     from lcc_utils import training
+    from lcc_utils.trained import reopen_trained
 
     params = dict(dataset="eurosat", model="lightweight_cnn", coreset="random", fraction=1.0,
                   seed=0, image_size=16, batch_size=16, device="cpu", recipe="paper_a", epochs=1,
-                  data_dir=str(synthetic_root))
+                  data_dir=str(synthetic_root), pretrained=False, weights="",
+                  scoring_model="lightweight_cnn", scoring_epochs=1)
     run_dir = tmp_path / "train-run"
     run_dir.mkdir()
-    setup = training.prepare_training(**params)
+    setup = PA.prepare_training(**params)
     training.train(setup.model, setup.loaders, setup.recipe, epochs=1, device="cpu",
                    run_dir=run_dir, params=params)
-    (run_dir / "params.json").write_text(json.dumps({"params": params,
+    (run_dir / "params.json").write_text(json.dumps({"params": params, "stage": "train",
                                                      "data_hash": setup.ds.hash}))
-    cs = C.prepare_compression(run_dir, str(synthetic_root), max_test_images=5)
+    model, _ = reopen_trained(run_dir, rebuild=False)
+    cs = PA.prepare_compression(run_dir, model, str(synthetic_root), max_test_images=5)
     assert cs.model_name == "lightweight_cnn" and cs.fraction == 1.0
     sub = cs.loaders["test"].indices
     assert len(sub) == 5 and set(sub) <= set(cs.split.test)
-    again = C.prepare_compression(run_dir, str(synthetic_root), max_test_images=5)
+    again = PA.prepare_compression(run_dir, model, str(synthetic_root), max_test_images=5)
     assert np.array_equal(again.loaders["test"].indices, sub)
     df = C.evaluate_variants(cs.model, C.make_variants(["fixed_quant"], bits=[4]),
                              cs.loaders["test"], tmp_path / "art")
     assert df["artefact_match"].all() and df["n_test"].eq(5).all()
     (run_dir / "params.json").write_text(json.dumps({"params": params, "data_hash": "other"}))
     with pytest.raises(ValueError, match="data with hash other"):
-        C.prepare_compression(run_dir, str(synthetic_root))
+        PA.prepare_compression(run_dir, model, str(synthetic_root))
     with pytest.raises(FileNotFoundError, match="not a training run folder"):
-        C.prepare_compression(tmp_path / "nope", str(synthetic_root))
+        PA.prepare_compression(tmp_path / "nope", model, str(synthetic_root))
+
+
+# ----------------------------------------------------------------------------- package boundary
+def _imported_modules(path) -> set[str]:
+    """Every module a source file imports, at any depth (function-level imports included)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against lcc_utils.compression
+                pkg = "lcc_utils.compression".rsplit(".", node.level - 1)[0]
+                base = f"{pkg}.{base}" if base else pkg
+            names |= {base} | {f"{base}.{a.name}" for a in node.names}
+    return names
+
+
+def test_compression_engine_imports_no_study_module():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    study = {"lcc_utils.training", "lcc_utils.data", "lcc_utils.coresets",
+             "lcc_utils.paper_a"}
+    files = sorted(Path(C.__file__).parent.glob("*.py"))
+    assert len(files) >= 9
+    for f in files:
+        assert not (_imported_modules(f) & study), f"{f.name} imports {_imported_modules(f) & study}"
+    # nor through another module: a fresh interpreter that imports only the engine
+    code = ("import sys, lcc_utils.compression; "
+            f"print(sorted(m for m in sys.modules if m in {sorted(study)!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    # the study glue is not part of the engine's namespace
+    assert not hasattr(C, "table2") and not hasattr(C, "prepare_compression")
+
+
+def test_every_public_name_is_exported_and_no_module_is_long():
+    from pathlib import Path
+
+    for f in Path(C.__file__).parent.glob("*.py"):
+        assert len(f.read_text().splitlines()) <= 600, f.name
+    assert all(hasattr(C, n) for n in C.__all__)
+    assert callable(C.quantize)  # the function, not a submodule of the same name
+
+
+def test_save_compressed_replaces_atomically(tmp_path):
+    model = tiny_cnn()
+    path = tmp_path / "m.lcc"
+    cm4, rep4 = C.quantize(model, 4)
+    cm8, rep8 = C.quantize(model, 8)
+    C.save_compressed(cm4, rep4, path)
+    size4 = path.stat().st_size
+    C.save_compressed(cm8, rep8, path)  # overwrite in one rename: no temporary left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["m.lcc"] and path.stat().st_size > size4
+    assert states_equal(C.load_compressed(path, model), cm8)
+    with pytest.raises(ValueError, match="does not describe"):
+        C.save_compressed(tiny_cnn(width=4), rep4, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.lcc"]
+    assert states_equal(C.load_compressed(path, model), cm8)  # a refused save leaves it intact

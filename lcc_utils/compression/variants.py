@@ -1,0 +1,237 @@
+"""A compression study's variants: the method registry, the variant grid and its evaluation.
+
+:func:`make_variants` expands a few settings into one spec per (method, setting);
+:func:`evaluate_variants` compresses, saves, reloads and evaluates each one into the
+study's results table.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lcc_utils.compression.adaptive import (
+    _check_budget,
+    adaptive_prune,
+    adaptive_quantize,
+    prune_then_quantize,
+)
+from lcc_utils.compression.artefact import ARTEFACT_SUFFIX, load_compressed, save_compressed
+from lcc_utils.compression.importance import get_importance_metric
+from lcc_utils.compression.pruning import _check_level, prune_by_level
+from lcc_utils.compression.quantization import _check_bits, quantize
+from lcc_utils.compression.size import (
+    CompressionReport,
+    analyze,
+    compression_ratio,
+    state_dict_file_size,
+)
+from lcc_utils.inference import predict
+
+
+def _fixed_prune(model: nn.Module, spec: Mapping[str, Any], **_: Any):
+    return prune_by_level(model, spec["level"], scope=spec.get("scope", "global"))
+
+
+def _fixed_quant(model: nn.Module, spec: Mapping[str, Any], **_: Any):
+    return quantize(model, spec["bits"])
+
+
+def _lap(model: nn.Module, spec: Mapping[str, Any], importance: Mapping[str, float], **_: Any):
+    return adaptive_prune(model, importance, spec["budget"])
+
+
+def _laq(model: nn.Module, spec: Mapping[str, Any], importance: Mapping[str, float], **_: Any):
+    return adaptive_quantize(model, importance, spec["budget"])
+
+
+def _pq(model: nn.Module, spec: Mapping[str, Any], importance: Mapping[str, float], **_: Any):
+    return prune_then_quantize(model, importance, spec["budget"],
+                               sparsity=spec.get("sparsity", 0.5))
+
+
+#: Paper A's compression methods, by the names the notebook's ``methods`` parameter uses.
+METHODS: dict[str, Callable[..., tuple[nn.Module, CompressionReport]]] = {
+    "fixed_prune": _fixed_prune,
+    "fixed_quant": _fixed_quant,
+    "lap": _lap,
+    "laq": _laq,
+    "pq": _pq,
+}
+#: The methods driven by a layer importance: their specs name a metric and a budget.
+ADAPTIVE_METHODS = ("lap", "laq", "pq")
+
+
+def get_method(name: str) -> Callable[..., tuple[nn.Module, CompressionReport]]:
+    """The compression method registered under ``name``."""
+    if name not in METHODS:
+        raise ValueError(f"unknown compression method {name!r}; choose one of: "
+                         f"{', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def make_variants(methods: Iterable[str], levels: Iterable[float] = (), bits: Iterable[int] = (),
+                  importance: Iterable[str] = ("magnitude",),
+                  budget: float | Iterable[float] = 9.0, scope: str = "global",
+                  pq_sparsity: float = 0.5) -> list[dict[str, Any]]:
+    """Every compression variant of a study: one dict per (method, setting).
+
+    ``fixed_prune`` gets one variant per level, ``fixed_quant`` one per bit-width, and the
+    adaptive methods (``lap``, ``laq``, ``pq``) one per (importance metric, budget).
+    """
+    methods = list(methods)
+    for m in methods:
+        get_method(m)
+    budgets = [budget] if isinstance(budget, (int, float)) else list(budget)
+    for b in budgets:
+        _check_budget(b)
+    for lvl in levels:
+        _check_level(lvl)
+    for b in bits:
+        _check_bits(b)
+    for imp in importance:
+        get_importance_metric(imp)
+    out: list[dict[str, Any]] = []
+    for m in methods:
+        if m == "fixed_prune":
+            out += [{"method": m, "level": float(lv), "scope": scope} for lv in levels]
+        elif m == "fixed_quant":
+            out += [{"method": m, "bits": int(b)} for b in bits]
+        else:
+            out += [{"method": m, "importance": imp, "budget": float(b),
+                     **({"sparsity": pq_sparsity} if m == "pq" else {})}
+                    for imp in importance for b in budgets]
+    return out
+
+
+def variant_name(spec: Mapping[str, Any]) -> str:
+    """Readable, file-safe name of a variant (``fixed_prune-level1.0``, ``laq-entropy-cr9``)."""
+    m = spec["method"]
+    if m == "fixed_prune":
+        return f"{m}-level{spec['level']:g}-{spec.get('scope', 'global')}"
+    if m == "fixed_quant":
+        return f"{m}-{spec['bits']}bit"
+    return f"{m}-{spec['importance']}-cr{spec['budget']:g}"
+
+
+def apply_variant(model: nn.Module, spec: Mapping[str, Any],
+                  importance: Mapping[str, Mapping[str, float]] | None = None
+                  ) -> tuple[nn.Module, CompressionReport]:
+    """Run one :func:`make_variants` spec; ``importance`` maps metric name -> layer scores."""
+    fn = get_method(spec["method"])
+    imp = None
+    if spec["method"] in ADAPTIVE_METHODS:
+        if not importance or spec["importance"] not in importance:
+            raise ValueError(f"variant {variant_name(spec)} needs importance scores for "
+                             f"{spec['importance']!r}; pass importance={{metric: scores}}")
+        imp = importance[spec["importance"]]
+    return fn(model, spec, importance=imp)
+
+
+def _predicted_labels(model: nn.Module, loader: Iterable, max_images: int = 0,
+                      desc: str = "predict", progress: bool = True,
+                      device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Argmax predictions and true labels of the first ``max_images`` images (0: all).
+
+    The argmax is taken over the logits in the model's own precision (no autocast): softmax
+    can round two nearly equal logits to one probability, and a variant's accuracy must be
+    that of its weights.
+    """
+    logits, labels, _ = predict(model, loader, device, max_images=max_images, progress=progress,
+                                desc=desc, amp=False, output="logits")
+    return logits.argmax(1), labels
+
+
+_CACHE_BYTES = 2 * 1024**3  # test batches up to this size are prepared once, not per variant
+
+
+def _cached_batches(loader: Iterable, max_images: int = 0) -> Iterable:
+    """The loader's batches as a list when they fit in memory, else the loader itself.
+
+    Decoding, resizing and normalising then happen once instead of once per variant.
+    """
+    batches, nbytes, seen = [], 0, 0
+    for batch in loader:
+        x, y = batch[0], batch[1]
+        batches.append((x, y))
+        nbytes += x.element_size() * x.nelement()
+        seen += len(x)
+        if nbytes > _CACHE_BYTES:
+            return loader
+        if max_images and seen >= max_images:
+            break
+    return batches
+
+
+def evaluate_variants(model: nn.Module, variants: list[dict[str, Any]], test_loader: Iterable,
+                      artefact_dir: str | os.PathLike,
+                      importance: Mapping[str, Mapping[str, float]] | None = None,
+                      max_images: int = 0, model_name: str = "",
+                      device: str = "cpu", check_images: int = 0) -> pd.DataFrame:
+    """Compress, save, reload and evaluate every variant: the study's results table.
+
+    For the fp32 baseline and each variant: top-1 accuracy (%) of the simulated model,
+    computed CR (with and without index/scale overhead), on-disk CR (``torch.save`` fp32
+    state-dict size / artefact size), their relative gap, global sparsity, mean bits, save
+    and load time, and ``artefact_match``: True when the reloaded artefact has bit-identical
+    weights and predicts exactly the same labels as the simulated model on the first
+    ``check_images`` evaluated test images (0: all of them; ``n_checked`` records how many).
+    Compression runs on the CPU; predictions on ``device``.
+    """
+    if not isinstance(check_images, int) or check_images < 0:
+        raise ValueError(f"check_images must be an integer >= 0, got {check_images!r}")
+    artefact_dir = Path(artefact_dir)
+    model = model.cpu().eval()
+    test_loader = _cached_batches(test_loader, max_images)
+    fp32_bytes = state_dict_file_size(model)
+    n_params = sum(p.numel() for p in model.parameters())
+    rows = []
+    base_pred, y = _predicted_labels(copy.deepcopy(model), test_loader, max_images,
+                                     desc="fp32", device=device)
+    rows.append({"variant": "fp32", "method": "none", "accuracy": 100 * float((base_pred == y)
+                 .mean()), "cr": 1.0, "cr_sparsity_bits_only": 1.0, "cr_disk": 1.0,
+                 "size_bytes": fp32_bytes, "params": n_params,
+                 "nonzero_params": n_params, "sparsity": analyze(model).sparsity,
+                 "mean_bits": 32.0, "artefact_match": True, "n_checked": 0, "n_test": len(y)})
+    for spec in tqdm(variants, desc="variants"):
+        name = variant_name(spec)
+        cmodel, report = apply_variant(model, spec, importance)
+        t0 = time.perf_counter()
+        path = save_compressed(cmodel, report, artefact_dir / f"{name}{ARTEFACT_SUFFIX}",
+                               model_name=model_name)
+        t1 = time.perf_counter()
+        reloaded = load_compressed(path, model)
+        t2 = time.perf_counter()
+        pred, _ = _predicted_labels(cmodel, test_loader, max_images, progress=False,
+                                    device=device)
+        n_check = min(check_images, len(y)) if check_images else len(y)
+        pred_r, _ = _predicted_labels(reloaded, test_loader, n_check, progress=False,
+                                      device=device)
+        cmodel, reloaded = cmodel.cpu(), reloaded.cpu()
+        same_w = all(torch.equal(a, b) for a, b in
+                     zip(cmodel.state_dict().values(), reloaded.state_dict().values(),
+                         strict=True))
+        size = path.stat().st_size
+        cr = compression_ratio(report)
+        nnz = sum(int(torch.count_nonzero(p)) for p in cmodel.parameters())
+        rows.append({"variant": name, **spec, "accuracy": 100 * float((pred == y).mean()),
+                     "cr": cr, "cr_sparsity_bits_only": compression_ratio(report, overhead=False),
+                     "cr_disk": fp32_bytes / size, "size_bytes": size, "params": n_params,
+                     "nonzero_params": nnz, "sparsity": report.sparsity,
+                     "mean_bits": report.mean_bits,
+                     "artefact_match": bool(same_w and np.array_equal(pred[:n_check], pred_r)),
+                     "n_checked": n_check,
+                     "save_s": t1 - t0, "load_s": t2 - t1, "n_test": len(y)})
+    df = pd.DataFrame(rows)
+    df["cr_gap"] = df["cr_disk"] / df["cr"] - 1.0
+    return df
