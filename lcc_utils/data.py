@@ -40,7 +40,10 @@ from tqdm.auto import tqdm
 
 from . import constants as C
 from .augment import trivial_augment_wide
-from .paths import cache_dir, resolve_data_dir
+from .paths import atomic_path, atomic_write, cache_dir, resolve_data_dir
+
+# Splits live in lcc_utils.splits; re-exported because notebooks call data.get_split.
+from .splits import SPLIT_KINDS, Split, get_split, spatial_blocks  # noqa: F401
 
 #: ImageNet statistics: the convention of timm backbones, used for every RGB dataset
 #: (pretrained or not) so that a run can switch to pretrained weights without a new pipeline.
@@ -52,7 +55,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _DTYPE_SCALE = {np.dtype("uint8"): 255.0, np.dtype("uint16"): C.S2_QUANTIFICATION_VALUE}
 
 ON_BAD_CHOICES = ("raise", "skip")
-SPLIT_KINDS = ("stratified", "spatial")
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -165,6 +167,8 @@ def _download(url: str, dest: Path) -> None:
             for chunk in iter(lambda: resp.read(1 << 20), b""):
                 f.write(chunk)
                 bar.update(len(chunk))
+    # Not paths.atomic_path: that removes its temporary file on an error, and the ``.part``
+    # file must survive an interrupted download so the next call resumes it.
     os.replace(part, dest)
 
 
@@ -211,6 +215,8 @@ def fetch_dataset(name: str, data_dir: str | os.PathLike | None = None, download
             )
     verify_archive(archive, name)
     target = root / str(info["extract_to"])
+    # A folder tree, not a file (paths.atomic_path writes files): extract beside the target,
+    # then move each top-level entry in with one rename.
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".extract-{name}-"))
     try:
         with zipfile.ZipFile(archive) as zf:
@@ -397,20 +403,17 @@ def load_dataset(
     else:
         arr, keep, skipped, resized, geo = _decode_all(spec, folder, files, on_bad)
         arr = arr[keep] if len(keep) < len(files) else arr
-        tmp = arr_path.with_suffix(".raw.tmp")
-        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=arr.dtype, shape=arr.shape)
-        mm[:] = arr
-        mm.flush()
-        del mm
-        os.replace(tmp, arr_path)
+        with atomic_path(arr_path) as tmp:
+            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=arr.dtype, shape=arr.shape)
+            mm[:] = arr
+            mm.flush()
+            del mm
         meta = {
             "name": name, "hash": key, "files": [files[i] for i in keep],
             "labels": [int(labels[i]) for i in keep], "skipped": skipped + others,
             "resized": resized, "geo": [geo[i] for i in keep] if name == "eurosat_ms" else None,
         }
-        tmpm = meta_path.with_suffix(".json.tmp")
-        tmpm.write_text(json.dumps(meta))
-        os.replace(tmpm, meta_path)
+        atomic_write(meta_path, json.dumps(meta))
     skipped = [tuple(s) for s in meta["skipped"]]
     if skipped:
         names = ", ".join(s[0] for s in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
@@ -423,122 +426,6 @@ def load_dataset(
         hash=key, geo=pd.DataFrame(meta["geo"]) if meta["geo"] else None,
         skipped=skipped, resized=meta["resized"],
     )
-
-
-# --------------------------------------------------------------------------- splits
-@dataclass(frozen=True)
-class Split:
-    """Index arrays into a dataset. ``val`` is carved from the training part only."""
-
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-    seed: int
-    kind: str
-    hash: str
-
-    def sizes(self) -> pd.DataFrame:
-        """Number of images per part."""
-        return pd.DataFrame({"split": ["train", "val", "test"],
-                             "images": [len(self.train), len(self.val), len(self.test)]})
-
-
-def _indices_hash(train: np.ndarray, val: np.ndarray, test: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for a in (train, val, test):
-        h.update(np.asarray(a, dtype=np.int64).tobytes())
-        h.update(b"|")
-    return h.hexdigest()[:16]
-
-
-def spatial_blocks(geo: pd.DataFrame, block_size_m: float) -> np.ndarray:
-    """Group georeferenced patches into square blocks of ``block_size_m`` metres, per CRS zone."""
-    bx = np.floor(geo["x"].to_numpy() / block_size_m).astype(np.int64)
-    by = np.floor(geo["y"].to_numpy() / block_size_m).astype(np.int64)
-    keys = [f"{c}:{i}:{j}" for c, i, j in zip(geo["crs"], bx, by, strict=True)]
-    _, groups = np.unique(keys, return_inverse=True)
-    return groups
-
-
-def _two_way(labels: np.ndarray, idx: np.ndarray, fraction: float, seed: int,
-             groups: np.ndarray | None, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Split ``idx`` into (rest, part) with ``part`` about ``fraction`` of it, stratified by label."""
-    from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
-
-    n_part, n_classes = round(len(idx) * fraction), len(np.unique(labels[idx]))
-    if groups is None and n_part < n_classes:
-        raise ValueError(f"{name}={fraction} leaves {n_part} image(s) for {n_classes} classes: "
-                         "every class needs at least one; use a larger fraction or more data")
-    if groups is None:
-        rest, part = train_test_split(idx, test_size=fraction, stratify=labels[idx], random_state=seed)
-    else:
-        # Whole blocks go to one side; StratifiedGroupKFold keeps class shares close. When a
-        # class has fewer images than folds it cannot stratify: then blocks are drawn at random
-        # (GroupShuffleSplit) and the class shares are only approximately kept.
-        n_groups = len(np.unique(groups[idx]))
-        if n_groups < 2:
-            raise ValueError(f"{name}={fraction}: all {len(idx)} patches fall in one spatial block; "
-                             "use a smaller block_size_m")
-        n_splits = min(max(2, round(1 / fraction)), n_groups)
-        counts = np.bincount(labels[idx])
-        if counts[counts > 0].min() >= n_splits:
-            sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-            rest_pos, part_pos = next(sgkf.split(idx, labels[idx], groups[idx]))
-        else:
-            gss = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
-            rest_pos, part_pos = next(gss.split(idx, labels[idx], groups[idx]))
-        rest, part = idx[rest_pos], idx[part_pos]
-    return np.sort(rest), np.sort(part)
-
-
-def get_split(
-    ds: ImageDataset,
-    seed: int = 0,
-    kind: str = "stratified",
-    test_fraction: float = 0.2,
-    val_fraction: float = 0.1,
-    block_size_m: float = 5000.0,
-) -> Split:
-    """Return the train/val/test split of ``ds``, reading or writing its index file.
-
-    Paper A: stratified 80/20 train/test. The validation part (``val_fraction`` of the
-    train part) selects checkpoints and stops training, so the test set never selects a
-    model. ``kind="spatial"`` (georeferenced data only) keeps every ``block_size_m``
-    block in one part, so neighbouring patches cannot leak between train and test; with
-    whole blocks the fractions are approximate (``n_splits = round(1 / fraction)`` folds).
-    """
-    if kind not in SPLIT_KINDS:
-        raise ValueError(f"unknown split kind {kind!r}; choose one of: {', '.join(SPLIT_KINDS)}")
-    for pname, v in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
-        if not 0 < v < 1:
-            raise ValueError(f"{pname}={v} must be in (0, 1)")
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed={seed!r} must be a non-negative integer")
-    groups = None
-    if kind == "spatial":
-        if ds.geo is None:
-            raise ValueError(f"kind='spatial' needs georeferenced patches; {ds.name} has none")
-        groups = spatial_blocks(ds.geo, block_size_m)
-    sdir = cache_dir() / "splits"
-    sdir.mkdir(parents=True, exist_ok=True)
-    path = sdir / (f"{ds.name}-{ds.hash}-{kind}-seed{seed}-test{test_fraction}-val{val_fraction}"
-                   + (f"-block{block_size_m:g}" if groups is not None else "") + ".json")
-    if path.exists():
-        d = json.loads(path.read_text())
-        tr, va, te = (np.asarray(d[k], dtype=np.int64) for k in ("train", "val", "test"))
-        if _indices_hash(tr, va, te) != d["hash"]:
-            raise ValueError(f"split file {path} is corrupt (content hash mismatch); delete it")
-        return Split(tr, va, te, seed, kind, d["hash"])
-    idx = np.arange(len(ds), dtype=np.int64)
-    train_all, test = _two_way(ds.labels, idx, test_fraction, seed, groups, "test_fraction")
-    train, val = _two_way(ds.labels, train_all, val_fraction, seed + 1, groups, "val_fraction")
-    h = _indices_hash(train, val, test)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"dataset": ds.name, "dataset_hash": ds.hash, "kind": kind,
-                               "seed": seed, "hash": h, "train": train.tolist(),
-                               "val": val.tolist(), "test": test.tolist()}))
-    os.replace(tmp, path)
-    return Split(train, val, test, seed, kind, h)
 
 
 # --------------------------------------------------------------------------- batches

@@ -43,7 +43,8 @@ from rasterio.windows import Window
 from torch import nn
 from tqdm.auto import tqdm
 
-from lcc_utils.sentinel2 import L2AProduct, _Reader, grid_windows
+from lcc_utils.paths import atomic_path
+from lcc_utils.sentinel2 import L2AProduct, ProductReader, grid_windows
 
 #: Nodata value of both bands of the classification map.
 MAP_NODATA = 255
@@ -171,7 +172,7 @@ def _check_geometry(patch_size: int, stride: int, window_size: int) -> None:
         raise ValueError(f"window_size={window_size} must be >= stride={stride}")
 
 
-def _padded_window(reader: _Reader, product: L2AProduct, win: Window, halo: int, hp: int,
+def _padded_window(reader: ProductReader, product: L2AProduct, win: Window, halo: int, hp: int,
                    wp: int, mean: torch.Tensor | None, std: torch.Tensor | None
                    ) -> tuple[torch.Tensor, np.ndarray]:
     """Standardised input of shape (1, C, hp, wp) starting ``halo`` px before ``win``.
@@ -258,8 +259,6 @@ def classify_scene(
     n_classes = None
     halo = (ps_ - st) // 2
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp.tif")
     profile = {
         "driver": "GTiff", "dtype": "uint8", "count": 2, "width": product.width,
         "height": product.height, "crs": product.crs, "transform": product.transform,
@@ -269,37 +268,33 @@ def classify_scene(
     counts = np.zeros(256, np.int64)
     t0 = time.perf_counter()
     wins = grid_windows(product.height, product.width, ws)
-    try:
-        with _Reader(product) as reader, rasterio.open(tmp, "w", **profile) as dst:
-            dst.descriptions = ("class", "probability_percent")
-            for win in tqdm(wins, desc="classify", disable=not progress, leave=False):
-                h, w = int(win.height), int(win.width)
-                nh, nw = -(-h // st), -(-w // st)
-                hp, wp = (nh - 1) * st + ps_, (nw - 1) * st + ps_
-                xp, own_mask = _padded_window(reader, product, win, halo, hp, wp, mean_t, std_t)
-                cls, conf = clf(xp, nh, nw)
-                if n_classes is None:
-                    n_classes = int(_n_out(model, c, ps_, dev))
-                # each block's class to its stride x stride pixels
-                cls_px = np.repeat(np.repeat(cls, st, 0), st, 1)[:h, :w]
-                prob_px = np.repeat(np.repeat(np.round(conf * 100).astype(np.uint8), st, 0),
-                                    st, 1)[:h, :w]
-                cls_px[own_mask] = MAP_NODATA
-                prob_px[own_mask] = MAP_NODATA
-                dst.write(np.stack([cls_px, prob_px]), window=win)
-                counts += np.bincount(cls_px.ravel(), minlength=256)
-            names = list(classes) if classes is not None else [str(i) for i in range(n_classes)]
-            if len(names) != n_classes:
-                raise ValueError(f"classes has {len(names)} names, the model predicts "
-                                 f"{n_classes} classes")
-            dst.update_tags(CLASSES=json.dumps(dict(enumerate(names))), MODE=mode,
-                            PRECISION=precision,
-                            PATCH_SIZE=ps_, STRIDE=st, SOURCE=str(product.path),
-                            BAND_2="probability of the predicted class, percent (0-100)")
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(out_path) as tmp, ProductReader(product) as reader, \
+            rasterio.open(tmp, "w", **profile) as dst:
+        dst.descriptions = ("class", "probability_percent")
+        for win in tqdm(wins, desc="classify", disable=not progress, leave=False):
+            h, w = int(win.height), int(win.width)
+            nh, nw = -(-h // st), -(-w // st)
+            hp, wp = (nh - 1) * st + ps_, (nw - 1) * st + ps_
+            xp, own_mask = _padded_window(reader, product, win, halo, hp, wp, mean_t, std_t)
+            cls, conf = clf(xp, nh, nw)
+            if n_classes is None:
+                n_classes = int(_n_out(model, c, ps_, dev))
+            # each block's class to its stride x stride pixels
+            cls_px = np.repeat(np.repeat(cls, st, 0), st, 1)[:h, :w]
+            prob_px = np.repeat(np.repeat(np.round(conf * 100).astype(np.uint8), st, 0),
+                                st, 1)[:h, :w]
+            cls_px[own_mask] = MAP_NODATA
+            prob_px[own_mask] = MAP_NODATA
+            dst.write(np.stack([cls_px, prob_px]), window=win)
+            counts += np.bincount(cls_px.ravel(), minlength=256)
+        names = list(classes) if classes is not None else [str(i) for i in range(n_classes)]
+        if len(names) != n_classes:
+            raise ValueError(f"classes has {len(names)} names, the model predicts "
+                             f"{n_classes} classes")
+        dst.update_tags(CLASSES=json.dumps(dict(enumerate(names))), MODE=mode,
+                        PRECISION=precision,
+                        PATCH_SIZE=ps_, STRIDE=st, SOURCE=str(product.path),
+                        BAND_2="probability of the predicted class, percent (0-100)")
     dt = time.perf_counter() - t0
     npx = product.width * product.height
     return {
@@ -340,7 +335,7 @@ def classify_scene_naive(
     halo = (ps_ - st) // 2
     out = np.full((product.height, product.width), MAP_NODATA, np.uint8)
     blocks = [(r, cc) for r in range(0, product.height, st) for cc in range(0, product.width, st)]
-    with _Reader(product) as reader, torch.inference_mode():
+    with ProductReader(product) as reader, torch.inference_mode():
         for r, cc in tqdm(blocks, desc="naive", disable=not progress, leave=False):
             win = Window(cc, r, min(st, product.width - cc), min(st, product.height - r))
             xp, own = _padded_window(reader, product, win, halo, ps_, ps_, mean_t, std_t)

