@@ -413,35 +413,6 @@ def plot_map(path: str | os.PathLike, max_size: int = 1500, title: str | None = 
 
 
 # --------------------------------------------------------------------------- model and checks
-def load_mapping_model(run_dir: str | os.PathLike, model: str = "lightweight_cnn"
-                       ) -> tuple[nn.Module, dict[str, Any]]:
-    """A trained paper-B model and its standardisation, from a run folder.
-
-    Accepts a model folder written by ``paper_b.run_neural`` (``params.json``,
-    ``checkpoints/best.pt``, ``normalization.json`` with bands, train mean/std, classes)
-    or a run folder holding one under ``models/<model>/`` (e.g. ``runs/evaluation/...``).
-
-    Raises:
-        FileNotFoundError: no such model folder, or its checkpoint / normalisation is missing
-            (checkpoints are not committed: rerun the training notebook, or leave ``run``
-            empty in notebook 08 to train one there).
-    """
-    from lcc_utils import training
-
-    d = Path(run_dir)
-    if not (d / "normalization.json").exists() and (d / "models" / model).is_dir():
-        d = d / "models" / model
-    for f in ("params.json", "normalization.json", "checkpoints/best.pt"):
-        if not (d / f).exists():
-            raise FileNotFoundError(f"run={run_dir}: {d / f} is missing; a mapping model needs "
-                                    "a paper-B model folder with its checkpoint and normalisation")
-    net, params = training.load_trained(d, rebuild=False)
-    norm = json.loads((d / "normalization.json").read_text())
-    norm["source"] = str(d)
-    norm["params"] = params
-    return net.eval(), norm
-
-
 def check_georeference(map_path: str | os.PathLike, product: L2AProduct) -> dict[str, Any]:
     """Whether a map has the scene's CRS, 10 m transform and size (read back with rasterio)."""
     with rasterio.open(map_path) as src:
