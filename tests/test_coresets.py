@@ -191,7 +191,7 @@ def test_score_dataset_with_a_proxy_and_cache(tmp_path, monkeypatch):
     assert path.with_name(path.name.replace("margin", "forgetting")).exists()
     _, _, computed = get_scores(ds, split, "forgetting", "lightweight_cnn", 2, None, 0, "cpu")
     assert not computed
-    idx, info = coreset_indices(ds, split, "margin", 0.1, scoring_model="lightweight_cnn",
+    idx, info = coreset_indices(ds, split, "margin", 0.1, seed=0, scoring_model="lightweight_cnn",
                                 scoring_epochs=2, image_size=None, device="cpu")
     assert len(idx) == 6 and np.isin(idx, split.train).all() and not info["scores_computed"]
 

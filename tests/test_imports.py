@@ -21,13 +21,22 @@ def _module_name(path: Path) -> str:
 
 
 def import_graph() -> dict[str, set[str]]:
-    """``{module: {lcc_utils modules it imports}}``, at any depth (function-level imports too)."""
+    """``{module: {lcc_utils modules it imports}}``, at any depth (function-level imports too).
+
+    Imports under ``if TYPE_CHECKING:`` are left out: they never execute.
+    """
     modules = {_module_name(p): p for p in PKG.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         pkg_parts = name.split(".")[:-1] if path.name != "__init__.py" else name.split(".")
         deps: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        # imports under `if TYPE_CHECKING:` are for annotations only and never run
+        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                       and "TYPE_CHECKING" in ast.unparse(block.test) for n in ast.walk(block)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             targets: list[str] = []
             if isinstance(node, ast.ImportFrom):
                 if node.level:
