@@ -57,9 +57,13 @@ def params_hash(params: dict[str, Any]) -> str:
 
 
 def _slug(params: dict[str, Any]) -> str:
+    # a reference to an earlier run (a dict of its parameters) lends its readable keys
+    flat = {**{k: v for ref in params.values() if isinstance(ref, dict) for k, v in ref.items()}, **params}
     parts = []
     for k in SLUG_KEYS:
-        v = params.get(k)
+        v = flat.get(k)
+        if isinstance(v, dict):
+            continue
         if v in (None, "", []):
             continue
         s = Path(str(v)).name if k in ("scene", "run") else str(v)
