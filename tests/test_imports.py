@@ -108,3 +108,20 @@ def test_the_cycle_finder_finds_a_cycle():
 if __name__ == "__main__":
     for mod, deps in sorted(import_graph().items()):
         print(f"{mod}: {', '.join(sorted(deps))}")
+
+
+def test_one_of_each_concept():
+    """One definition each: splitter, NDVI, predict, reopening a run, atomic writer, figure saver."""
+    import re
+
+    source = {p: p.read_text() for p in PKG.rglob("*.py")}
+
+    def defined(name: str) -> list[str]:  # module-level definitions only
+        return [p.name for p, s in source.items() if re.search(rf"^def {name}\(", s, re.M)]
+
+    for name in ("group_split", "ndvi", "normalized_difference", "predict", "reopen_trained", "atomic_path",
+                 "atomic_write", "save_figure", "spatial_blocks"):
+        assert len(defined(name)) == 1, f"{name} is defined in {defined(name)}"
+    for gone in ("_group_fold", "predict_labels", "load_trained", "rebuild_neural", "load_mapping_model",
+                 "_atomic_write", "_atomic_write_text"):
+        assert not defined(gone), f"{gone} is back in {defined(gone)}"
