@@ -327,8 +327,9 @@ def notebook_params(namespace: dict[str, Any]) -> NotebookParams:
     """The run parameters of the notebook executing in ``namespace`` (pass ``globals()``).
 
     The names are those of the notebook's ``parameters`` cell, read from what the kernel
-    actually executed (IPython's ``In``), so a parameter added to the cell can never be left
-    out of the run hash; the values are the current ones (after papermill's injected cell).
+    actually executed (IPython's ``In``; a kernel without history, such as nbval's, falls back to
+    the cell of the notebook file named by ``__session__`` or :data:`NOTEBOOK_ENV`), so a
+    parameter added to the cell can never be left out of the run hash; the values are the current ones (after papermill's injected cell).
     A name injected by papermill that the cell does not declare (``-p fracton 0.1``) is an
     error naming it, instead of papermill's warning. The stage comes from the file name.
 
@@ -340,6 +341,13 @@ def notebook_params(namespace: dict[str, Any]) -> NotebookParams:
     cells = [(src, _literal_assignments(src)) for src in history if src and src.strip()]
     literal = [(src, vals) for src, vals in cells if vals]
     declared = [vals for src, vals in literal if not src.lstrip().startswith("# Parameters")]
+    known = namespace.get("__session__") or os.environ.get(NOTEBOOK_ENV)
+    if not declared and known:
+        # a kernel that keeps no history (nbval executes with store_history=False): the names
+        # of the parameters cell of the notebook file the kernel says it runs
+        path = Path(str(known))
+        nb_file = path if path.is_file() else notebooks_dir() / path.name
+        declared = [notebook_defaults(nb_file)]
     if not declared:
         raise ValueError("notebook_params(globals()) found no executed parameters cell (a cell of "
                          "`name = <literal>` lines): run the parameters cell first")

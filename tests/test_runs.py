@@ -104,6 +104,10 @@ def test_notebook_params_come_from_the_executed_parameters_cell(monkeypatch):
     bad = _namespace("fraction = 0.1\nseed = 0", "# Parameters\nfracton = 0.05\n", fraction=0.1, seed=0, fracton=0.05)
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['fracton'\] for 04_train.ipynb"):
         runs.notebook_params(bad)
+    # a kernel without history (nbval): the cell of the notebook file the environment names
+    defaults = runs.notebook_defaults(runs.notebook_path("04"))
+    assert runs.notebook_params({"In": [], **defaults}) == defaults
+    monkeypatch.delenv(runs.NOTEBOOK_ENV)
     with pytest.raises(ValueError, match="no executed parameters cell"):
         runs.notebook_params(_namespace("import os"))
 
