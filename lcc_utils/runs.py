@@ -329,7 +329,8 @@ def notebook_params(namespace: dict[str, Any]) -> NotebookParams:
     The names are those of the notebook's ``parameters`` cell, read from what the kernel
     actually executed (IPython's ``In``; a kernel without history, such as nbval's, falls back to
     the cell of the notebook file named by ``__session__`` or :data:`NOTEBOOK_ENV`), so a
-    parameter added to the cell can never be left out of the run hash; the values are the current ones (after papermill's injected cell).
+    parameter added to the cell can never be left out of the run hash; the values are the
+    current ones (after papermill's injected cell).
     A name injected by papermill that the cell does not declare (``-p fracton 0.1``) is an
     error naming it, instead of papermill's warning. The stage comes from the file name.
 
