@@ -47,9 +47,10 @@ VARIANTS = [
 
 def build_model(args: argparse.Namespace) -> tuple[torch.nn.Module, str, int, int]:
     if args.run:
-        from lcc_utils.training import load_trained
+        from lcc_utils.trained import reopen_trained
 
-        model, params = load_trained(args.run, rebuild=False)
+        model, info = reopen_trained(args.run, rebuild=False)
+        params = info["params"]
         in_chans = next(m for m in C.prunable_layers(model).values()).weight.shape[1]
         return model, f"{params['model']} ({args.run})", in_chans, int(params.get("image_size")
                                                                         or args.image_size)

@@ -247,7 +247,7 @@ def evaluate(model: nn.Module, loader: Any, device: str | torch.device = "auto")
 #: CPU training runs on this many threads: the summation order of convolution kernels depends
 #: on the thread count, so a run rebuilt with another count drifts by float rounding (seen:
 #: 1e-4 weight differences that flip a few quantized predictions). One thread makes a run
-#: bit-reproducible on any machine of the same CPU type, which `load_trained` relies on.
+#: bit-reproducible on any machine of the same CPU type, which `trained.reopen_trained` relies on.
 CPU_TRAIN_THREADS = 1
 
 

@@ -1,6 +1,6 @@
 """Figures of paper B's preprocessing: composites, the SCL layer, sample patches.
 
-Each ``plot_*`` returns a matplotlib Figure; saving is ``lcc_utils.plots.save_figure``.
+Each ``plot_*`` returns a matplotlib Figure; saving is ``Run.save_figure`` (through ``lcc_utils.plots.save_figure``).
 """
 
 from __future__ import annotations
