@@ -13,6 +13,10 @@ Decoding is the slow part of a naive pipeline, so every image is decoded exactly
 once into a uint8 (RGB) or uint16 (MS) array memory-mapped from the cache and
 keyed by a hash of the file list (paths and sizes). Resizing, TrivialAugmentWide
 and normalisation then run on batches of tensors (:class:`BatchLoader`).
+
+One concept (getting a dataset's pixels into batches) in about 630 lines: fetching, decoding,
+caching and batching are steps of one path that share its file-list hash and error handling;
+splits live in :mod:`lcc_utils.splits` (re-exported here).
 """
 
 from __future__ import annotations
