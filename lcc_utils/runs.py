@@ -389,7 +389,9 @@ def find_run(notebook: str, params: dict[str, Any] | None = None, finished: bool
     full = resolve_params(nb, dict(params or {}))
     d = run_dir(notebook_stage(nb), full)
     if finished and not (d / "metrics.json").is_file():
-        args = " ".join(f"-p {k} {json.dumps(v) if not isinstance(v, str) else v}"
+        # papermill -p passes scalars; a list or dict parameter needs -y (YAML, of which JSON is a part)
+        args = " ".join(f"-p {k} {v}" if isinstance(v, str) else
+                        f"-y '{json.dumps({k: v})}'" if isinstance(v, (list, dict)) else f"-p {k} {json.dumps(v)}"
                         for k, v in sorted((params or {}).items()))
         raise FileNotFoundError(
             f"no finished {nb.stem} run with parameters {params or {}} (folder {d.name}); run it first: "
