@@ -5,9 +5,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= quick
+# JOBS: runs of one notebook executed at a time (CPU training uses one thread per run)
+JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 LCC_KERNEL ?= lcc
 # LCC_DATA_DIR: data root; unset = data/ if present, else ../shared/data if present, else data/
-export LCC_DATA_DIR LCC_KERNEL
+export LCC_DATA_DIR LCC_KERNEL JOBS
 
 .PHONY: setup study data test lint benchmarks clean-cache
 

@@ -443,15 +443,26 @@ def _as_float(batch: np.ndarray) -> torch.Tensor:
     return x / scale if scale else x
 
 
+#: Values of ``BatchLoader(augment=...)``.
+AUGMENT_POLICIES = (False, True, "trivial", "dihedral")
+
+
 class BatchLoader:
     """Batches of (x, y, idx) from a decoded array: augment, resize and normalise on tensors.
 
-    Augmentation happens at the native resolution *before* resizing (paper A resizes to
-    224 first, then augments): geometric ops commute with resizing up to interpolation
-    and photometric ops act per pixel, so the result matches closely at ~12x less work.
-    3-band uint8 images get TrivialAugmentWide, one op per image, vectorised over the batch
-    (:mod:`lcc_utils.augment`); multispectral or float inputs get the 8 flips/rotations only
-    (colour ops are undefined for 13 reflectance bands).
+    Augmentation happens at the **smaller** of the native and the model's size (paper A
+    resizes to 224 first, then augments): geometric ops commute with resizing up to
+    interpolation and photometric ops act per pixel, so the result matches closely at a
+    fraction of the work. EuroSAT (64 px) to 224 px is augmented at 64 px; UC Merced
+    (256 px) to 32 px is first resized (antialiased; uint8 images are rounded back to
+    uint8, an error of at most half a grey level) and then augmented at 32 px, 64x fewer
+    pixels than augmenting at 256 px.
+
+    ``augment``: False (none), True / ``"trivial"``: 3-band uint8 images get
+    TrivialAugmentWide, one op per image, vectorised over the batch
+    (:mod:`lcc_utils.augment`), multispectral or float inputs the 8 flips/rotations only
+    (colour ops are undefined for 13 reflectance bands); ``"dihedral"``: the 8
+    flips/rotations for every input.
     """
 
     def __init__(
@@ -461,7 +472,7 @@ class BatchLoader:
         indices: np.ndarray,
         batch_size: int = 64,
         image_size: int | None = None,
-        augment: bool = False,
+        augment: bool | str = False,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         shuffle: bool = False,
@@ -483,7 +494,11 @@ class BatchLoader:
         nb = images.shape[-1]
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(1, nb, 1, 1)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(1, nb, 1, 1)
-        self._trivial = augment and images.dtype == np.uint8 and nb == 3
+        if augment not in AUGMENT_POLICIES:
+            raise ValueError(f"augment={augment!r}: choose one of False, True, "
+                             f"{', '.join(repr(a) for a in AUGMENT_POLICIES if isinstance(a, str))}")
+        self.augment = bool(augment)
+        self._trivial = augment in (True, "trivial") and images.dtype == np.uint8 and nb == 3
 
     @property
     def labels(self) -> np.ndarray:
@@ -498,11 +513,15 @@ class BatchLoader:
         n = len(self.indices)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def _augment(self, raw: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    def _augment(self, raw: np.ndarray | torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         if self._trivial:
-            t = torch.from_numpy(np.ascontiguousarray(raw)).permute(0, 3, 1, 2)
+            t = raw if isinstance(raw, torch.Tensor) else (
+                torch.from_numpy(np.ascontiguousarray(raw)).permute(0, 3, 1, 2))
             return trivial_augment_wide(t, rng, reference_size=self.image_size).float() / 255.0
-        x = _as_float(raw)
+        if isinstance(raw, torch.Tensor):  # already shrunk: float, scaled like _as_float
+            x = raw.float() / 255.0 if raw.dtype == torch.uint8 else raw
+        else:
+            x = _as_float(raw)
         k = rng.integers(0, 4, len(x))
         flip = rng.integers(0, 2, len(x)).astype(bool)
         out = torch.empty_like(x)
@@ -520,7 +539,16 @@ class BatchLoader:
             srt = np.argsort(idx, kind="stable")
             raw = np.empty((len(idx),) + self.images.shape[1:], dtype=self.images.dtype)
             raw[srt] = self.images[idx[srt]]
-            x = self._augment(raw, rng) if self.augment else _as_float(raw)
+            size = self.image_size
+            if self.augment and size is not None and size < raw.shape[1]:
+                # augment at the smaller size: shrink first (see the class docstring)
+                x = F.interpolate(_as_float(raw), size=(size, size), mode="bilinear",
+                                  antialias=True, align_corners=False)
+                if self._trivial:
+                    x = (x * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+                x = self._augment(x, rng)
+            else:
+                x = self._augment(raw, rng) if self.augment else _as_float(raw)
             # Normalising before resizing is exact (bilinear weights sum to one) and, when
             # upsampling 64 -> 224, 12x cheaper. Antialiasing only matters when downsampling.
             if self.mean is not None:
@@ -562,7 +590,7 @@ def make_loaders(
     batch_size: int,
     seed: int = 0,
     train_indices: np.ndarray | None = None,
-    augment: bool = True,
+    augment: bool | str = True,
 ) -> dict[str, BatchLoader]:
     """Train (augmented, shuffled; optionally a coreset ``train_indices``), val and test loaders."""
     mean, std = normalization(ds, split)

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,34 +31,55 @@ from torch import nn
 
 from lcc_utils import coresets, data, models, training
 from lcc_utils.compression import ADAPTIVE_METHODS
-from lcc_utils.constants import PAPER_A_PQ_BEST, PAPER_A_PRUNING_LEVEL_CR
-from lcc_utils.coresets import CORESETS
+from lcc_utils.constants import (
+    EUROSAT_CLASSES,
+    PAPER_A_PQ_BEST,
+    PAPER_A_PRUNING_LEVEL_CR,
+    UCMERCED_CLASSES,
+)
 from lcc_utils.paths import project_root, resolve_path, runs_root
 
 
 # --------------------------------------------------------------------------- notebook 03
-def scoring_record(
-    scores: coresets.CoresetScores, scores_file: str | os.PathLike, selected: dict[float, np.ndarray]
+def scoring_target(
+    *, target_model: str, target_image_size: int, target_epochs: int, batch_size: int, recipe: str
 ) -> dict[str, Any]:
-    """The metrics of a scoring run: score file (relative to the project), cost, sizes.
+    """The target spec whose full training a proxy's cost is compared with (04's parameters)."""
+    return {"model": target_model, "image_size": int(target_image_size),
+            "epochs": int(target_epochs), "batch_size": int(batch_size), "recipe": recipe}
 
-    Everything here is read from the score file, so a rerun of a cached scoring logs
-    identical metrics.
+
+def scoring_record(
+    scores: Mapping[str, coresets.CoresetScores], scores_file: str | os.PathLike,
+    selected: Mapping[str, Mapping[float, np.ndarray]],
+) -> dict[str, Any]:
+    """The metrics of a scoring run: score file, cost (also relative to the target), never learned.
+
+    Everything here is read from the score files' metadata, so a rerun of a cached scoring
+    logs identical metrics. ``never_learned_share`` must stay below
+    :data:`coresets.MAX_NEVER_LEARNED` and ``cost_ratio`` below
+    :data:`coresets.MAX_COST_RATIO` (the notebook checks both and says so).
     """
     path = Path(scores_file).resolve()
     try:
         shown = str(path.relative_to(project_root()))
     except ValueError:
         shown = str(path)
+    meta = next(iter(scores.values())).meta
     rec: dict[str, Any] = {
         "scores_file": shown,
-        "scoring_seconds": round(float(scores.meta.get("seconds", 0.0)), 2),
-        "scoring_device": scores.meta.get("device"),
-        "n_scored": int(len(scores.scores)),
-        "score_mean": round(float(scores.scores.mean()), 6),
-        "proxy_final_val_accuracy": scores.meta.get("proxy_final_val_accuracy"),
+        "scoring_seconds": round(float(meta.get("seconds", 0.0)), 2),
+        "scoring_device": meta.get("device"),
+        "n_scored": int(meta.get("n", 0)),
+        "proxy_final_val_accuracy": meta.get("proxy_final_val_accuracy"),
+        "proxy_final_train_accuracy": meta.get("proxy_final_train_accuracy"),
+        "never_learned_share": meta.get("never_learned_share"),
+        "target_seconds_estimate": round(float(meta.get("target_seconds_estimate", float("nan"))), 2),
+        "cost_ratio": round(float(meta.get("cost_ratio", float("nan"))), 4),
     }
-    rec.update({f"coreset_{100 * f:g}pct": int(len(idx)) for f, idx in selected.items()})
+    rec.update({f"{kind}_mean": round(float(sc.scores.mean()), 6) for kind, sc in scores.items()})
+    for method, fractions in selected.items():
+        rec.update({f"{method}_{100 * f:g}pct": int(len(idx)) for f, idx in fractions.items()})
     return rec
 
 
@@ -77,7 +99,8 @@ class TrainingSetup:
         model: The freshly initialised model (seeded).
         recipe: The training recipe, with the run's batch size.
         weights_description: Where the initial weights came from.
-        epochs: The epoch budget.
+        budget: ``train``'s budget keywords: ``epochs``, ``steps`` (None: whole epochs) and
+            ``val_every``.
 
     """
 
@@ -89,7 +112,34 @@ class TrainingSetup:
     model: nn.Module
     recipe: training.Recipe
     weights_description: str
-    epochs: int
+    budget: dict[str, Any]
+
+
+#: Validations per step-budgeted run (a 5 % coreset has ~15 batches per epoch: validating each
+#: epoch would cost more than training).
+VALIDATIONS_PER_RUN = 10
+
+
+def training_budget(fraction: float, epochs: int, steps: int, train_size: int,
+                    batch_size: int) -> dict[str, Any]:
+    """The budget rule of paper A's coreset comparison.
+
+    A coreset run (``fraction`` < 1) with ``steps`` > 0 trains exactly ``steps`` optimizer
+    steps, whatever the method and whatever the fraction: equal budgets across methods make
+    the comparison fair, and equal budgets across fractions (rather than equal epochs, which
+    would give a 5 % coreset 20x fewer updates than the full set) mean a smaller coreset is
+    not also a shorter training. A full-data run, or ``steps`` = 0, trains ``epochs`` epochs.
+    Validation runs every ``ceil(epochs / 10)`` epochs and after the last step.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps={steps!r} must be an integer >= 0 (0: train `epochs` epochs)")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs={epochs!r} must be a positive integer")
+    if fraction < 1.0 and steps > 0:
+        planned = math.ceil(steps / max(1, math.ceil(train_size / batch_size)))
+        return {"epochs": planned, "steps": steps,
+                "val_every": max(1, math.ceil(planned / VALIDATIONS_PER_RUN))}
+    return {"epochs": epochs, "steps": None, "val_every": 1}
 
 
 def prepare_training(
@@ -101,6 +151,7 @@ def prepare_training(
     fraction: float,
     seed: int,
     epochs: int,
+    steps: int,
     image_size: int,
     batch_size: int,
     device: str,
@@ -109,6 +160,7 @@ def prepare_training(
     recipe: str,
     scoring_model: str,
     scoring_epochs: int,
+    scoring_image_size: int,
 ) -> TrainingSetup:
     """Build data, coreset, loaders and model of a training run from notebook 04's parameters.
 
@@ -123,18 +175,22 @@ def prepare_training(
         rec = replace(rec, batch_size=int(batch_size))
     ds = data.load_dataset(dataset, data_dir=data_dir or None)
     split = data.get_split(ds, seed=seed)
+    target = scoring_target(target_model=model, target_image_size=image_size,
+                            target_epochs=epochs, batch_size=rec.batch_size, recipe=rec.name)
     train_idx, info = coresets.coreset_indices(
         ds, split, coreset, fraction, seed=seed, scoring_model=scoring_model,
-        scoring_epochs=scoring_epochs, image_size=image_size, device=device)
+        scoring_epochs=scoring_epochs, image_size=scoring_image_size, device=device,
+        target=target)
     loaders = data.make_loaders(ds, split, image_size=image_size, batch_size=rec.batch_size,
-                                seed=seed, train_indices=train_idx)
+                                seed=seed, train_indices=train_idx, augment=rec.augment)
     weights_path = resolve_path(weights) if weights not in (None, "") else None
     training.seed_everything(seed)
     net = models.create_model(model, num_classes=len(ds.classes), in_chans=ds.images.shape[-1],
                               pretrained=bool(pretrained), weights=weights_path,
                               image_size=image_size)
+    budget = training_budget(float(fraction), epochs, steps, len(train_idx), rec.batch_size)
     return TrainingSetup(ds, split, train_idx, info, loaders, net, rec,
-                         models.describe_weights(bool(pretrained), weights_path), int(epochs))
+                         models.describe_weights(bool(pretrained), weights_path), budget)
 
 
 def run_record(result: training.TrainResult, test: Mapping[str, Any], setup: TrainingSetup) -> dict[str, Any]:
@@ -159,7 +215,10 @@ def run_record(result: training.TrainResult, test: Mapping[str, Any], setup: Tra
         "n_test": int(test["n"]),
         "best_epoch": int(result.best_epoch),
         "best_val_accuracy": float(best_row["val_accuracy"]),
-        "epochs_run": int(len(hist)),
+        "epochs_run": int(hist["epoch"].max()),
+        "optimizer_steps": int(result.extra.get("steps", 0)),
+        "warmup_end_epoch": int(result.extra.get("warmup_end_epoch", 0)),
+        "patience": setup.recipe.patience,
         "stopped_early": bool(result.stopped_early),
         "train_size": int(len(setup.train_indices)),
         "train_seconds": round(float(result.seconds), 2),
@@ -193,7 +252,7 @@ def retrain_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None =
         params["data_dir"] = ""
     setup = prepare_training(**params)
     params["data_dir"] = stored_dir
-    result = training.train(setup.model, setup.loaders, setup.recipe, epochs=setup.epochs,
+    result = training.train(setup.model, setup.loaders, setup.recipe, **setup.budget,
                             device=device or params["device"], run_dir=run_dir,
                             seed=int(params["seed"]), params=params)
     mfile = run_dir / "metrics.json"
@@ -206,12 +265,70 @@ def retrain_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None =
 
 
 # --------------------------------------------------------------------------- paper A Table 1
-def table1(runs_df: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
-    """Paper A's Table 1 layout: test accuracy (%) per model x dataset x fraction x coreset.
+#: Paper A's Table 1 as published, beside the papers' text (read, never retyped).
+PAPER_A_TABLE1_CSV = "paper_a_table1.csv"
+#: Classes per dataset (the chance level of Table 1).
+NUM_CLASSES = {"eurosat": len(EUROSAT_CLASSES), "eurosat_ms": len(EUROSAT_CLASSES),
+               "ucmerced": len(UCMERCED_CLASSES)}
+#: Our coreset names whose paper A counterpart has the same name and definition family.
+PAPER_A_METHODS = ("random", "forgetting", "margin")
 
-    Each cell is our mean +- std over seeds and the number of seeds. The paper's published
-    Table 1 numbers are not in ``constants.py``, so the ``paper`` column is NaN: we never
-    invent them.
+
+def paper_table1(papers_dir: str | os.PathLike) -> pd.DataFrame:
+    """Paper A's published Table 1 (model, coreset, dataset, fraction, accuracy) from its CSV."""
+    path = Path(papers_dir) / PAPER_A_TABLE1_CSV
+    if not path.is_file():
+        raise FileNotFoundError(f"paper A's Table 1 not found: {path} (the papers folder beside "
+                                "the data root, ../shared/papers)")
+    df = pd.read_csv(path)
+    need = {"model", "coreset", "dataset", "fraction", "accuracy"}
+    if not need <= set(df.columns):
+        raise ValueError(f"{path}: expected columns {sorted(need)}, found {list(df.columns)}")
+    return df
+
+
+def _paired_stats(diffs: np.ndarray) -> tuple[float, float, float, float]:
+    """Mean paired difference, its 95 % t-interval and the paired t-test p-value."""
+    from scipy import stats
+
+    d = np.asarray(diffs, dtype=float)
+    if len(d) < 2:
+        return (float(d.mean()) if len(d) else float("nan")), float("nan"), float("nan"), float("nan")
+    mean, se = d.mean(), d.std(ddof=1) / math.sqrt(len(d))
+    if se == 0:
+        return float(mean), float(mean), float(mean), (1.0 if mean == 0 else 0.0)
+    half = stats.t.ppf(0.975, len(d) - 1) * se
+    p = 2 * stats.t.sf(abs(mean / se), len(d) - 1)
+    return float(mean), float(mean - half), float(mean + half), float(p)
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (NaN stays NaN and does not count as a test)."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def table1(runs_df: pd.DataFrame, paper: pd.DataFrame | None = None,
+           metric: str = "test_accuracy", num_classes: Mapping[str, int] = NUM_CLASSES) -> pd.DataFrame:
+    """Paper A's Table 1, ours beside the paper's: one row per model x dataset x fraction x coreset.
+
+    Columns: ``n_seeds``, ``mean`` and ``std`` of test accuracy (%) over seeds; for coresets
+    other than random at fractions < 1, the **paired** difference to random over the seeds
+    both ran (each seed is one split, init and tie-break shared by every method), its 95 %
+    t-interval, the paired t-test p-value Holm-adjusted over every comparison of the same
+    model and dataset, and ``wins`` (seeds where the method beat random). ``chance`` is
+    100 / classes and ``near_chance`` flags cells whose mean is below twice chance: read
+    nothing into those. ``paper_<model>`` hold paper A's published accuracy for the
+    same dataset, fraction and method (paper A's three methods only; its backbones are
+    ImageNet-pretrained at 224 px, ours may differ: the ``model`` column says which), and
+    ``paper_wins`` how many of its four backbones beat random in that cell.
     """
     need = {"model", "dataset", "fraction", "coreset", "seed", metric}
     missing = need - set(runs_df.columns)
@@ -219,34 +336,67 @@ def table1(runs_df: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame
         raise ValueError(f"runs_df lacks columns {sorted(missing)} (collect_runs('train'))")
     df = runs_df.copy()
     df["acc"] = 100.0 * df[metric].astype(float)
-    # at 100 % every coreset is the full split: show it under every method's column
-    g = df.groupby(["model", "dataset", "fraction", "coreset"])["acc"]
-    stats = g.agg(["mean", "std", "count"]).reset_index()
     rows = []
-    for (model, dataset, fraction), part in stats.groupby(["model", "dataset", "fraction"]):
-        row: dict[str, Any] = {"model": model, "dataset": dataset, "fraction": fraction}
-        for name in CORESETS:
-            hit = part[part["coreset"] == name]
-            if fraction == 1.0 and hit.empty:
-                hit = part
-            if hit.empty:
-                row[name] = ""
-                row[f"{name}_n"] = 0
-                continue
-            mean, std, cnt = hit["mean"].iloc[0], hit["std"].iloc[0], int(hit["count"].iloc[0])
-            row[name] = f"{mean:.2f} ± {std:.2f}" if cnt > 1 else f"{mean:.2f}"  # one seed: no spread to show
-            row[f"{name}_n"] = cnt
-        row["paper"] = np.nan
-        rows.append(row)
+    for (model, dataset, fraction), part in df.groupby(["model", "dataset", "fraction"], sort=True):
+        rand = part[part["coreset"] == "random"].set_index("seed")["acc"]
+        names = [c for c in coresets.CORESETS if c in set(part["coreset"])]
+        for name in names:
+            cell = part[part["coreset"] == name].set_index("seed")["acc"]
+            row: dict[str, Any] = {"model": model, "dataset": dataset, "fraction": fraction,
+                                   "coreset": name, "n_seeds": int(len(cell)),
+                                   "mean": float(cell.mean()),
+                                   "std": float(cell.std(ddof=1)) if len(cell) > 1 else float("nan")}
+            shared = sorted(set(cell.index) & set(rand.index))
+            if name != "random" and fraction < 1.0 and shared:
+                d = cell.loc[shared].to_numpy() - rand.loc[shared].to_numpy()
+                mean, lo, hi, p = _paired_stats(d)
+                row.update(diff_vs_random=mean, ci_low=lo, ci_high=hi, p=p,
+                           wins=f"{int((d > 0).sum())}/{len(d)}")
+            k = (num_classes or {}).get(dataset)
+            if k:
+                row.update(chance=100.0 / k, near_chance=bool(row["mean"] < 200.0 / k))
+            rows.append(row)
     out = pd.DataFrame(rows)
-    out.attrs["note"] = "paper column: paper A's Table 1 values are not in the repository"
+    if out.empty:
+        return out
+    for col in ("diff_vs_random", "ci_low", "ci_high", "p", "wins"):
+        if col not in out:
+            out[col] = np.nan
+    out["p_holm"] = np.nan
+    for _, idx in out.groupby(["model", "dataset"]).groups.items():
+        out.loc[idx, "p_holm"] = holm(out.loc[idx, "p"].to_numpy(dtype=float))
+    if paper is not None:
+        out = _with_paper(out, paper)
+    return out
+
+
+def _with_paper(out: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
+    """Paper A's accuracy per backbone and its win count beside each of our cells."""
+    pap = paper.copy()
+    pap["fraction"] = pap["fraction"].astype(float).round(4)
+    wide = pap.pivot_table(index=["dataset", "fraction", "coreset"], columns="model",
+                           values="accuracy")
+    backbones = list(wide.columns)
+    wins = {}
+    for (dataset, fraction, coreset), row in wide.iterrows():
+        if coreset == "random" or fraction >= 1.0:
+            continue
+        rnd = wide.loc[(dataset, fraction, "random")]
+        wins[(dataset, fraction, coreset)] = f"{int((row > rnd).sum())}/{len(backbones)}"
+    out = out.copy()
+    key = list(zip(out["dataset"], out["fraction"].astype(float).round(4), out["coreset"], strict=True))
+    for b in backbones:
+        out[f"paper_{b}"] = [wide[b].get(k, np.nan) if k[2] in PAPER_A_METHODS else np.nan
+                             for k in key]
+    out["paper_wins"] = [wins.get(k, "") if k[2] in PAPER_A_METHODS else "" for k in key]
     return out
 
 
 def protocol_differences(runs_df: pd.DataFrame) -> pd.DataFrame:
     """How our runs differ from paper A's protocol (224 px, 10 epochs, ImageNet weights, GPU)."""
-    cols = {"image_size": "224", "epochs": "10", "pretrained": "True (ImageNet)",
-            "device": "GPU", "seed": "not stated"}
+    cols = {"model": "4 timm backbones", "image_size": "224", "epochs": "10 (early stopping after a 3-epoch warm-up)",
+            "steps": "not stated (epochs)", "recipe": "AdamW 5e-4, TrivialAugmentWide",
+            "pretrained": "True (ImageNet)", "device": "GPU", "seed": "not stated (one run per cell)"}
     rows = []
     for col, paper in cols.items():
         if col in runs_df.columns:
@@ -258,32 +408,41 @@ def protocol_differences(runs_df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_table1(runs_df: pd.DataFrame, model: str | None = None, metric: str = "test_accuracy") -> Figure:
-    """Test accuracy vs coreset fraction, one panel per dataset, one line per coreset method.
+def plot_table1(table: pd.DataFrame, model: str | None = None) -> Figure:
+    """Each coreset method's paired difference to random (points, 95 % CI bars), per fraction.
 
-    Points are the mean over seeds, bars the standard deviation; the 100 % run (the whole
-    training split) is drawn as a dashed reference line.
+    One panel per dataset x fraction; paper A's differences for its own methods (one
+    marker per backbone) are drawn beside ours in grey. Zero (= random) is the dashed line.
     """
     import matplotlib.pyplot as plt
 
-    df = runs_df if model is None else runs_df[runs_df["model"] == model]
-    datasets = sorted(df["dataset"].unique())
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets, strict=True):
-        part = df[df["dataset"] == dataset]
-        full = part[part["fraction"] == 1.0][metric].astype(float) * 100
-        for name in CORESETS:
-            sub = part[(part["coreset"] == name) & (part["fraction"] < 1.0)]
-            if sub.empty:
+    t = table if model is None else table[table["model"] == model]
+    t = t[(t["fraction"] < 1.0) & (t["coreset"] != "random")]
+    panels = sorted({(d, f) for d, f in zip(t["dataset"], t["fraction"], strict=True)})
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.6 * max(1, len(panels)), 3.8),
+                             squeeze=False, sharey=True)
+    paper_cols = [c for c in t.columns if c.startswith("paper_") and c != "paper_wins"]
+    for ax, (dataset, fraction) in zip(axes[0], panels, strict=False):
+        part = t[(t["dataset"] == dataset) & (t["fraction"] == fraction)].reset_index(drop=True)
+        y = np.arange(len(part))
+        err = np.vstack([part["diff_vs_random"] - part["ci_low"], part["ci_high"] - part["diff_vs_random"]])
+        ax.errorbar(part["diff_vs_random"], y, xerr=np.nan_to_num(err), fmt="o", capsize=3,
+                    label="ours: mean paired difference, 95 % CI")
+        rand = table[(table["dataset"] == dataset) & (table["fraction"] == fraction)
+                     & (table["coreset"] == "random")]
+        for j, col in enumerate(paper_cols):
+            if rand.empty or col not in rand:
                 continue
-            g = sub.groupby("fraction")[metric].agg(["mean", "std"]) * 100
-            ax.errorbar(g.index * 100, g["mean"], yerr=g["std"].fillna(0), marker="o", capsize=3, label=name)
-        if len(full):
-            ax.axhline(full.mean(), ls="--", color="grey", label="100 % (full split)")
-        ax.set(title=f"{dataset}" + (f" · {model}" if model else ""), xlabel="coreset size (% of training split)",
-               ylabel="test accuracy (%)")
+            base = rand[col].iloc[0]
+            ax.scatter(part[col] - base, y + 0.2, marker="x", color="grey", s=18,
+                       label="paper A, one mark per backbone" if j == 0 else None)
+        ax.axvline(0, ls="--", color="black", lw=1)
+        ax.set_yticks(y, labels=part["coreset"])
+        ax.set(title=f"{dataset}, {100 * fraction:g} % of the training split",
+               xlabel="test accuracy minus random (points)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    axes[0][0].invert_yaxis()
+    axes[0][0].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     return fig
 
@@ -297,15 +456,15 @@ def runs_hash(runs_df: pd.DataFrame) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def table1_metrics(runs_df: pd.DataFrame, expected: int) -> dict[str, Any]:
-    """The ``metrics.json`` of notebook 09: run counts and every cell's mean test accuracy (%)."""
-    out: dict[str, Any] = {"runs_found": int(len(runs_df)), "runs_expected": int(expected)}
-    if len(runs_df):
-        g = runs_df.groupby(["model", "dataset", "coreset", "fraction"])["test_accuracy"].agg(["mean", "count"])
-        for (model, dataset, coreset, fraction), row in g.iterrows():
-            key = f"{dataset}_{model}_{coreset}_{fraction:g}"
-            out[f"{key}_acc_mean"] = round(100 * float(row["mean"]), 4)
-            out[f"{key}_n"] = int(row["count"])
+def table1_metrics(table: pd.DataFrame, runs_found: int, expected: int) -> dict[str, Any]:
+    """The ``metrics.json`` of notebook 09: run counts, every cell's mean and paired difference."""
+    out: dict[str, Any] = {"runs_found": int(runs_found), "runs_expected": int(expected)}
+    for _, r in table.iterrows():
+        key = f"{r['dataset']}_{r['model']}_{r['coreset']}_{r['fraction']:g}"
+        out[f"{key}_acc_mean"] = round(float(r["mean"]), 4)
+        out[f"{key}_n"] = int(r["n_seeds"])
+        if pd.notna(r.get("diff_vs_random")):
+            out[f"{key}_diff_vs_random"] = round(float(r["diff_vs_random"]), 4)
     return out
 
 

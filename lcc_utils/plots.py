@@ -18,6 +18,23 @@ from matplotlib.figure import Figure
 from .paths import atomic_path
 
 
+def show(fig: Figure, dpi: int = 100) -> object:
+    """The figure as an inline PNG for a notebook cell (a bare ``Figure`` shows only its repr).
+
+    Returns an ``IPython.display.Image`` holding the PNG bytes: no file path is stored in
+    the executed notebook. Pyplot figures are closed so they are not shown twice.
+    """
+    import io
+
+    from IPython.display import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    if plt.fignum_exists(getattr(fig, "number", -1)):
+        plt.close(fig)
+    return Image(data=buf.getvalue(), format="png")
+
+
 def save_figure(
     fig: Figure, stem: str | os.PathLike, formats: tuple[str, ...] = ("png", "pdf"), dpi: int = 150
 ) -> list[Path]:

@@ -24,7 +24,7 @@ overwrites another's and a notebook run by hand never touches ``figures/``.
 Each parameter set becomes one run folder (see :mod:`lcc_utils.runs`); a run that
 already finished is skipped, so an interrupted study resumes where it stopped.
 
-Usage: ``python -m lcc_utils.study --profile quick [--data-dir DIR] [--only 04_train]``.
+Usage: ``python -m lcc_utils.study --profile quick [--data-dir DIR] [--only 04_train] [--jobs 2]``.
 """
 
 from __future__ import annotations
@@ -101,27 +101,43 @@ def prepare_data(data_dir: str | None = None, names: tuple[str, ...] = ("eurosat
         print(f"data: {name} ready ({len(ds):,} images, hash {ds.hash})", flush=True)
 
 
-def run_study(profile: str = "quick", data_dir: str | None = None, only: list[str] | None = None) -> pd.DataFrame:
+def run_study(profile: str = "quick", data_dir: str | None = None, only: list[str] | None = None,
+              jobs: int = 1) -> pd.DataFrame:
     """Execute the study; return one row per run (notebook, run folder, executed or skipped, seconds)."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs={jobs!r} must be a positive integer")
     root = resolve_data_dir(data_dir)
     # Only the study publishes figures (the kernels inherit this environment). The committed
     # figures/ are the quick study's; smoke and paper publish to figures/<profile>/.
     os.environ["LCC_PUBLISH_FIGURES"] = "1"
     if profile != "quick" and "LCC_FIGURES_DIR" not in os.environ:
         os.environ["LCC_FIGURES_DIR"] = str(figures_dir() / profile)
-    rows = []
     books = [nb for nb in notebooks() if not only or nb.stem in only or nb.stem[:2] in only]
     plan = [(nb, p) for nb in books for p in profile_runs(nb, profile)]
-    print(f"study: profile {profile!r}, data root {root}, {len(plan)} run(s) in {len(books)} notebook(s)")
-    for i, (nb, params) in enumerate(plan, 1):
+    print(f"study: profile {profile!r}, data root {root}, {len(plan)} run(s) in {len(books)} "
+          f"notebook(s), {jobs} at a time")
+    done = [0]
+
+    def one(nb: Path, params: dict) -> dict:
         t0 = time.perf_counter()
-        label = f"[{i}/{len(plan)}] {nb.stem} {json.dumps(params, sort_keys=True)}"
-        print(label, flush=True)
         d, executed = execute_notebook(nb, {**params, "data_dir": str(root)})
         dt = time.perf_counter() - t0
-        print(f"    {'done' if executed else 'skipped (finished before)'} in {dt:.0f} s -> {d}", flush=True)
-        rows.append({"notebook": nb.stem, "params": json.dumps(params, sort_keys=True),
-                     "run_dir": str(d), "executed": executed, "seconds": round(dt, 1)})
+        done[0] += 1
+        print(f"[{done[0]}/{len(plan)}] {nb.stem} {json.dumps(params, sort_keys=True)}\n"
+              f"    {'done' if executed else 'skipped (finished before)'} in {dt:.0f} s -> {d}",
+              flush=True)
+        return {"notebook": nb.stem, "params": json.dumps(params, sort_keys=True),
+                "run_dir": str(d), "executed": executed, "seconds": round(dt, 1)}
+
+    rows = []
+    # Notebooks run in number order (a later stage reads earlier runs); the runs of ONE notebook
+    # are independent and run `jobs` at a time, each in its own kernel process (CPU training is
+    # pinned to one thread per run, so jobs = cores uses the machine).
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for nb in books:
+            rows += list(pool.map(lambda p, nb=nb: one(nb, p), profile_runs(nb, profile)))
     return pd.DataFrame(rows)
 
 
@@ -132,11 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", default=None, help="data root (default: $LCC_DATA_DIR or data/)")
     ap.add_argument("--only", nargs="*", help="notebook stems or numbers to run (default: all)")
     ap.add_argument("--prepare-only", action="store_true", help="only fetch and decode the datasets")
+    ap.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS", "1")),
+                    help="runs of one notebook executed at a time (default: $JOBS or 1)")
     args = ap.parse_args(argv)
     prepare_data(args.data_dir)
     if args.prepare_only:
         return 0
-    summary = run_study(args.profile, args.data_dir, args.only)
+    summary = run_study(args.profile, args.data_dir, args.only, jobs=args.jobs)
     print(summary.to_string(index=False))
     return 0
 

@@ -5,6 +5,10 @@ import pytest
 from lcc_utils.coresets import (
     CORESETS,
     CoresetScores,
+    aum_scores,
+    ccs_select,
+    misclassified_counts,
+    never_learned,
     forgetting_scores,
     get_coreset_method,
     load_coreset,
@@ -14,14 +18,30 @@ from lcc_utils.coresets import (
     save_scores,
     select_coreset,
 )
-from lcc_utils.paper_a import protocol_differences, table1
+from lcc_utils.paper_a import holm, protocol_differences, table1
 
 
 def test_registry_error_lists_choices():
-    assert set(CORESETS) == {"random", "forgetting", "margin"}
-    with pytest.raises(ValueError, match="unknown coreset 'forgeting'; choose one of: forgetting, "
-                                         "margin, random"):
+    assert list(CORESETS) == ["random", "forgetting", "forgetting_events", "margin", "forgetting_easy",
+                              "forgetting_events_easy", "margin_easy", "ccs"]
+    with pytest.raises(ValueError, match="unknown coreset 'forgeting'; choose one of: random, forgetting, "
+                                         "forgetting_events, margin"):
         get_coreset_method("forgeting")
+
+
+def test_paper_wording_counts_misclassified_epochs_and_never_learned():
+    c = np.array([[1, 0, 1], [0, 0, 1], [1, 0, 0], [0, 0, 1]], dtype=bool)
+    assert misclassified_counts(c).tolist() == [2.0, 4.0, 1.0]
+    assert never_learned(c).tolist() == [False, True, False]
+    # Toneva's events differ: sample 0 is forgotten twice, sample 2 once
+    assert forgetting_scores(c).tolist() == [2.0, 5.0, 1.0]
+
+
+def test_aum_is_the_mean_true_class_margin():
+    m = np.array([[1.0, -2.0], [3.0, 0.0]])
+    assert aum_scores(m).tolist() == [2.0, -1.0]
+    with pytest.raises(ValueError, match="true_margins"):
+        aum_scores(np.array([1.0, np.nan]))
 
 
 def test_forgetting_counts_learned_to_forgotten_transitions():
@@ -51,7 +71,7 @@ def labels_and_scores(n=200, k=4, seed=0):
     return labels, rng.random(n)
 
 
-@pytest.mark.parametrize("method", ["random", "forgetting", "margin"])
+@pytest.mark.parametrize("method", list(CORESETS))
 @pytest.mark.parametrize("fraction", [0.05, 0.1, 0.5])
 def test_balanced_selection_keeps_class_shares(method, fraction):
     labels, scores = labels_and_scores()
@@ -69,6 +89,44 @@ def test_forgetting_keeps_highest_margin_keeps_lowest():
     scores = np.arange(10, dtype=float)
     assert select_coreset(scores, 0.3, labels, "forgetting").tolist() == [7, 8, 9]
     assert select_coreset(scores, 0.3, labels, "margin").tolist() == [0, 1, 2]
+    # the easy-first reverses keep the other end
+    assert select_coreset(scores, 0.3, labels, "forgetting_easy").tolist() == [0, 1, 2]
+    assert select_coreset(scores, 0.3, labels, "forgetting_events_easy").tolist() == [0, 1, 2]
+    assert select_coreset(scores, 0.3, labels, "margin_easy").tolist() == [7, 8, 9]
+
+
+def test_ccs_drops_the_hardest_beta_and_covers_every_stratum():
+    rng = np.random.default_rng(0)
+    aum = np.concatenate([rng.uniform(-5, 0, 300), rng.uniform(0, 5, 700)])  # low AUM = hard
+    labels = np.zeros(1000, dtype=int)
+    sel = select_coreset(aum, 0.1, labels, "ccs", seed=0, beta=0.3, strata=10)
+    assert len(sel) == 100 and len(np.unique(sel)) == 100
+    hardest = np.argsort(aum)[:300]
+    assert not set(sel) & set(hardest)  # the hardest 30 % are never kept
+    kept = np.sort(aum)[300:]
+    edges = np.linspace(kept.min(), kept.max(), 11)
+    per_bin = np.histogram(aum[sel], bins=edges)[0]
+    assert per_bin.min() >= 9 and per_bin.max() <= 11  # even coverage of the score range
+    again = select_coreset(aum, 0.1, labels, "ccs", seed=0, beta=0.3, strata=10)
+    assert np.array_equal(sel, again)
+
+
+def test_ccs_small_strata_give_their_all_and_the_rest_is_redistributed():
+    rng = np.random.default_rng(1)
+    h = np.concatenate([np.full(3, 10.0), rng.uniform(0, 1, 97)])  # one tiny stratum at the top
+    pos = ccs_select(h, 20, rng, beta=0.0, strata=2)
+    assert len(pos) == 20 and set(range(3)) <= set(pos)
+
+
+def test_ccs_bad_input_names_the_parameter():
+    labels, scores = labels_and_scores()
+    for bad in (-0.1, 1.0, 1.5, "0.3"):
+        with pytest.raises(ValueError, match="beta="):
+            select_coreset(scores, 0.1, labels, "ccs", beta=bad)
+    with pytest.raises(ValueError, match="beta=0.95: dropping the hardest"):
+        select_coreset(scores, 0.1, labels, "ccs", beta=0.95)
+    with pytest.raises(ValueError, match="strata="):
+        select_coreset(scores, 0.1, labels, "ccs", strata=0)
 
 
 def test_ties_broken_by_seed_and_deterministic():
@@ -133,28 +191,47 @@ def test_scores_roundtrip_and_missing(tmp_path):
         load_scores(tmp_path / "none.npz")
 
 
-def test_table1_layout_never_invents_paper_numbers():
+def test_table1_pairs_seeds_and_puts_paper_numbers_beside_ours():
     rows = []
-    for method, acc in (("random", 0.80), ("forgetting", 0.82), ("margin", 0.84)):
+    diffs = {"random": (0, 0, 0), "forgetting": (2, 3, 4), "margin": (-1, 1, -3)}
+    for method, d in diffs.items():
         for seed in range(3):
-            rows.append({"model": "resnet18", "dataset": "eurosat", "fraction": 0.05,
-                         "coreset": method, "seed": seed, "test_accuracy": acc + 0.01 * seed,
-                         "image_size": 64, "epochs": 3, "pretrained": False, "device": "cpu"})
-    rows.append({"model": "resnet18", "dataset": "eurosat", "fraction": 1.0, "coreset": "random",
-                 "seed": 0, "test_accuracy": 0.95, "image_size": 32, "epochs": 3,
+            rows.append({"model": "plain_cnn", "dataset": "eurosat", "fraction": 0.1,
+                         "coreset": method, "seed": seed,
+                         "test_accuracy": (80 + 5 * seed + d[seed]) / 100,
+                         "image_size": 32, "epochs": 15, "pretrained": False, "device": "cpu"})
+    rows.append({"model": "plain_cnn", "dataset": "eurosat", "fraction": 1.0, "coreset": "random",
+                 "seed": 0, "test_accuracy": 0.96, "image_size": 32, "epochs": 15,
                  "pretrained": False, "device": "cpu"})
     df = pd.DataFrame(rows)
-    t = table1(df)
-    assert len(t) == 2
-    five = t[t["fraction"] == 0.05].iloc[0]
-    assert five["margin"] == "85.00 ± 1.00" and five["margin_n"] == 3
-    assert t["paper"].isna().all()
-    full = t[t["fraction"] == 1.0].iloc[0]
-    assert full["forgetting"] == "95.00" and full["forgetting_n"] == 1  # one seed: no spread shown
+    paper = pd.DataFrame([
+        {"model": m, "coreset": c, "dataset": "eurosat", "fraction": 0.10, "accuracy": a}
+        for m, c, a in (("convnext_tiny", "random", 95.0), ("convnext_tiny", "forgetting", 96.0),
+                        ("swin_tiny", "random", 93.0), ("swin_tiny", "forgetting", 92.0))])
+    t = table1(df, paper).set_index(["fraction", "coreset"])
+    f = t.loc[(0.1, "forgetting")]
+    assert f["n_seeds"] == 3 and f["mean"] == pytest.approx(88.0)  # 80 + 5 + 3
+    assert f["diff_vs_random"] == pytest.approx(3.0) and f["wins"] == "3/3"
+    # paired t-interval: diffs 2, 3, 4 -> sd 1, se 1/sqrt(3), t(0.975, 2) = 4.303
+    assert f["ci_low"] == pytest.approx(3 - 4.303 / 3**0.5, abs=1e-3)
+    assert f["ci_high"] == pytest.approx(3 + 4.303 / 3**0.5, abs=1e-3)
+    m = t.loc[(0.1, "margin")]
+    assert m["wins"] == "1/3" and m["ci_low"] < 0 < m["ci_high"]
+    assert m["p_holm"] >= m["p"]  # Holm never makes a p-value smaller
+    assert f["paper_convnext_tiny"] == 96.0 and f["paper_wins"] == "1/2"
+    assert np.isnan(t.loc[(0.1, "random"), "diff_vs_random"])
+    assert t.loc[(1.0, "random"), "mean"] == pytest.approx(96.0)
+    assert not t["near_chance"].any() and t["chance"].iloc[0] == pytest.approx(10.0)
     proto = protocol_differences(df)
-    assert proto.set_index("setting").loc["image_size", "ours"] == "32, 64"
+    assert proto.set_index("setting").loc["image_size", "ours"] == "32"
     with pytest.raises(ValueError, match="lacks columns"):
         table1(df.drop(columns="seed"))
+
+
+def test_holm_adjusts_in_order_and_skips_nan():
+    adj = holm([0.01, 0.04, np.nan, 0.03])
+    assert adj[0] == pytest.approx(0.03) and adj[3] == pytest.approx(0.06)
+    assert adj[1] == pytest.approx(0.06) and np.isnan(adj[2])
 
 
 def tiny_dataset():
@@ -172,28 +249,47 @@ def tiny_dataset():
 
 
 def test_score_dataset_with_a_proxy_and_cache(tmp_path, monkeypatch):
-    from lcc_utils.coresets import coreset_indices, get_scores, score_dataset
+    from lcc_utils.coresets import SCORES, coreset_indices, get_scores, score_dataset
 
     monkeypatch.setenv("LCC_CACHE_DIR", str(tmp_path))
     ds, split = tiny_dataset()
-    out = score_dataset(ds, split, "forgetting", scoring_model="lightweight_cnn",
-                        scoring_epochs=3, image_size=None, device="cpu", batch_size=16)
-    assert set(out) == {"forgetting", "margin"}
-    f, m = out["forgetting"], out["margin"]
+    out = score_dataset(ds, split, scoring_model="lightweight_cnn", scoring_epochs=3,
+                        image_size=None, device="cpu", batch_size=16)
+    assert set(out) == set(SCORES)
+    f, m = out["forgetting_events"], out["margin"]
     assert f.scores.shape == (60,) and f.scores.max() <= 4  # epochs + 1 for never learned
+    assert out["misclassified"].scores.max() <= 3
     assert np.all((m.scores >= 0) & (m.scores <= 1))
+    share = f.meta["never_learned_share"]
+    assert 0 <= share <= 1 and share == pytest.approx((out["misclassified"].scores == 3).mean())
+    assert set(f.meta["never_learned_per_class"]) == {"a", "b", "c"}
     assert f.meta["seconds"] > 0 and f.meta["scoring_epochs"] == 3
-    again = score_dataset(ds, split, "margin", scoring_model="lightweight_cnn",
-                          scoring_epochs=3, image_size=None, device="cpu", batch_size=16)
+    again = score_dataset(ds, split, scoring_model="lightweight_cnn", scoring_epochs=3,
+                          image_size=None, device="cpu", batch_size=16)
     assert np.array_equal(again["margin"].scores, m.scores)  # same seed, same scores
-    sc, path, computed = get_scores(ds, split, "margin", "lightweight_cnn", 2, None, 0, "cpu")
+    assert np.array_equal(again["aum"].scores, out["aum"].scores)
+    target = {"model": "lightweight_cnn", "image_size": None, "epochs": 4, "batch_size": 16,
+              "recipe": "paper_a"}
+    sc, path, computed = get_scores(ds, split, "margin", "lightweight_cnn", 2, None, 0, "cpu",
+                                    target=target)
     assert computed and path.exists()
-    assert path.with_name(path.name.replace("margin", "forgetting")).exists()
+    assert sc.meta["target_seconds_estimate"] > 0 and sc.meta["cost_ratio"] > 0
+    assert path.with_name(path.name.replace("margin", "forgetting_events")).exists()
     _, _, computed = get_scores(ds, split, "forgetting", "lightweight_cnn", 2, None, 0, "cpu")
     assert not computed
-    idx, info = coreset_indices(ds, split, "margin", 0.1, seed=0, scoring_model="lightweight_cnn",
+    idx, info = coreset_indices(ds, split, "ccs", 0.1, seed=0, scoring_model="lightweight_cnn",
                                 scoring_epochs=2, image_size=None, device="cpu")
     assert len(idx) == 6 and np.isin(idx, split.train).all() and not info["scores_computed"]
+
+
+def test_a_proxy_too_short_for_forgetting_is_refused():
+    from lcc_utils.coresets import score_dataset
+
+    ds, split = tiny_dataset()
+    for bad in (1, 0, 2.5):
+        with pytest.raises(ValueError, match="scoring_epochs="):
+            score_dataset(ds, split, scoring_model="lightweight_cnn", scoring_epochs=bad,
+                          image_size=None, device="cpu")
 
 
 def test_score_plots_return_figures():
@@ -203,7 +299,7 @@ def test_score_plots_return_figures():
 
     labels = np.repeat(np.arange(3), 20)
     rng = np.random.default_rng(0)
-    counts = CoresetScores("forgetting", rng.integers(0, 5, 60).astype(float), np.arange(60),
+    counts = CoresetScores("forgetting_events", rng.integers(0, 5, 60).astype(float), np.arange(60),
                            labels, {"scoring_epochs": 3, "dataset": "tiny"})
     fig = plot_score_distributions(counts, ["a", "b", "c"])
     assert isinstance(fig, Figure)

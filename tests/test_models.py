@@ -13,7 +13,22 @@ def test_unknown_model_lists_choices():
 
 
 def test_registry_has_both_papers_models():
-    assert set(models.MODELS) == {*TIMM_MODELS, "lightweight_cnn"}
+    assert set(models.MODELS) == {*TIMM_MODELS, "lightweight_cnn", "plain_cnn", "plain_cnn_small"}
+
+
+def test_plain_cnn_is_paper_a_cpu_stand_in():
+    """1.2 M parameters at width 32, its proxy a quarter of the multiply-adds; bands and sizes free."""
+    import torch
+
+    big = models.create_model("plain_cnn", num_classes=10)
+    small = models.create_model("plain_cnn_small", num_classes=10)
+    assert models.count_parameters(big) == 1_175_786
+    assert models.count_parameters(small) == 295_290
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in big.modules())
+    ms = models.create_model("plain_cnn", num_classes=2, in_chans=13)
+    assert ms(torch.zeros(2, 13, 16, 16)).shape == (2, 2)
+    with pytest.raises(ValueError, match="pretrained=True"):
+        models.create_model("plain_cnn", num_classes=10, pretrained=True)
 
 
 def test_lightweight_cnn_baseline_under_150k_params_with_six_bands():

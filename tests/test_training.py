@@ -50,7 +50,9 @@ def tiny_model(seed=0):
 
 
 def test_recipes_registry_and_errors():
-    assert set(RECIPES) == {"paper_a", "paper_b"}
+    assert set(RECIPES) == {"paper_a", "paper_b", "fair_cpu"}
+    fair = get_recipe("fair_cpu")
+    assert fair.patience is None and fair.warmup_fraction == 0.1 and fair.augment == "dihedral"
     a = get_recipe("paper_a")
     assert (a.optimizer, a.lr, a.weight_decay, a.grad_clip, a.warmup_epochs, a.max_epochs) == (
         "adamw", 5e-4, 0.01, 1.0, 3, 10)
@@ -58,7 +60,7 @@ def test_recipes_registry_and_errors():
     b = get_recipe("paper_b")
     assert (b.optimizer, b.lr, b.batch_size, b.l2, b.monitor, b.class_weighted) == (
         "adam", 1e-3, 32, 1e-3, "val_loss", False)
-    with pytest.raises(ValueError, match="unknown recipe 'paper_c'; choose one of: paper_a, paper_b"):
+    with pytest.raises(ValueError, match="unknown recipe 'paper_c'; choose one of: fair_cpu, paper_a, paper_b"):
         get_recipe("paper_c")
 
 
@@ -154,6 +156,31 @@ def test_early_stopping_on_plateau():
     assert len(res.history) == 3 and res.stopped_early and res.best_epoch == 1
 
 
+@pytest.mark.parametrize(("warmup", "patience", "stop_after"), [(3, 1, 4), (3, 3, 6), (0, 2, 3)])
+def test_early_stopping_never_fires_inside_the_warm_up(warmup, patience, stop_after):
+    """Paper A: "a warm-up of 3 epochs is followed by early stopping": patience counts after it."""
+    frozen = Recipe(name="frozen", optimizer="adam", lr=0.0, warmup_epochs=warmup, max_epochs=10,
+                    patience=patience, monitor="val_loss", batch_size=16)
+    res = train(tiny_model(), make_loaders(), frozen, device="cpu")
+    # lr 0: epoch 1 is the best and nothing improves; the earliest stop is warm-up + patience
+    assert res.stopped_early and len(res.history) == stop_after
+    assert res.extra["warmup_end_epoch"] == warmup and res.best_epoch == 1
+
+
+def test_step_budget_is_exact_and_validation_is_thinned():
+    loaders = make_loaders()  # 48 training images, batch 16: 3 steps per epoch
+    res = train(tiny_model(), loaders, TINY, steps=10, val_every=2, device="cpu")
+    assert res.extra["steps"] == 10 and res.extra["epochs_planned"] == 4
+    assert res.history["epoch"].tolist() == [2, 4] and res.history["step"].tolist() == [6, 10]
+    assert res.history["lr"].iloc[-1] == pytest.approx(0.0, abs=1e-12)  # schedule spans the budget
+    # same budget whatever the subset: a 24-image coreset gets 10 steps too
+    small = make_loaders(train_idx=np.arange(0, 24))
+    assert train(tiny_model(), small, TINY, steps=10, device="cpu").extra["steps"] == 10
+    for bad in ({"steps": 0}, {"steps": True}, {"val_every": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            train(tiny_model(), loaders, TINY, device="cpu", **bad)
+
+
 def test_correctness_matrix_shape():
     loaders = make_loaders()
     res = train(tiny_model(), loaders, TINY, epochs=3, device="cpu", record_correctness=True)
@@ -215,9 +242,10 @@ def test_reopen_trained_rebuilds_a_run_without_checkpoints(shared_data, tmp_path
     from lcc_utils.trained import reopen_trained
 
     params = {"dataset": "eurosat_ms", "data_dir": str(shared_data), "model": "lightweight_cnn",
-              "coreset": "margin", "fraction": 0.1, "seed": 0, "epochs": 2, "image_size": 16,
-              "batch_size": 32, "device": "cpu", "pretrained": False, "weights": "",
-              "recipe": "paper_a", "scoring_model": "lightweight_cnn", "scoring_epochs": 2}
+              "coreset": "margin", "fraction": 0.1, "seed": 0, "epochs": 2, "steps": 0,
+              "image_size": 16, "batch_size": 32, "device": "cpu", "pretrained": False,
+              "weights": "", "recipe": "paper_a", "scoring_model": "lightweight_cnn",
+              "scoring_epochs": 2, "scoring_image_size": 16}
     setup = prepare_training(**params)
     run = tmp_path / "run"
     res = train(setup.model, setup.loaders, setup.recipe, epochs=2, device="cpu", run_dir=run,
