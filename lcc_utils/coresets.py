@@ -243,14 +243,21 @@ def scores_path(
 TARGET_KEYS = ("model", "image_size", "epochs", "batch_size", "recipe")
 
 
-def target_training_seconds(ds: Any, split: Any, target: Mapping[str, Any], device: str = "auto",
-                            seed: int = 0, n_steps: int = 12) -> dict[str, float]:
-    """Estimate one full training of the target model here, by timing some of its steps now.
+def target_training_seconds(ds: Any, split: Any, target: Mapping[str, Any], proxy: Any,
+                            proxy_loader: Any, proxy_recipe: Any, proxy_seconds_per_step: float,
+                            device: str = "auto", seed: int = 0, rounds: int = 4,
+                            steps_per_round: int = 3) -> dict[str, float]:
+    """Estimate one full training of the target model here, timed against the proxy.
 
-    ``n_steps`` optimizer steps (after two untimed warm-up steps) of the freshly built target
-    on the full training split, with its augmentation and image size, times the steps of a
-    full training (``epochs`` x batches per epoch). Validation passes are left out, so the
-    estimate is LOW and a cost ratio against it errs on the expensive side.
+    Steps of the freshly built target (full training split, its augmentation and image size)
+    and of the proxy are timed in alternation (``rounds`` x ``steps_per_round`` each, after
+    untimed warm-up steps), so both see the same machine load; their ratio, times the
+    proxy's own seconds per step during its training, times the steps of a full target
+    training (``epochs`` x batches per epoch) is the estimate. Another job slowing the
+    machine during the proxy's training thus slows the estimate alike, and the cost ratio
+    compares like with like. The target's validation passes are left out (its estimate is
+    low, the ratio errs on the expensive side); the proxy's seconds per step include its
+    own validation passes (about 4 % of its time at 16 px).
     """
     from lcc_utils import data, models, training
 
@@ -262,10 +269,14 @@ def target_training_seconds(ds: Any, split: Any, target: Mapping[str, Any], devi
                                 batch_size=rec.batch_size, seed=seed, augment=rec.augment)
     net = models.create_model(target["model"], num_classes=len(ds.classes),
                               in_chans=ds.images.shape[-1], image_size=target["image_size"])
-    per_step = training.seconds_per_step(net, loaders["train"], rec, n_steps=n_steps, device=device)
+    t_target = t_proxy = 0.0
+    for _ in range(rounds):
+        t_target += training.seconds_per_step(net, loaders["train"], rec, steps_per_round, device)
+        t_proxy += training.seconds_per_step(proxy, proxy_loader, proxy_recipe, steps_per_round, device)
+    per_step = proxy_seconds_per_step * t_target / t_proxy
     full_steps = int(target["epochs"]) * len(loaders["train"])
-    return {"target_seconds_per_step": per_step, "target_steps": full_steps,
-            "target_seconds_estimate": per_step * full_steps}
+    return {"target_over_proxy_step": t_target / t_proxy, "target_seconds_per_step": per_step,
+            "target_steps": full_steps, "target_seconds_estimate": per_step * full_steps}
 
 
 def score_dataset(
@@ -294,6 +305,8 @@ def score_dataset(
     class) and, with ``target`` (:data:`TARGET_KEYS`), the cost relative to one full
     training of the target model timed in this process (:func:`target_training_seconds`).
     """
+    import torch
+
     from lcc_utils import data, models, training
 
     if isinstance(scoring_epochs, bool) or not isinstance(scoring_epochs, int) or scoring_epochs < 2:
@@ -322,20 +335,34 @@ def score_dataset(
                                    image_size=image_size, mean=mean, std=std)
     from lcc_utils.inference import predict
 
-    probs, _, pidx = predict(model, eval_loader, device)
+    t_margin = time.perf_counter()
+    threads = torch.get_num_threads()
+    if result.device == "cpu":  # one thread, as the proxy and the target train (fair timing)
+        torch.set_num_threads(training.CPU_TRAIN_THREADS)
+    try:
+        probs, _, pidx = predict(model, eval_loader, device)
+    finally:
+        torch.set_num_threads(threads)
+    margin_seconds = time.perf_counter() - t_margin
     if not np.array_equal(pidx, idx) or not np.array_equal(result.correctness_indices, idx):
         raise RuntimeError("scoring: predictions are not aligned with the training split")
     seconds = time.perf_counter() - t0
     never = never_learned(result.correctness)
     per_class = {str(ds.classes[c]): round(float(never[labels == c].mean()), 6)
                  for c in range(len(ds.classes)) if (labels == c).any()}
-    meta.update(seconds=seconds, device=result.device,
+    meta.update(seconds=seconds, proxy_train_seconds=float(result.seconds),
+                margin_pass_seconds=margin_seconds, device=result.device,
                 proxy_best_epoch=result.best_epoch,
                 proxy_final_val_accuracy=float(result.history["val_accuracy"].iloc[-1]),
                 proxy_final_train_accuracy=float(result.correctness[-1].mean()),
                 never_learned_share=float(never.mean()), never_learned_per_class=per_class)
     if target is not None:
-        est = target_training_seconds(ds, split, target, device=device, seed=seed)
+        proxy_steps = int(result.extra["steps"])
+        est = target_training_seconds(
+            ds, split, target, models.create_model(
+                scoring_model, num_classes=len(ds.classes), in_chans=ds.images.shape[-1],
+                image_size=image_size),
+            loaders["train"], proxy, result.seconds / proxy_steps, device=device, seed=seed)
         meta.update(target={k: target[k] for k in TARGET_KEYS}, **est,
                     cost_ratio=seconds / est["target_seconds_estimate"])
     values = {

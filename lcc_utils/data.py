@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2 as _tv2
 from tqdm.auto import tqdm
 
 from . import constants as C
@@ -443,8 +444,16 @@ def _as_float(batch: np.ndarray) -> torch.Tensor:
     return x / scale if scale else x
 
 
+#: Largest augmentation size (px) at which our batched TrivialAugmentWide beats torchvision's
+#: per-image v2 transform on one CPU thread; above it the loader uses torchvision's. Measured
+#: by ``benchmarks/augment_speed.py`` (results in ``benchmarks/results/augment_speed.csv``).
+TAW_BATCHED_MAX_SIZE = 128
+
 #: Values of ``BatchLoader(augment=...)``.
 AUGMENT_POLICIES = (False, True, "trivial", "dihedral")
+
+
+_TORCHVISION_TAW = _tv2.TrivialAugmentWide()
 
 
 class BatchLoader:
@@ -517,7 +526,13 @@ class BatchLoader:
         if self._trivial:
             t = raw if isinstance(raw, torch.Tensor) else (
                 torch.from_numpy(np.ascontiguousarray(raw)).permute(0, 3, 1, 2))
-            return trivial_augment_wide(t, rng, reference_size=self.image_size).float() / 255.0
+            if t.shape[-1] <= TAW_BATCHED_MAX_SIZE:
+                return trivial_augment_wide(t, rng, reference_size=self.image_size).float() / 255.0
+            # large images: torchvision's per-image transform is faster (see the benchmark);
+            # it draws from torch's RNG, seeded here from ours so a run stays reproducible
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(rng.integers(2**31)))
+                return torch.stack([_TORCHVISION_TAW(img) for img in t]).float() / 255.0
         if isinstance(raw, torch.Tensor):  # already shrunk: float, scaled like _as_float
             x = raw.float() / 255.0 if raw.dtype == torch.uint8 else raw
         else:

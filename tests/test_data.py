@@ -282,3 +282,45 @@ def test_data_root_resolution(monkeypatch, tmp_path):
     monkeypatch.setenv("LCC_DATA_DIR", str(tmp_path / "elsewhere"))
     assert paths.resolve_data_dir("") == tmp_path / "elsewhere"
     assert paths.resolve_data_dir(tmp_path / "param") == tmp_path / "param"
+
+
+def test_augmentation_runs_at_the_smaller_of_native_and_model_size():
+    """256-px images for a 32-px model are shrunk first, then flipped/rotated (64x fewer pixels)."""
+    import torch
+
+    from lcc_utils.data import BatchLoader
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 256, 256, 3), dtype=np.uint8)
+    plain = BatchLoader(images, np.zeros(4, dtype=int), np.arange(4), batch_size=4, image_size=32)
+    aug = BatchLoader(images, np.zeros(4, dtype=int), np.arange(4), batch_size=4, image_size=32,
+                      augment="dihedral")
+    x0, _, _ = next(iter(plain))
+    x1, _, _ = next(iter(aug))
+    assert x1.shape == (4, 3, 32, 32)
+    # each augmented image is one of the 8 flips/rotations of the resized image
+    for a, b in zip(x0, x1, strict=True):
+        variants = [torch.rot90(v, k, dims=(1, 2)) for v in (a, torch.flip(a, dims=(2,))) for k in range(4)]
+        assert min(float((v - b).abs().max()) for v in variants) < 1e-5
+    small = BatchLoader(images[:, :64, :64], np.zeros(4, dtype=int), np.arange(4), batch_size=4,
+                        image_size=32, augment="trivial")
+    assert next(iter(small))[0].shape == (4, 3, 32, 32)
+    with pytest.raises(ValueError, match="augment='flips'"):
+        BatchLoader(images, np.zeros(4, dtype=int), np.arange(4), augment="flips")
+
+
+def test_large_images_use_torchvision_trivial_augment_reproducibly():
+    """Above TAW_BATCHED_MAX_SIZE the per-image torchvision transform is faster (benchmarked)."""
+    import torch
+
+    from lcc_utils.data import TAW_BATCHED_MAX_SIZE, BatchLoader
+
+    size = TAW_BATCHED_MAX_SIZE + 32
+    images = np.random.default_rng(0).integers(0, 256, (3, size, size, 3), dtype=np.uint8)
+    make = lambda: BatchLoader(images, np.zeros(3, dtype=int), np.arange(3), batch_size=3,  # noqa: E731
+                               augment="trivial", seed=5)
+    a, b = next(iter(make()))[0], next(iter(make()))[0]
+    assert a.shape == (3, 3, size, size) and torch.equal(a, b)  # same seed, same batch
+    state = torch.get_rng_state()
+    next(iter(make()))
+    assert torch.equal(state, torch.get_rng_state())  # training's own RNG stream is untouched

@@ -1,0 +1,83 @@
+"""The committed quick study of paper A's coresets: what its runs must show (issue 9's "done when").
+
+These read the committed ``runs/`` folders (small text files, no data needed), so a run made
+under a broken protocol cannot be committed without a test failing.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lcc_utils import coresets, paper_a, runs, study
+from lcc_utils.paths import project_root
+
+ROOT = project_root() / "runs"
+
+
+def committed(stage: str) -> list[Path]:
+    found = sorted(p.parent for p in (ROOT / stage).glob("*/metrics.json"))
+    if not found:
+        pytest.fail(f"no committed {stage} runs under {ROOT / stage}")
+    return found
+
+
+def metrics(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def test_no_committed_training_run_stopped_early_inside_its_warm_up():
+    for d in committed("train"):
+        m = metrics(d)
+        assert "warmup_end_epoch" in m, f"{d.name}: no warm-up recorded (a run of the old protocol?)"
+        if m["stopped_early"]:
+            assert m["epochs_run"] >= m["warmup_end_epoch"] + m["patience"], d.name
+        history = pd.read_csv(d / "history.csv")
+        assert int(history["epoch"].max()) == m["epochs_run"], d.name
+
+
+def test_coreset_runs_of_one_fraction_trained_the_same_number_of_steps():
+    steps: dict[tuple, set] = {}
+    for d in committed("train"):
+        p = json.loads((d / "params.json").read_text())["params"]
+        if p["fraction"] < 1.0:
+            steps.setdefault((p["dataset"], p["model"], p["fraction"]), set()).add(metrics(d)["optimizer_steps"])
+    assert steps, "no committed coreset runs"
+    for key, s in steps.items():
+        assert len(s) == 1, f"{key}: unequal step budgets {sorted(s)}"
+
+
+def test_the_quick_full_data_eurosat_run_learns_the_task():
+    d = runs.find_run("04_train", {"dataset": "eurosat", "fraction": 1.0})
+    assert metrics(d)["test_accuracy"] >= 0.95, d.name
+
+
+def test_every_committed_scoring_run_learned_its_images_cheaply():
+    for d in committed("coresets"):
+        m = metrics(d)
+        assert m["never_learned_share"] < coresets.MAX_NEVER_LEARNED, d.name
+        assert m["cost_ratio"] <= coresets.MAX_COST_RATIO, d.name
+
+
+def test_committed_table1_has_every_method_with_seeds_cis_and_paper_numbers():
+    d = runs.find_run("09_paper_a_tables", {"profile": "quick"})
+    t = pd.read_csv(d / "paper_a_table1.csv")
+    euro = t[(t["dataset"] == "eurosat") & (t["fraction"] < 1.0)].set_index(["fraction", "coreset"])
+    for fraction in (0.05, 0.1):
+        for method in coresets.CORESETS:
+            row = euro.loc[(fraction, method)]
+            assert row["n_seeds"] >= 3, (fraction, method)
+            assert np.isfinite(row["mean"]) and np.isfinite(row["std"])
+            if method != "random":
+                assert row["ci_low"] <= row["diff_vs_random"] <= row["ci_high"], (fraction, method)
+    papers = project_root().parent / "shared" / "papers"
+    if (papers / paper_a.PAPER_A_TABLE1_CSV).is_file():
+        published = paper_a.paper_table1(papers)
+        want = published[(published["model"] == "convnext_tiny") & (published["coreset"] == "forgetting")
+                         & (published["dataset"] == "eurosat") & (published["fraction"].round(2) == 0.10)]
+        assert euro.loc[(0.1, "forgetting"), "paper_convnext_tiny"] == pytest.approx(want["accuracy"].iloc[0])
+    # the table covers exactly the quick grid's runs
+    expected = len(study.profile_runs(runs.notebook_path("04_train"), "quick"))
+    assert metrics(d)["runs_found"] == metrics(d)["runs_expected"] == expected
