@@ -229,13 +229,13 @@ def load_scores(path: str | os.PathLike) -> CoresetScores:
 
 def scores_path(
     dataset_name: str, dataset_hash: str, split_hash: str, score: str, scoring_model: str,
-    scoring_epochs: int, image_size: int | None, seed: int,
+    scoring_epochs: int, image_size: int | None, seed: int, pretrained: bool = False,
 ) -> Path:
     """Cache location of a score file: one file per (data, split, score kind, proxy, seed)."""
     from lcc_utils.paths import cache_dir
 
     name = (f"{dataset_name}-{dataset_hash[:8]}-split{split_hash[:8]}-{score}-{scoring_model}"
-            f"-e{scoring_epochs}-px{image_size}-seed{seed}-v2.npz")
+            f"{'-pretrained' if pretrained else ''}-e{scoring_epochs}-px{image_size}-seed{seed}-v2.npz")
     return cache_dir() / "coreset_scores" / name
 
 
@@ -291,6 +291,7 @@ def score_dataset(
     recipe: str = "fair_cpu",
     augment: bool = False,
     target: Mapping[str, Any] | None = None,
+    pretrained: bool = False,
 ) -> dict[str, CoresetScores]:
     """Train the proxy once on the training split; return every score kind of :data:`SCORES`.
 
@@ -304,6 +305,8 @@ def score_dataset(
     The metadata records the cost (seconds), the never-learned share (overall and per
     class) and, with ``target`` (:data:`TARGET_KEYS`), the cost relative to one full
     training of the target model timed in this process (:func:`target_training_seconds`).
+    ``pretrained`` starts the proxy from ImageNet weights (the ``paper`` profile's proxy is the
+    target backbone itself, fine-tuned briefly at a lower resolution).
     """
     import torch
 
@@ -318,13 +321,15 @@ def score_dataset(
         "seed": seed, "scoring_model": scoring_model, "scoring_epochs": scoring_epochs,
         "image_size": image_size, "split_hash": split.hash, "dataset": ds.name,
         "dataset_hash": ds.hash, "n": int(len(idx)), "proxy_recipe": str(recipe),
-        "proxy_batch_size": batch_size, "proxy_augment": augment}
+        "proxy_batch_size": batch_size, "proxy_augment": augment,
+        "proxy_weights": models.describe_weights(bool(pretrained))}
     t0 = time.perf_counter()
     loaders = data.make_loaders(ds, split, image_size=image_size, batch_size=batch_size, seed=seed,
                                 augment=augment)
     training.seed_everything(seed)
     model = models.create_model(scoring_model, num_classes=len(ds.classes),
-                                in_chans=ds.images.shape[-1], image_size=image_size)
+                                in_chans=ds.images.shape[-1], image_size=image_size,
+                                pretrained=bool(pretrained))
     proxy = replace(training.get_recipe(recipe), patience=None, batch_size=batch_size)
     result = training.train(model, loaders, proxy, epochs=scoring_epochs, device=device,
                             seed=seed, record_correctness=True, num_classes=len(ds.classes))
@@ -384,6 +389,7 @@ def get_scores(
     seed: int = 0,
     device: str = "auto",
     target: Mapping[str, Any] | None = None,
+    pretrained: bool = False,
 ) -> tuple[CoresetScores, Path, bool]:
     """Load the cached scores a method (or a score kind) needs, or compute and cache all kinds.
 
@@ -394,12 +400,12 @@ def get_scores(
     score = method if method in SCORES else get_coreset_method(method).score
     if score is None:
         raise ValueError(f"coreset {method!r} needs no scores")
-    args = (scoring_model, scoring_epochs, image_size, seed)
+    args = (scoring_model, scoring_epochs, image_size, seed, bool(pretrained))
     path = scores_path(ds.name, ds.hash, split.hash, score, *args)
     if path.is_file():
         return load_scores(path), path, False
     for name, sc in score_dataset(ds, split, *args[:3], seed=seed, device=device,
-                                  target=target).items():
+                                  target=target, pretrained=bool(pretrained)).items():
         save_scores(sc, scores_path(ds.name, ds.hash, split.hash, name, *args))
     return load_scores(path), path, True
 
@@ -581,11 +587,13 @@ def coreset_indices(
     device: str = "auto",
     balanced: bool = True,
     target: Mapping[str, Any] | None = None,
+    pretrained: bool = False,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Dataset indices of the training coreset, scoring the split first when needed.
 
     ``image_size`` is the PROXY's image size (part of the scores' cache key); ``target`` is
-    the target's spec, recorded with scores computed now (:func:`score_dataset`).
+    the target's spec, recorded with scores computed now (:func:`score_dataset`);
+    ``pretrained`` starts the proxy from ImageNet weights.
 
     Returns:
         Sorted dataset indices and provenance (scores file, whether scores were computed now,
@@ -601,7 +609,8 @@ def coreset_indices(
     scores = None
     if m.needs_scores:
         sc, path, computed = get_scores(ds, split, coreset, scoring_model, scoring_epochs,
-                                        image_size, seed, device, target=target)
+                                        image_size, seed, device, target=target,
+                                        pretrained=pretrained)
         if not np.array_equal(sc.indices, train_idx):
             raise ValueError(f"scores file {path} does not match the split's training part")
         scores = sc.scores

@@ -168,7 +168,9 @@ def prepare_training(
     the one source of defaults); a misspelled or unknown name is a ``TypeError`` naming it.
     Notebook 04 and :func:`retrain_run` both go through here, so a rebuilt model is trained on
     exactly the data a run used. The split is seeded with ``seed`` (each seed is a different
-    80/20 split); the coreset is selected on the split's training part.
+    80/20 split); the coreset is selected on the split's training part. A proxy that is the
+    target backbone itself (the ``paper`` profile) starts from the same weights as the target
+    (``pretrained``); a different proxy starts from random weights.
     """
     rec = training.get_recipe(recipe)
     if batch_size:
@@ -180,7 +182,7 @@ def prepare_training(
     train_idx, info = coresets.coreset_indices(
         ds, split, coreset, fraction, seed=seed, scoring_model=scoring_model,
         scoring_epochs=scoring_epochs, image_size=scoring_image_size, device=device,
-        target=target)
+        target=target, pretrained=bool(pretrained) and scoring_model == model)
     loaders = data.make_loaders(ds, split, image_size=image_size, batch_size=rec.batch_size,
                                 seed=seed, train_indices=train_idx, augment=rec.augment)
     weights_path = resolve_path(weights) if weights not in (None, "") else None

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 #: Metric names that measure time or the machine, not the result.
-VOLATILE = re.compile(r"seconds|(^|_)ms(_per|$)|per_second|latency|(^|_)device$|scores_file")
+VOLATILE = re.compile(r"seconds|(^|_)ms(_per|$)|per_second|latency|(^|_)device$|scores_file|cost_ratio")
 DEFAULT_TOLERANCE = {"abs": 0.01, "rel": 0.0}
 
 
