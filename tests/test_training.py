@@ -289,3 +289,18 @@ def test_plot_learning_curves_marks_the_kept_epoch():
     loss_ax, acc_ax = fig.axes
     assert [ln.get_label() for ln in acc_ax.lines] == ["train (augmented)", "validation", "best epoch 2"]
     assert list(loss_ax.lines[1].get_ydata()) == [1.1, 0.9, 0.95]
+
+
+def test_paper_a_budget_rule_equal_steps_for_coresets_epochs_for_full_data():
+    from lcc_utils.paper_a import training_budget
+
+    five = training_budget(0.05, epochs=15, steps=300, train_size=972, batch_size=64)
+    ten = training_budget(0.1, epochs=15, steps=300, train_size=1944, batch_size=64)
+    assert five["steps"] == ten["steps"] == 300  # the same budget whatever the fraction
+    assert (five["epochs"], ten["epochs"]) == (19, 10) and (five["val_every"], ten["val_every"]) == (2, 1)
+    assert training_budget(1.0, epochs=15, steps=300, train_size=19440, batch_size=64) == {
+        "epochs": 15, "steps": None, "val_every": 1}
+    assert training_budget(0.1, epochs=15, steps=0, train_size=1944, batch_size=64)["steps"] is None
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="steps="):
+            training_budget(0.1, epochs=15, steps=bad, train_size=1944, batch_size=64)
