@@ -444,8 +444,9 @@ def plot_table1(table: pd.DataFrame, model: str | None = None) -> Figure:
                xlabel="test accuracy minus random (points)")
         ax.grid(alpha=0.3)
     axes[0][0].invert_yaxis()
-    axes[0][0].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=2, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 

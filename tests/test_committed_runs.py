@@ -17,6 +17,12 @@ from lcc_utils.paths import project_root
 ROOT = project_root() / "runs"
 
 
+@pytest.fixture(autouse=True)
+def committed_runs_root(monkeypatch):
+    """Look up runs in the committed ``runs/`` (the suite otherwise writes to a scratch root); read only."""
+    monkeypatch.setenv("LCC_RUNS_DIR", str(ROOT))
+
+
 def committed(stage: str) -> list[Path]:
     found = sorted(p.parent for p in (ROOT / stage).glob("*/metrics.json"))
     if not found:
