@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import time
 from collections.abc import Mapping, Sequence
 
@@ -513,3 +514,33 @@ def cpu_latency_per_patch(
             if i >= warmup:
                 times.append(dt)
     return float(np.median(times) / batch_size * 1000.0)
+
+
+def paired_difference(diffs: np.ndarray) -> tuple[float, float, float, float]:
+    """Mean of paired differences, its 95 % t-interval and the paired t-test p-value.
+
+    The unit is the pair (e.g. one seed shared by two methods). Fewer than 2 pairs give NaN
+    interval and p; identical differences give a zero-width interval.
+    """
+    d = np.asarray(diffs, dtype=float)
+    if len(d) < 2:
+        return (float(d.mean()) if len(d) else float("nan")), float("nan"), float("nan"), float("nan")
+    mean, se = d.mean(), d.std(ddof=1) / math.sqrt(len(d))
+    if se == 0:
+        return float(mean), float(mean), float(mean), (1.0 if mean == 0 else 0.0)
+    half = stats.t.ppf(0.975, len(d) - 1) * se
+    p = 2 * stats.t.sf(abs(mean / se), len(d) - 1)
+    return float(mean), float(mean - half), float(mean + half), float(p)
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (NaN stays NaN and does not count as a test)."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p[i]))
+        out[i] = running
+    return out

@@ -23,7 +23,22 @@ from lcc_utils.constants import PAPER_A_BACKBONES
 SWIN_SIZE_MULTIPLE = 32
 
 
-class LightweightCNN(nn.Module):
+class _PooledCNN(nn.Module):
+    """What both small CNNs share: features, global average pooling, dropout, a linear classifier."""
+
+    def _head(self, features: list[nn.Module], width: int, num_classes: int, dropout: float) -> None:
+        self.features = nn.Sequential(*features)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(width, num_classes)
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits for a batch ``(B, C, H, W)``."""
+        return self.classifier(self.dropout(self.pool(self.features(x)).flatten(1)))
+
+
+class LightweightCNN(_PooledCNN):
     """Paper B's lightweight CNN: ``depth`` blocks of Conv-ReLU-MaxPool, GAP, dropout, linear.
 
     The baseline (ablation A2) is three 3x3 blocks with 32/64/128 filters, dropout 0.3.
@@ -69,19 +84,10 @@ class LightweightCNN(nn.Module):
                 nn.MaxPool2d(2, ceil_mode=True),
             ]
             prev = width
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(prev, num_classes)
-        self.num_classes = num_classes
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits for a batch ``(B, C, H, W)``."""
-        x = self.pool(self.features(x)).flatten(1)
-        return self.classifier(self.dropout(x))
+        self._head(layers, prev, num_classes, dropout)
 
 
-class PlainBNCNN(nn.Module):
+class PlainBNCNN(_PooledCNN):
     """Paper A's CPU stand-in: a plain VGG-style CNN, 4 stages of 2x (3x3 conv, BatchNorm, ReLU).
 
     Paper A's backbones are ImageNet-pretrained and trained at 224 px on a GPU; none of
@@ -120,15 +126,7 @@ class PlainBNCNN(nn.Module):
                 prev = w
             if stage < 3:
                 layers.append(nn.MaxPool2d(2, ceil_mode=True))
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(prev, num_classes)
-        self.num_classes = num_classes
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits for a batch ``(B, C, H, W)``."""
-        return self.classifier(self.dropout(self.pool(self.features(x)).flatten(1)))
+        self._head(layers, prev, num_classes, dropout)
 
 
 def _timm_builder(timm_name: str, needs_img_size: bool = False) -> Callable[..., nn.Module]:

@@ -19,7 +19,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from torch import nn
 
-from lcc_utils import coresets, data, models, training
+from lcc_utils import coresets, data, metrics, models, training
 from lcc_utils.compression import ADAPTIVE_METHODS
 from lcc_utils.constants import (
     EUROSAT_CLASSES,
@@ -289,34 +289,6 @@ def paper_table1(papers_dir: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
-def _paired_stats(diffs: np.ndarray) -> tuple[float, float, float, float]:
-    """Mean paired difference, its 95 % t-interval and the paired t-test p-value."""
-    from scipy import stats
-
-    d = np.asarray(diffs, dtype=float)
-    if len(d) < 2:
-        return (float(d.mean()) if len(d) else float("nan")), float("nan"), float("nan"), float("nan")
-    mean, se = d.mean(), d.std(ddof=1) / math.sqrt(len(d))
-    if se == 0:
-        return float(mean), float(mean), float(mean), (1.0 if mean == 0 else 0.0)
-    half = stats.t.ppf(0.975, len(d) - 1) * se
-    p = 2 * stats.t.sf(abs(mean / se), len(d) - 1)
-    return float(mean), float(mean - half), float(mean + half), float(p)
-
-
-def holm(pvalues: Sequence[float]) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values (NaN stays NaN and does not count as a test)."""
-    p = np.asarray(pvalues, dtype=float)
-    out = np.full_like(p, np.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    order = ok[np.argsort(p[ok], kind="stable")]
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(order) - rank) * p[i]))
-        out[i] = running
-    return out
-
-
 def table1(runs_df: pd.DataFrame, paper: pd.DataFrame | None = None,
            metric: str = "test_accuracy", num_classes: Mapping[str, int] = NUM_CLASSES) -> pd.DataFrame:
     """Paper A's Table 1, ours beside the paper's: one row per model x dataset x fraction x coreset.
@@ -351,7 +323,7 @@ def table1(runs_df: pd.DataFrame, paper: pd.DataFrame | None = None,
             shared = sorted(set(cell.index) & set(rand.index))
             if name != "random" and fraction < 1.0 and shared:
                 d = cell.loc[shared].to_numpy() - rand.loc[shared].to_numpy()
-                mean, lo, hi, p = _paired_stats(d)
+                mean, lo, hi, p = metrics.paired_difference(d)
                 row.update(diff_vs_random=mean, ci_low=lo, ci_high=hi, p=p,
                            wins=f"{int((d > 0).sum())}/{len(d)}")
             k = (num_classes or {}).get(dataset)
@@ -366,7 +338,7 @@ def table1(runs_df: pd.DataFrame, paper: pd.DataFrame | None = None,
             out[col] = np.nan
     out["p_holm"] = np.nan
     for _, idx in out.groupby(["model", "dataset"]).groups.items():
-        out.loc[idx, "p_holm"] = holm(out.loc[idx, "p"].to_numpy(dtype=float))
+        out.loc[idx, "p_holm"] = metrics.holm(out.loc[idx, "p"].to_numpy(dtype=float))
     if paper is not None:
         out = _with_paper(out, paper)
     return out

@@ -405,11 +405,27 @@ def publishing() -> bool:
     return os.environ.get("LCC_PUBLISH_FIGURES", "") == "1"
 
 
-def shrink_notebook_images(path: str | os.PathLike, max_px: int = 700) -> int:
-    """Downscale the PNG outputs of an executed notebook so run folders stay small text artefacts.
+#: ANSI escape sequences (cursor moves, colours) that terminal progress bars write.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
 
-    Full-resolution figures live in ``figures/`` (or the run folder); the executed notebook keeps a
-    preview: at most ``max_px`` wide, 256-colour PNG. Returns the bytes saved.
+
+def _rendered_stream(text: str) -> str:
+    r"""A stream's text as a notebook shows it: escapes dropped, each line's last ``\r`` state kept."""
+    lines = _ANSI.sub("", text).split("\n")
+    return "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in lines)
+
+
+def tidy_executed_notebook(path: str | os.PathLike, max_px: int = 700) -> int:
+    r"""Make an executed notebook a readable, small text artefact; return the bytes saved.
+
+    * Stream outputs are merged per cell and stream; stderr (progress bars) is reduced to what
+      a notebook renders: ANSI escapes removed, a line rewritten with ``\r`` kept in its final
+      state, blank lines and empty outputs dropped. stdout is left as printed.
+    * PNG outputs are downscaled to at most ``max_px`` wide, 256 colours. Full-resolution
+      figures live in ``figures/`` (or the run folder).
+    * Absolute paths of this machine (papermill's injected ``data_dir``, its input and output
+      paths) are written relative to the project root (``../shared/data``), so a committed
+      notebook names no machine.
     """
     import base64
     import io
@@ -421,7 +437,16 @@ def shrink_notebook_images(path: str | os.PathLike, max_px: int = 700) -> int:
     before = path.stat().st_size
     nb = nbformat.read(str(path), as_version=4)
     for cell in nb.cells:
+        outputs = []
         for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                prev = outputs[-1] if outputs else None
+                if prev is not None and prev.get("output_type") == "stream" and prev["name"] == out["name"]:
+                    prev["text"] += out["text"]
+                    continue
+                outputs.append(out)
+                continue
+            outputs.append(out)
             png = out.get("data", {}).get("image/png")
             if not png or len(png) < 60_000:
                 continue
@@ -432,8 +457,19 @@ def shrink_notebook_images(path: str | os.PathLike, max_px: int = 700) -> int:
             im.convert("RGB").quantize(256).save(buf, format="PNG", optimize=True)
             out["data"]["image/png"] = base64.b64encode(buf.getvalue()).decode()
             out.setdefault("metadata", {}).pop("image/png", None)
+        for out in outputs:  # stdout stays exactly as printed; progress bars write to stderr
+            if out.get("output_type") == "stream" and out["name"] == "stderr":
+                out["text"] = "\n".join(ln for ln in _rendered_stream(out["text"]).split("\n")
+                                        if ln.strip()) + "\n"
+        if "outputs" in cell:
+            cell["outputs"] = [o for o in outputs if o.get("output_type") != "stream" or o["text"].strip()]
+    text = nbformat.writes(nb)
+    root = project_root().resolve()
+    for prefix, relative in ((root, ""), (root.parent, "../")):
+        if len(prefix.parts) > 1:  # never rewrite a bare "/"
+            text = text.replace(json.dumps(str(prefix) + "/")[1:-1], relative)
     with atomic_path(path) as tmp:
-        nbformat.write(nb, str(tmp))
+        Path(tmp).write_text(text if text.endswith("\n") else text + "\n")
     return before - path.stat().st_size
 
 
@@ -467,7 +503,7 @@ def execute_notebook(
             pm.execute_notebook(str(notebook), str(tmp), parameters=params or {},
                                 kernel_name=kernel or os.environ.get("LCC_KERNEL") or None,
                                 cwd=str(project_root()), progress_bar=False)
-            shrink_notebook_images(tmp)
+            tidy_executed_notebook(tmp)
     finally:
         if previous is None:
             os.environ.pop(NOTEBOOK_ENV, None)

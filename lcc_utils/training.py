@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -456,8 +457,10 @@ def train(
         model.train()
         seen = np.zeros(len(train_idx), dtype=bool) if record_correctness else None
         seen_margin = np.zeros(len(train_idx), dtype=np.float32) if record_correctness else None
+        # the per-batch bar only in a terminal: nested bars move the cursor with ANSI escapes,
+        # which a notebook's stderr cannot render (the epoch bar shows progress there)
         for x, y, idx in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, unit="batch",
-                              mininterval=10):
+                              mininterval=10, disable=not sys.stderr.isatty()):
             if step >= total_steps:
                 break
             x = x.to(dev, non_blocking=True)

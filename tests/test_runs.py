@@ -139,3 +139,44 @@ def test_grids_expand_and_refer_to_runs_by_parameters(tmp_path):
         runs.find_run("04", {"fraction": 0.05})
     d = runs.find_run("04", {"fraction": 0.05}, finished=False)
     assert d == runs.run_dir("train", runs.resolve_params(nb4, {"fraction": 0.05}))
+
+
+def test_tidy_executed_notebook_keeps_what_a_reader_sees_without_escapes(tmp_path):
+    """Progress bars on stderr: merged per stream, ANSI escapes gone, each line in its final state."""
+    import nbformat
+
+    from lcc_utils.runs import tidy_executed_notebook
+
+    cell = nbformat.v4.new_code_cell("train()")
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stderr", text="train:   0%|   | 0/3\x1b[A\r"),
+        nbformat.v4.new_output("stream", name="stderr", text="train:  67%|## | 2/3\rtrain: 100%|###| 3/3\n"),
+        nbformat.v4.new_output("stream", name="stdout", text="test accuracy 0.97\n"),
+        nbformat.v4.new_output("stream", name="stderr", text="\x1b[A\r\n"),
+    ]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell]), str(path))
+    tidy_executed_notebook(path)
+    outs = nbformat.read(str(path), as_version=4).cells[0].outputs
+    assert [(o.name, o.text) for o in outs] == [("stderr", "train: 100%|###| 3/3\n"),
+                                               ("stdout", "test accuracy 0.97\n")]
+    assert "\x1b" not in path.read_text()
+
+
+def test_tidy_executed_notebook_names_no_machine_path(tmp_path):
+    import nbformat
+
+    from lcc_utils.paths import project_root
+    from lcc_utils.runs import tidy_executed_notebook
+
+    root = project_root().resolve()
+    cell = nbformat.v4.new_code_cell(f'data_dir = "{root.parent}/shared/data"\n')
+    book = nbformat.v4.new_notebook(cells=[cell])
+    book.metadata["papermill"] = {"input_path": f"{root}/notebooks/04_train.ipynb"}
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(book, str(path))
+    tidy_executed_notebook(path)
+    back = nbformat.read(str(path), as_version=4)
+    assert back.cells[0].source == 'data_dir = "../shared/data"\n'
+    assert back.metadata["papermill"]["input_path"] == "notebooks/04_train.ipynb"
+    assert str(root) not in path.read_text()
