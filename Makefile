@@ -1,5 +1,5 @@
 # lcc: two commands on a fresh machine.
-#   make study [PROFILE=quick|smoke|paper] [LCC_DATA_DIR=...]  -- set up, prepare data, run every notebook
+#   make study [PROFILE=quick|smoke|paper] [ONLY="03 04"] [LCC_DATA_DIR=...]  -- set up, prepare data, run the notebooks
 #   make test                                                  -- set up, run the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -28,7 +28,7 @@ data: setup
 	$(PY) -m lcc_utils.study --prepare-only
 
 study: setup
-	$(PY) -m lcc_utils.study --profile $(PROFILE)
+	$(PY) -m lcc_utils.study --profile $(PROFILE) $(if $(ONLY),--only $(ONLY))
 
 test: setup
 	$(PY) -m pytest tests
