@@ -1,5 +1,6 @@
 # lcc: two commands on a fresh machine.
 #   make study [PROFILE=quick|smoke|paper] [ONLY="03 04"] [LCC_DATA_DIR=...]  -- set up, prepare data, run the notebooks
+#   make reproduce [PROFILE=smoke] [ONLY=...] [EXACT=1]         -- rerun committed runs, compare metrics
 #   make test                                                  -- set up, run the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +12,7 @@ LCC_KERNEL ?= lcc
 # LCC_DATA_DIR: data root; unset = data/ if present, else ../shared/data if present, else data/
 export LCC_DATA_DIR LCC_KERNEL JOBS
 
-.PHONY: setup study data test lint benchmarks clean-cache
+.PHONY: setup study reproduce data test lint benchmarks clean-cache
 
 # The venv is rebuilt when the pinned versions or the package metadata change.
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -29,6 +30,11 @@ data: setup
 
 study: setup
 	$(PY) -m lcc_utils.study --profile $(PROFILE) $(if $(ONLY),--only $(ONLY))
+
+# Re-execute the committed runs of PROFILE into a scratch root (cache/reproduce/) and compare every
+# metric with stated tolerances; EXACT=1 for a rerun on the machine that made them.
+reproduce: setup
+	$(PY) -m lcc_utils.reproduce --profile $(PROFILE) --jobs $(JOBS) $(if $(ONLY),--only $(ONLY)) $(if $(EXACT),--exact)
 
 test: setup
 	$(PY) -m pytest tests

@@ -24,6 +24,12 @@ overwrites another's and a notebook run by hand never touches ``figures/``.
 Each parameter set becomes one run folder (see :mod:`lcc_utils.runs`); a run that
 already finished is skipped, so an interrupted study resumes where it stopped.
 
+Runs execute on Dask (:mod:`lcc_utils.cluster`): ``--jobs N`` single-threaded workers on this
+machine (one per GPU on a GPU machine), or batch jobs on SLURM/PBS through dask-jobqueue
+(``--cluster slurm``), or an existing scheduler (``--scheduler tcp://...``). A run starts as soon
+as the runs of the stages it reads (:data:`READS`) have finished. ``--jobs 1`` runs serially
+in this process, the reference the parallel study is tested against.
+
 Usage: ``python -m lcc_utils.study --profile quick [--data-dir DIR] [--only 04_train] [--jobs 2]``.
 """
 
@@ -39,7 +45,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .paths import figures_dir, project_root, resolve_data_dir
+from .cluster import CLUSTERS
+from .paths import figures_dir, project_root, resolve_data_dir, runs_root
 from .runs import execute_notebook, notebook_defaults
 
 PROFILES = ("smoke", "quick", "paper")
@@ -92,6 +99,19 @@ def profile_runs(notebook: Path, profile: str) -> list[dict]:
     return unique
 
 
+def profile_runs_root(profile: str) -> Path:
+    """Where a profile's runs live: the quick study's in ``runs/``, the others in ``runs/<profile>/``.
+
+    Like ``figures/<profile>/``: a smoke or paper study never mixes its runs with the committed
+    quick ones. ``LCC_RUNS_DIR`` overrides it.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+    if os.environ.get("LCC_RUNS_DIR"):
+        return runs_root()
+    return runs_root() if profile == "quick" else runs_root() / profile
+
+
 def prepare_data(data_dir: str | None = None, names: tuple[str, ...] = ("eurosat", "ucmerced", "eurosat_ms")) -> None:
     """Fetch (if missing) and decode every dataset once, so notebook runs start from the cache."""
     from .data import load_dataset
@@ -101,8 +121,117 @@ def prepare_data(data_dir: str | None = None, names: tuple[str, ...] = ("eurosat
         print(f"data: {name} ready ({len(ds):,} images, hash {ds.hash})", flush=True)
 
 
+#: Which earlier stages a notebook's runs read (by the notebooks' two-digit numbers). A run is
+#: dispatched once every run of those stages in the same study has finished; runs of unrelated
+#: stages (e.g. paper B's 06 beside paper A's 04) run side by side. Stage-level, not run-level, on
+#: purpose: it is what the notebooks' lookups (``runs.find_run``, the caches they share) need, and
+#: it is checked against them by ``tests/test_study.py``.
+READS: dict[str, tuple[str, ...]] = {
+    "04": ("03",),  # coreset scores: 03 computes them into the shared cache
+    "05": ("04",),  # train_run
+    "06": ("02",),  # sentinel2_run
+    "07": ("02",),  # sentinel2_run
+    "08": ("06",),  # evaluation_run
+    "09": ("04",),  # Table 1 over the profile's 04 grid
+}
+
+
+def execute_run(notebook: str, params: dict, data_dir: str, env: dict[str, str], *after) -> dict:
+    """Execute one run (a Dask task; ``after`` are the finished runs it waits for, unused)."""
+    os.environ.update(env)  # a batch worker does not inherit the driver's LCC_* settings
+    nb = Path(notebook)
+    t0 = time.perf_counter()
+    d, executed = execute_notebook(nb, {**params, "data_dir": data_dir})
+    return {"notebook": nb.stem, "params": json.dumps(params, sort_keys=True), "run_dir": str(d),
+            "executed": executed, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def study_plan(profile: str, only: list[str] | None = None) -> list[tuple[Path, dict]]:
+    """The runs of ``profile`` (optionally of the stages in ``only``), in notebook order."""
+    books = [nb for nb in notebooks() if not only or nb.stem in only or nb.stem[:2] in only]
+    return [(nb, p) for nb in books for p in profile_runs(nb, profile)]
+
+
+def dispatch(plan: list[tuple[Path, dict]], data_dir: str, jobs: int = 1, cluster: str = "local",
+             address: str | None = None) -> pd.DataFrame:
+    """Execute ``plan``: as Dask futures, or serially here when ``jobs == 1`` and no cluster is named.
+
+    A Dask run waits for the runs of the stages it reads (:data:`READS`).
+
+    Every run is attempted even when another fails (runs depending on a failed one fail with
+    it); a failure is raised at the end, naming every failed run.
+    """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs={jobs!r} must be a positive integer")
+    from .cluster import open_client, worker_environment
+
+    env = worker_environment()
+    rows, failed = [], []
+
+    def report(row_or_err, nb: Path, params: dict) -> None:
+        done = len(rows) + len(failed)
+        label = f"[{done}/{len(plan)}] {nb.stem} {json.dumps(params, sort_keys=True)}"
+        if isinstance(row_or_err, BaseException):
+            print(f"{label}\n    FAILED: {type(row_or_err).__name__}: {row_or_err}", flush=True)
+        else:
+            what = "done" if row_or_err["executed"] else "skipped (finished before)"
+            print(f"{label}\n    {what} in {row_or_err['seconds']:.0f} s -> {row_or_err['run_dir']}",
+                  flush=True)
+
+    if jobs == 1 and cluster == "local" and not address:
+        for nb, params in plan:
+            try:
+                rows.append(execute_run(str(nb), params, data_dir, env))
+                report(rows[-1], nb, params)
+            except Exception as err:  # keep going: independent runs still run
+                failed.append((nb, params, err))
+                report(err, nb, params)
+    else:
+        from distributed import as_completed
+
+        # A run is submitted once every run of the stages it reads has finished. The ordering is
+        # not given to Dask as data dependencies: Dask places a task on the worker holding its
+        # dependencies' results (data locality), and for these result-less ordering edges that
+        # queued 07 and both 06 runs of the smoke study on one worker while the other idled.
+        # Submitted runs have no dependencies, so Dask sends each to the least busy worker.
+        waiting, running = list(plan), {}
+        keys = itertools.count()
+
+        def ready(nb: Path) -> bool:
+            busy = {w.stem[:2] for w, _ in waiting} | {r.stem[:2] for r, _ in running.values()}
+            return not set(READS.get(nb.stem[:2], ())) & busy
+
+        with open_client(cluster, jobs, address) as client:
+            pool = as_completed([])
+
+            def submit_ready() -> None:
+                for nb, params in [(nb, p) for nb, p in waiting if ready(nb)]:
+                    waiting.remove((nb, params))
+                    fut = client.submit(execute_run, str(nb), params, data_dir, env, pure=False,
+                                        key=f"{nb.stem}-{next(keys)}")
+                    running[fut.key] = (nb, params)
+                    pool.add(fut)
+
+            submit_ready()
+            for fut in pool:
+                nb, params = running.pop(fut.key)
+                try:
+                    rows.append(fut.result())
+                    report(rows[-1], nb, params)
+                except Exception as err:  # a run reading this one fails with a message naming it
+                    failed.append((nb, params, err))
+                    report(err, nb, params)
+                submit_ready()
+    if failed:
+        names = "; ".join(f"{nb.stem} {json.dumps(p, sort_keys=True)}: {type(e).__name__}: {e}"
+                          for nb, p, e in failed)
+        raise RuntimeError(f"{len(failed)} of {len(plan)} run(s) failed: {names}")
+    order = {(str(nb.stem), json.dumps(p, sort_keys=True)): i for i, (nb, p) in enumerate(plan)}
+    return pd.DataFrame(sorted(rows, key=lambda r: order[(r["notebook"], r["params"])]))
+
+
 def run_study(profile: str = "quick", data_dir: str | None = None, only: list[str] | None = None,
-              jobs: int = 1) -> pd.DataFrame:
+              jobs: int = 1, cluster: str = "local", address: str | None = None) -> pd.DataFrame:
     """Execute the study; return one row per run (notebook, run folder, executed or skipped, seconds)."""
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs={jobs!r} must be a positive integer")
@@ -112,33 +241,12 @@ def run_study(profile: str = "quick", data_dir: str | None = None, only: list[st
     os.environ["LCC_PUBLISH_FIGURES"] = "1"
     if profile != "quick" and "LCC_FIGURES_DIR" not in os.environ:
         os.environ["LCC_FIGURES_DIR"] = str(figures_dir() / profile)
-    books = [nb for nb in notebooks() if not only or nb.stem in only or nb.stem[:2] in only]
-    plan = [(nb, p) for nb in books for p in profile_runs(nb, profile)]
-    print(f"study: profile {profile!r}, data root {root}, {len(plan)} run(s) in {len(books)} "
-          f"notebook(s), {jobs} at a time")
-    done = [0]
-
-    def one(nb: Path, params: dict) -> dict:
-        t0 = time.perf_counter()
-        d, executed = execute_notebook(nb, {**params, "data_dir": str(root)})
-        dt = time.perf_counter() - t0
-        done[0] += 1
-        print(f"[{done[0]}/{len(plan)}] {nb.stem} {json.dumps(params, sort_keys=True)}\n"
-              f"    {'done' if executed else 'skipped (finished before)'} in {dt:.0f} s -> {d}",
-              flush=True)
-        return {"notebook": nb.stem, "params": json.dumps(params, sort_keys=True),
-                "run_dir": str(d), "executed": executed, "seconds": round(dt, 1)}
-
-    rows = []
-    # Notebooks run in number order (a later stage reads earlier runs); the runs of ONE notebook
-    # are independent and run `jobs` at a time, each in its own kernel process (CPU training is
-    # pinned to one thread per run, so jobs = cores uses the machine).
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for nb in books:
-            rows += list(pool.map(lambda p, nb=nb: one(nb, p), profile_runs(nb, profile)))
-    return pd.DataFrame(rows)
+    os.environ["LCC_RUNS_DIR"] = str(profile_runs_root(profile))
+    plan = study_plan(profile, only)
+    where = address or (cluster if cluster != "local" else
+                        "this process" if jobs == 1 else f"a local Dask cluster of {jobs} workers")
+    print(f"study: profile {profile!r}, data root {root}, {len(plan)} run(s), on {where}", flush=True)
+    return dispatch(plan, str(root), jobs, cluster, address)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,12 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", help="notebook stems or numbers to run (default: all)")
     ap.add_argument("--prepare-only", action="store_true", help="only fetch and decode the datasets")
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS", "1")),
-                    help="runs of one notebook executed at a time (default: $JOBS or 1)")
+                    help="Dask workers, i.e. runs at a time (default: $JOBS or 1 = serial, no Dask)")
+    ap.add_argument("--cluster", default=os.environ.get("LCC_CLUSTER", "local"), choices=CLUSTERS,
+                    help="where the workers run (default: $LCC_CLUSTER or local; see lcc_utils.cluster)")
+    ap.add_argument("--scheduler", default=os.environ.get("LCC_SCHEDULER") or None,
+                    help="address of a running Dask scheduler to use instead (tcp://host:8786)")
     args = ap.parse_args(argv)
     prepare_data(args.data_dir)
     if args.prepare_only:
         return 0
-    summary = run_study(args.profile, args.data_dir, args.only, jobs=args.jobs)
+    summary = run_study(args.profile, args.data_dir, args.only, jobs=args.jobs,
+                        cluster=args.cluster, address=args.scheduler)
     print(summary.to_string(index=False))
     return 0
 

@@ -286,7 +286,11 @@ def evaluate(model: nn.Module, loader: Any, device: str | torch.device = "auto")
 #: on the thread count, so a run rebuilt with another count drifts by float rounding (seen:
 #: 1e-4 weight differences that flip a few quantized predictions). One thread makes a run
 #: bit-reproducible on any machine of the same CPU type, which `trained.reopen_trained` relies on.
-CPU_TRAIN_THREADS = 1
+#: ``LCC_CPU_THREADS`` changes it: ``make reproduce`` uses that to measure how far a changed float
+#: summation order (what another processor's kernels do) moves a run's metrics.
+CPU_TRAIN_THREADS = int(os.environ.get("LCC_CPU_THREADS", "1"))
+if CPU_TRAIN_THREADS < 1:
+    raise ValueError(f"LCC_CPU_THREADS={CPU_TRAIN_THREADS} must be a positive integer")
 
 
 def _pinned_cpu_threads(fn: Callable) -> Callable:

@@ -1,0 +1,171 @@
+"""The study driver on Dask: stage order, identical results to a serial run, clusters, reproduce."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from lcc_utils import cluster, reproduce, runs, study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- stage order
+def test_reads_covers_every_lookup_of_an_earlier_stage():
+    """Every earlier stage a notebook reads (a ``*_run`` parameter or a ``find_run``) is in READS."""
+    param_stage = {"train_run": "04", "sentinel2_run": "02", "evaluation_run": "06"}
+    for nb in study.notebooks():
+        code = "\n".join(c.source for c in nbformat.read(str(nb), as_version=4).cells if c.cell_type == "code")
+        reads = set(study.READS.get(nb.stem[:2], ()))
+        for name in runs.notebook_defaults(nb):
+            if name.endswith("_run"):
+                assert param_stage[name] in reads, f"{nb.stem} reads {name} but READS lacks {param_stage[name]}"
+        for num in re.findall(r'find_run\("(\d\d)', code):
+            assert num in reads, f"{nb.stem} calls find_run({num}) but READS lacks it"
+        assert all(s < nb.stem[:2] for s in reads), f"{nb.stem} reads a later stage"
+
+
+def _toy(path: Path, body: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("import json, time\nfrom lcc_utils import runs"),
+        nbformat.v4.new_code_cell("value = 1  # a number\ndata_dir = ''  # where", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(f"run = runs.start_run(runs.notebook_params(globals()))\n{body}"),
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_dask_runs_a_stage_after_the_stage_it_reads(tmp_path, monkeypatch):
+    """Stage 05 reads every stage-04 run: on two Dask workers it starts only after both finished."""
+    slow = _toy(tmp_path / "04_toy.ipynb", "time.sleep(2)\nrun.log_metrics({'v': value, 't': time.time()})")
+    late = _toy(tmp_path / "05_late.ipynb",
+                "import glob\nfs = sorted(glob.glob(str(runs.runs_root() / 'toy' / '*' / 'metrics.json')))\n"
+                "run.log_metrics({'seen': len(fs), 't0': time.time(),"
+                " 'last_t': max(json.load(open(f))['t'] for f in fs)})")
+    plan = [(slow, {"value": 1}), (slow, {"value": 2}), (late, {})]
+    monkeypatch.setitem(study.READS, "05", ("04",))
+    table = study.dispatch(plan, str(tmp_path), jobs=2)
+    assert table["executed"].all() and list(table["notebook"]) == ["04_toy", "04_toy", "05_late"]
+    m = json.loads((Path(table["run_dir"][2]) / "metrics.json").read_text())
+    assert m["seen"] == 2 and m["t0"] >= m["last_t"]
+
+
+def test_a_failed_run_is_named_and_the_others_still_run(tmp_path):
+    ok = _toy(tmp_path / "04_ok.ipynb", "run.log_metrics({'v': value})")
+    bad = _toy(tmp_path / "04_bad.ipynb", "raise RuntimeError('boom in the notebook')")
+    with pytest.raises(RuntimeError, match=r"1 of 2 run\(s\) failed: 04_bad"):
+        study.dispatch([(bad, {}), (ok, {"value": 3})], str(tmp_path), jobs=2)
+    assert json.loads(next((Path(runs.runs_root()) / "ok").glob("*/metrics.json")).read_text()) == {"v": 3}
+
+
+def _metrics(root: Path) -> dict[str, dict]:
+    out = {}
+    for m in sorted(root.glob("*/*/metrics.json")):
+        d = json.loads(m.read_text())
+        out[f"{m.parent.parent.name}/{m.parent.name}"] = {
+            k: v for k, v in d.items() if reproduce.metric_kind(k, v)[0] != "timing"}
+    return out
+
+
+def test_smoke_training_on_dask_is_identical_to_serial(shared_data, tmp_path, monkeypatch):
+    """The smoke profile's 04 runs: two Dask workers give the serial run's metrics, bit for bit."""
+    plan = study.study_plan("smoke", ["04"])
+    assert len(plan) >= 2
+    results = {}
+    for mode, jobs in (("serial", 1), ("dask", 2)):
+        monkeypatch.setenv("LCC_RUNS_DIR", str(tmp_path / mode))
+        table = study.dispatch(plan, str(shared_data), jobs=jobs)
+        assert table["executed"].all()
+        results[mode] = _metrics(tmp_path / mode)
+    assert len(results["serial"]) == len(plan)
+    assert results["dask"] == results["serial"]
+
+
+# ----------------------------------------------------------------------------- clusters
+def test_cluster_choices_and_bad_input():
+    with pytest.raises(ValueError, match="unknown cluster 'kubernetes'; choose one of: local, slurm, pbs"):
+        cluster.make_cluster("kubernetes")
+    with pytest.raises(ValueError, match="jobs=0"):
+        cluster.make_cluster("local", jobs=0)
+    with pytest.raises(ValueError, match="jobs=0"):
+        study.dispatch([], "", jobs=0)
+
+
+def test_slurm_workers_are_single_threaded_jobs():
+    """The SLURM path builds a job script of one single-threaded worker (nothing is submitted)."""
+    pytest.importorskip("dask_jobqueue")
+    import dask
+    from dask_jobqueue import SLURMCluster
+
+    with dask.config.set({"jobqueue.slurm.memory": "4GB", "jobqueue.slurm.walltime": "02:00:00",
+                         "jobqueue.slurm.job-extra-directives": ["--gres=gpu:1"]}):
+        c = SLURMCluster(cores=1, processes=1)
+        try:
+            script = c.job_script()
+        finally:
+            c.close()
+    assert "#SBATCH --cpus-per-task=1" in script and "--gres=gpu:1" in script
+    assert "--nthreads 1" in script and "#SBATCH -n 1\n" in script
+
+
+def test_profile_runs_roots_do_not_mix(monkeypatch):
+    monkeypatch.delenv("LCC_RUNS_DIR")
+    assert study.profile_runs_root("quick") == ROOT / "runs"
+    assert study.profile_runs_root("smoke") == ROOT / "runs" / "smoke"
+    with pytest.raises(ValueError, match="unknown profile 'quik'"):
+        study.profile_runs_root("quik")
+
+
+# ----------------------------------------------------------------------------- reproduce
+def test_compare_metrics_kinds_and_tolerances():
+    committed = {"test_accuracy": 0.80, "test_kappa": 0.70, "n_test": 5400, "split_hash": "ab",
+                 "train_seconds": 100.0, "cr": 9.0, "best_epoch": 10, "nested": {"oa": 0.9}}
+    new = {"test_accuracy": 0.81, "test_kappa": 0.75, "n_test": 5400, "split_hash": "ab",
+           "train_seconds": 250.0, "cr": 9.0, "best_epoch": 12, "nested": {"oa": 0.9}, "extra": 1}
+    t = reproduce.compare_metrics(committed, new).set_index("metric")
+    assert t.loc["test_accuracy", "status"] == "within" and t.loc["test_accuracy", "kind"] == "rate"
+    assert t.loc["test_accuracy", "difference"] == pytest.approx(0.01)
+    assert t.loc["test_kappa", "status"] == "FAIL"  # 0.05 > 0.03
+    assert t.loc["n_test", "status"] == "identical" and t.loc["split_hash", "kind"] == "exact"
+    assert t.loc["train_seconds", "status"] == "not compared"
+    assert t.loc["best_epoch", "status"] == "within" and t.loc["nested.oa", "status"] == "identical"
+    assert t.loc["extra", "status"] == "FAIL"  # present on one side only
+    exact = reproduce.compare_metrics(committed, new, exact=True).set_index("metric")
+    assert exact.loc["test_accuracy", "status"] == "FAIL" and exact.loc["cr", "status"] == "identical"
+    changed = reproduce.compare_metrics({"split_hash": "ab", "images": 910}, {"split_hash": "ac", "images": 911})
+    assert set(changed["status"]) == {"FAIL"}
+
+
+def test_metric_kinds_of_committed_metrics():
+    kinds = {k: reproduce.metric_kind(k, v)[0] for k, v in {
+        "eurosat_plain_cnn_ccs_0.05_acc_mean": 77.9, "eurosat_plain_cnn_ccs_0.05_diff_vs_random": -0.35,
+        "cost_ratio": 0.078, "scoring_seconds": 117.5, "never_learned_share": 0.015, "p_holm": 0.03,
+        "best_cr_cr9": 9.31, "images": 910, "all_artefacts_match": True}.items()}
+    assert kinds == {"eurosat_plain_cnn_ccs_0.05_acc_mean": "points",
+                     "eurosat_plain_cnn_ccs_0.05_diff_vs_random": "points", "cost_ratio": "timing",
+                     "scoring_seconds": "timing", "never_learned_share": "rate", "p_holm": "pvalue",
+                     "best_cr_cr9": "float", "images": "exact", "all_artefacts_match": "exact"}
+
+
+def test_reproduce_refuses_the_committed_root_and_an_empty_selection(tmp_path, monkeypatch):
+    monkeypatch.setenv("LCC_RUNS_DIR", str(tmp_path / "runs"))
+    with pytest.raises(ValueError, match="is the committed runs root"):
+        reproduce.reproduce("smoke", ["01"], into=tmp_path / "runs")
+    with pytest.raises(FileNotFoundError, match="no committed run of profile 'smoke'"):
+        reproduce.reproduce("smoke", ["01"], into=tmp_path / "scratch")
+
+
+def test_report_figure_and_files(tmp_path):
+    report = pd.DataFrame({"run": ["train/a", "train/a", "data/b"], "metric": ["acc", "t_seconds", "n"],
+                           "status": ["within", "not compared", "identical"]})
+    summary = {"profile": "smoke", "runs_reproduced": 2, "metrics": {"within": 1, "identical": 1}}
+    files = reproduce.write_report(report, summary, tmp_path / "rep")
+    assert [f.name for f in files] == ["report.csv", "summary.json", "report.png"]
+    assert all(f.stat().st_size > 0 for f in files)
