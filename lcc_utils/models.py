@@ -7,6 +7,9 @@ or the compression stage swaps architectures by name only.
 from __future__ import annotations
 
 import hashlib
+import io
+import json
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -197,18 +200,75 @@ def _check_image_size(name: str, image_size: int | None) -> None:
         )
 
 
-def describe_weights(pretrained: bool = False, weights: str | Path | None = None) -> str:
-    """Say where a model's initial weights come from, as recorded in a run's params.
+# --------------------------------------------------------------------------- weights files
+# Sentinel-2 band names are spelt several ways (ours and ESA's "B02"/"B8A", torchgeo's
+# SSL4EO lists "B2"/"B8a"): compared in one canonical spelling, ESA's.
+_S2_BAND = re.compile(r"^B(\d{1,2})(A?)$")
 
-    Returns ``"random init"``, ``"imagenet (timm hub)"`` or ``"file:<path> sha256:<hex>"``.
+
+def canonical_band(name: str) -> str:
+    """One spelling of a band name, ESA's: ``"b2"``, ``"B2"`` -> ``"B02"``; ``"B8a"`` -> ``"B8A"``.
+
+    Other names (``"R"``, ``"VV"``) are only stripped and upper-cased.
     """
-    if weights not in (None, ""):
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file not found: {path}")
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        return f"file:{path} sha256:{digest}"
-    return "imagenet (timm hub)" if pretrained else "random init"
+    key = str(name).strip().upper()
+    m = _S2_BAND.match(key)
+    if not m:
+        return key
+    return f"B{int(m.group(1))}A" if m.group(2) else f"B{int(m.group(1)):02d}"  # ESA: B8A, not B08A
+
+
+def _band_list(bands: Sequence[str], what: str) -> tuple[str, ...]:
+    if isinstance(bands, str):
+        raise ValueError(f"{what} must be a list of band names, got the string {bands!r}")
+    out = tuple(canonical_band(b) for b in bands)
+    dup = sorted({b for b in out if out.count(b) > 1})
+    if dup:
+        raise ValueError(f"{what} names a band twice: {', '.join(dup)}")
+    return out
+
+
+def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    """The convolution that sees the input bands, and its name in ``model.state_dict()``.
+
+    timm models name it in ``pretrained_cfg["first_conv"]`` (``conv1`` for ResNet-18,
+    ``stem.0`` for ConvNeXt, ``patch_embed.proj`` for Swin); our own CNNs have no such
+    record, so it is the first ``Conv2d`` registered (``features.0``), which is the first
+    one applied in :class:`LightweightCNN` and :class:`PlainBNCNN`.
+    """
+    name = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
+    if isinstance(name, (list, tuple)):
+        name = name[0] if name else None
+    if name:
+        module = model.get_submodule(name)
+        if isinstance(module, nn.Conv2d):
+            return name, module
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            return name, module
+    raise ValueError(f"{type(model).__name__} has no Conv2d: no first convolution to load bands into")
+
+
+def _classifier_names(model: nn.Module) -> tuple[str, ...]:
+    """The classifier: timm's ``pretrained_cfg["classifier"]``, else the last ``Linear``."""
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
+    if names:
+        return (names,) if isinstance(names, str) else tuple(names)
+    linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return (linear[-1],) if linear else ()
+
+
+def _read_checkpoint(path: Path, data: bytes | None = None) -> object:
+    """The object stored in a weights file (read from ``data`` when the bytes are at hand)."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load, load_file
+
+            return load(data) if data is not None else load_file(str(path))
+        src = io.BytesIO(data) if data is not None else path
+        return torch.load(src, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt or foreign file: say which one
+        raise ValueError(f"weights={path}: cannot read this file ({err})") from err
 
 
 def _extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -224,57 +284,216 @@ def _extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
 
 
-def load_weights(model: nn.Module, weights: str | Path) -> nn.Module:
-    """Load a local state dict or timm checkpoint into ``model``, adapting it when needed.
+def sidecar_path(weights: str | Path) -> Path:
+    """``<weights>.json``: where the band list of a file that does not store one is written."""
+    return Path(f"{weights}.json")
 
-    Loaded manually (not through timm's ``pretrained_cfg_overlay``) so the same code
-    handles timm files, our own ``best.pt`` and files for any ``in_chans``: the first
-    convolution is adapted with timm's ``adapt_input_conv`` (ImageNet RGB kernels repeated
-    and rescaled over 6 or 13 bands) and a classifier whose shape differs (1000 ImageNet
-    classes vs ours) is left at its random init. Every other key must match exactly.
+
+def read_weights_bands(
+    weights: str | Path, given: Sequence[str] | None = None, obj: object = None
+) -> tuple[tuple[str, ...] | None, str]:
+    """The band list of a weights file's first convolution, and where it was found.
+
+    In order: ``given`` (the caller's word); the file itself, a ``"bands"`` key beside the
+    state dict or inside its ``"params"`` (what paper B's ``best.pt`` records); the sidecar
+    ``<weights>.json`` (``{"bands": [...]}``, for files that carry no names, e.g. torchgeo's
+    ``resnet18_sentinel2_all_moco`` whose 13 bands are ``B1..B8, B8a, B9..B12``). The file and
+    its sidecar must agree. A sidecar rather than a notebook parameter: the bands are a property
+    of the file and travel with it, and no run's parameters (nor its folder hash) change.
+
+    Returns:
+        ``(bands, source)``; ``(None, "unknown")`` when nothing names them.
+
+    """
+    path = Path(weights)
+    if given is not None:
+        return _band_list(given, "weights_bands"), "weights_bands argument"
+    if obj is None:
+        obj = _read_checkpoint(path)
+    inside = None
+    if isinstance(obj, dict):
+        params = obj.get("params")
+        inside = obj.get("bands", params.get("bands") if isinstance(params, dict) else None)
+    inside = _band_list(inside, f"bands stored in {path}") if inside is not None else None
+    side, sidecar = None, sidecar_path(path)
+    if sidecar.is_file():
+        try:
+            side = json.loads(sidecar.read_text())["bands"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{sidecar}: expected a JSON object with a list under 'bands' ({err})") from err
+        side = _band_list(side, f"bands of {sidecar}")
+    if inside is not None and side is not None and inside != side:
+        raise ValueError(f"{path} stores bands {','.join(inside)} but {sidecar} says "
+                         f"{','.join(side)}: fix or remove the sidecar")
+    if inside is not None:
+        return inside, "checkpoint"
+    if side is not None:
+        return side, sidecar.name
+    return None, "unknown"
+
+
+def band_selection(weights_bands: Sequence[str], bands: Sequence[str]) -> list[int]:
+    """Index of each of the model's ``bands`` among the checkpoint's ``weights_bands``, by name.
+
+    ``band_selection(S2_ESA_BAND_ORDER, PAPER_B_BANDS)`` is ``[1, 2, 3, 7, 11, 12]``.
+
+    Raises:
+        ValueError: a model band the checkpoint has no kernel for (named, with the available ones).
+
+    """
+    src = _band_list(weights_bands, "weights_bands")
+    dst = _band_list(bands, "bands")
+    missing = [b for b in dst if b not in src]
+    if missing:
+        raise ValueError(f"band(s) {', '.join(missing)} of the model are not among the weights' "
+                         f"bands; available: {', '.join(src)}")
+    return [src.index(b) for b in dst]
+
+
+def _mapping_note(src: tuple[str, ...], dst: tuple[str, ...]) -> str:
+    if src == dst:
+        return "bands match"
+    verb = "reordered" if len(src) == len(dst) else "selected"
+    return f"{verb} {','.join(dst)} of {len(src)} by name"
+
+
+def describe_weights(
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    bands: Sequence[str] | None = None,
+    weights_bands: Sequence[str] | None = None,
+) -> str:
+    """Say where a model's initial weights come from, as recorded in a run's params and metrics.
+
+    Returns ``"random init"``, ``"imagenet (timm hub)"`` or
+    ``"file:<path> sha256:<hex> bands:<b1,...> (<n>, from <source>); first conv: <mapping>"``,
+    e.g. ``... bands:B01,...,B12 (13, from x.pth.json); first conv: selected
+    B02,B03,B04,B08,B11,B12 of 13 by name``. The band part says ``bands: unknown`` when no
+    list names them (the file is then loaded as stored, or RGB-adapted, see :func:`load_weights`).
+    ``bands`` and ``weights_bands`` are those given to :func:`load_weights`.
+    """
+    if weights in (None, ""):
+        return "imagenet (timm hub)" if pretrained else "random init"
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    data = path.read_bytes()
+    text = f"file:{path} sha256:{hashlib.sha256(data).hexdigest()}"
+    src, source = read_weights_bands(path, weights_bands, _read_checkpoint(path, data))
+    if src is None:
+        return f"{text} bands: unknown"
+    text += f" bands:{','.join(src)} ({len(src)}, from {source})"
+    if bands is None:
+        return f"{text}; first conv: model bands unknown"
+    dst = _band_list(bands, "bands")
+    band_selection(src, dst)  # the same check load_weights makes
+    return f"{text}; first conv: {_mapping_note(src, dst)}"
+
+
+def load_weights(
+    model: nn.Module,
+    weights: str | Path,
+    bands: Sequence[str] | None = None,
+    weights_bands: Sequence[str] | None = None,
+) -> nn.Module:
+    """Load a local state dict or timm checkpoint into ``model``, matching input bands by name.
+
+    Loaded manually (not through timm's ``pretrained_cfg_overlay``) so the same code handles
+    timm and torchgeo files, our own ``best.pt`` and our own CNNs. The first convolution
+    (:func:`first_conv`) is matched to the model's input bands:
+
+    - both band lists known (``bands`` = the model's, the file's from :func:`read_weights_bands`):
+      the file's kernels of the model's bands are **selected** by name, in the model's order,
+      whatever the channel counts (B02,B03,B04,B08,B11,B12 out of 13; also a same-count
+      reorder, e.g. torchgeo's B8A-ninth order into EuroSAT MS files' B8A-last order). No
+      rescaling: a kept band's kernel is exactly what was learnt for that band, the dropped
+      bands' terms are simply absent, and how large they were depends on those bands'
+      statistics (B10 cirrus is near zero), so no single factor would restore them; this is
+      what torchgeo/SSL4EO band subsets and TerraTorch's ``select_patch_embed_weights`` do,
+      and fine-tuning (with BatchNorm after ResNet's ``conv1``) absorbs the shift. A model
+      band the file has no kernel for is an error, not a random kernel.
+    - otherwise, equal channel counts load as stored; a 3-channel file of unknown or unused
+      bands (ImageNet RGB) is spread over the model's bands by timm's ``adapt_input_conv``
+      (kernels repeated and scaled by 3/N, which *creates* channels, hence the rescale); any
+      other count is an error asking for the band lists.
+
+    A classifier whose shape differs (1000 ImageNet classes vs ours) or that the file lacks
+    (self-supervised backbones) is left at its random init. Every other key must match exactly.
+
+    Args:
+        model: The freshly built model.
+        weights: ``.pt``/``.pth`` (a state dict, or one under ``state_dict``/``model``/...) or
+            ``.safetensors``.
+        bands: The model's input bands, in the order of its input channels.
+        weights_bands: The file's first-conv bands, when neither the file nor its
+            ``<weights>.json`` sidecar records them.
+
     """
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: object = load_file(str(path))
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt or foreign file: say which one
-        raise ValueError(f"weights={path}: cannot read this file ({err})") from err
+    obj = _read_checkpoint(path)
     state = _extract_state_dict(obj, path)
     own = model.state_dict()
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
-    first_conv = cfg.get("first_conv")
-    classifiers = cfg.get("classifier") or ()
-    classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
-    skipped = []
-    for key in list(state):
-        if key not in own or state[key].shape == own[key].shape:
-            continue
-        if first_conv and key == f"{first_conv}.weight":
-            from timm.models import adapt_input_conv
+    conv_name, conv = first_conv(model)
+    key = f"{conv_name}.weight"
+    if bands is not None:
+        bands = _band_list(bands, "bands")
+        if len(bands) != conv.in_channels:
+            raise ValueError(f"bands names {len(bands)} bands but {conv_name!r} of the model has "
+                             f"{conv.in_channels} input channels")
+    if key in state and state[key].ndim == 4:
+        state[key] = _match_input_bands(state[key], conv.in_channels, path, key, bands,
+                                        weights_bands, obj)
+    classifiers = _classifier_names(model)
 
-            state[key] = adapt_input_conv(own[key].shape[1], state[key])
-        elif any(key.startswith(f"{c}.") for c in classifiers):
-            skipped.append(key)
-            del state[key]
-        else:
-            raise ValueError(
-                f"weights={path}: shape of {key!r} is {tuple(state[key].shape)}, "
-                f"model expects {tuple(own[key].shape)}"
-            )
+    def is_head(k: str) -> bool:
+        return any(k.startswith(f"{c}.") for c in classifiers)
+
+    for k in list(state):
+        if k not in own or state[k].shape == own[k].shape:
+            continue
+        if not is_head(k):
+            raise ValueError(f"weights={path}: shape of {k!r} is {tuple(state[k].shape)}, "
+                             f"model expects {tuple(own[k].shape)}")
+        del state[k]
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in skipped]
+    missing = [k for k in missing if not is_head(k)]
     if missing or unexpected:
         raise ValueError(
             f"weights={path} does not fit this model: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}"
         )
     return model
+
+
+def _match_input_bands(kernel: torch.Tensor, in_chans: int, path: Path, key: str,
+                       bands: tuple[str, ...] | None, given: Sequence[str] | None,
+                       obj: object) -> torch.Tensor:
+    """The file's first-conv kernel with the model's input channels (see :func:`load_weights`)."""
+    src, source = read_weights_bands(path, given, obj)
+    n = kernel.shape[1]
+    if src is not None and len(src) != n:
+        raise ValueError(f"weights={path}: {len(src)} band names (from {source}) but {key!r} "
+                         f"has {n} input channels")
+    if src is not None and bands is not None:
+        try:
+            return kernel[:, band_selection(src, bands)].clone()
+        except ValueError as err:
+            raise ValueError(f"weights={path} (bands from {source}): {err}") from None
+    if n == in_chans:
+        return kernel
+    if n == 3:
+        from timm.models import adapt_input_conv
+
+        return adapt_input_conv(in_chans, kernel)
+    unknown = " and ".join(w for w, b in (("bands", bands), ("weights_bands", src)) if b is None)
+    raise ValueError(
+        f"weights={path}: {key!r} has {n} input channels, the model {in_chans}; channels are "
+        f"matched by band name, but {unknown} {'is' if ' and ' not in unknown else 'are'} unknown: "
+        f"pass {unknown} (the file's bands can also be stored in {sidecar_path(path)} as "
+        '{"bands": [...]})'
+    )
 
 
 def create_model(
@@ -284,6 +503,8 @@ def create_model(
     pretrained: bool = False,
     weights: str | Path | None = None,
     image_size: int | None = None,
+    bands: Sequence[str] | None = None,
+    weights_bands: Sequence[str] | None = None,
     **kwargs,
 ) -> nn.Module:
     """Build a classifier by name: any backbone of either paper, any number of input bands.
@@ -295,6 +516,10 @@ def create_model(
         pretrained: ImageNet weights from the timm hub (needs a network connection).
         weights: Path of a local state dict / timm checkpoint instead of the hub.
         image_size: Input size; only Swin's architecture depends on it (multiple of 32).
+        bands: Names of the input bands, in channel order (``len(bands) == in_chans``); with
+            ``weights``, the file's first-conv kernels are selected by these names.
+        weights_bands: The weights file's bands when it does not record them (see
+            :func:`load_weights`).
         **kwargs: Extra builder options, e.g. ``depth``/``kernel_size`` for ``lightweight_cnn``.
 
     Returns:
@@ -309,6 +534,8 @@ def create_model(
     _check_image_size(name, image_size)
     if pretrained and weights not in (None, ""):
         raise ValueError("give either pretrained=True or weights=<path>, not both")
+    if bands is not None and len(bands) != in_chans:
+        raise ValueError(f"bands names {len(bands)} bands but in_chans is {in_chans}")
     try:
         model = builder(num_classes, in_chans, bool(pretrained), image_size, **kwargs)
     except (ValueError, TypeError):
@@ -322,7 +549,7 @@ def create_model(
             ) from err
         raise
     if weights not in (None, ""):
-        load_weights(model, weights)
+        load_weights(model, weights, bands=bands, weights_bands=weights_bands)
     return model
 
 

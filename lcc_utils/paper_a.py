@@ -187,12 +187,14 @@ def prepare_training(
                                 seed=seed, train_indices=train_idx, augment=rec.augment)
     weights_path = resolve_path(weights) if weights not in (None, "") else None
     training.seed_everything(seed)
+    # ds.bands: a weights file that names its bands has its first-conv kernels selected by name
     net = models.create_model(model, num_classes=len(ds.classes), in_chans=ds.images.shape[-1],
                               pretrained=bool(pretrained), weights=weights_path,
-                              image_size=image_size)
+                              image_size=image_size, bands=ds.bands)
     budget = training_budget(float(fraction), epochs, steps, len(train_idx), rec.batch_size)
     return TrainingSetup(ds, split, train_idx, info, loaders, net, rec,
-                         models.describe_weights(bool(pretrained), weights_path), budget)
+                         models.describe_weights(bool(pretrained), weights_path, bands=ds.bands),
+                         budget)
 
 
 def run_record(result: training.TrainResult, test: Mapping[str, Any], setup: TrainingSetup) -> dict[str, Any]:

@@ -304,3 +304,24 @@ def test_paper_a_budget_rule_equal_steps_for_coresets_epochs_for_full_data():
     for bad in (-1, 2.5, True):
         with pytest.raises(ValueError, match="steps="):
             training_budget(0.1, epochs=15, steps=bad, train_size=1944, batch_size=64)
+
+
+def test_prepare_training_loads_weights_by_band_name(synthetic_root, tmp_cache, tmp_path):
+    """Notebook 04's door: the dataset's bands reach load_weights, and the run records the mapping.
+
+    (The synthetic EuroSAT MS tree is too small to split, so an RGB run takes a BGR checkpoint.)
+    """
+    from lcc_utils.paper_a import prepare_training
+
+    torch.manual_seed(0)
+    src = create_model("lightweight_cnn", num_classes=10, in_chans=3).state_dict()
+    path = tmp_path / "bgr.pt"  # an OpenCV-style checkpoint: channels blue, green, red
+    torch.save({"state_dict": src, "bands": ["B", "G", "R"]}, path)
+    params = dict(dataset="eurosat", model="lightweight_cnn", coreset="random", fraction=1.0,
+                  seed=0, image_size=16, batch_size=16, device="cpu", recipe="paper_a", epochs=1,
+                  data_dir=str(synthetic_root), pretrained=False, weights=str(path),
+                  scoring_model="lightweight_cnn", scoring_epochs=2, steps=0, scoring_image_size=16)
+    setup = prepare_training(**params)
+    assert torch.equal(setup.model.features[0].weight, src["features.0.weight"][:, [2, 1, 0]])
+    assert setup.weights_description.endswith(
+        "bands:B,G,R (3, from checkpoint); first conv: reordered R,G,B of 3 by name")
