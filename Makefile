@@ -2,22 +2,37 @@
 #   make study [PROFILE=quick|smoke|paper] [ONLY="03 04"] [LCC_DATA_DIR=...]  -- set up, prepare data, run the notebooks
 #   make reproduce [PROFILE=smoke] [ONLY=...] [EXACT=1]         -- rerun committed runs, compare metrics
 #   make test                                                  -- set up, run the whole test suite
+#   make setup TORCH=cpu                                       -- Linux without a GPU: CPU-only torch, no CUDA wheels
+#   make lock                                                  -- recompile the locks from requirements.in (needs uv)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= quick
-# JOBS: runs of one notebook executed at a time (CPU training uses one thread per run)
+# JOBS: Dask workers = runs at a time (CPU training uses one thread per run); JOBS=1 runs serially
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 LCC_KERNEL ?= lcc
 # LCC_DATA_DIR: data root; unset = data/ if present, else ../shared/data if present, else data/
+# TORCH: unset = torch from PyPI (Linux: the CUDA build with its nvidia-* wheels; macOS, Windows: CPU/MPS).
+#   TORCH=cpu (Linux without CUDA): torch and torchvision CPU-only builds from the PyTorch index, then
+#   requirements-cpu.lock (requirements.lock without the CUDA wheels). Switching TORCH needs a fresh .venv.
+TORCH ?=
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+LOCK := $(if $(filter cpu,$(TORCH)),requirements-cpu.lock,requirements.lock)
+# The locks are universal (Linux x86-64/aarch64, macOS arm64, Windows x86-64) from this Python on.
+LOCK_PYTHON := 3.11
+UV ?= uv
 export LCC_DATA_DIR LCC_KERNEL JOBS
 
-.PHONY: setup study reproduce data test lint benchmarks clean-cache
+.PHONY: setup study reproduce data test lint benchmarks clean-cache lock
 
 # The venv is rebuilt when the pinned versions or the package metadata change.
-$(VENV)/.installed: requirements.lock pyproject.toml
+$(VENV)/.installed: $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+ifeq ($(TORCH),cpu)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --index-url $(TORCH_CPU_INDEX) \
+	  $$(sed -n -E 's/^(torch(vision)?==[^ ;]+).*/\1/p' $(LOCK))
+endif
+	$(PY) -m pip install -q --disable-pip-version-check -r $(LOCK)
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	# Register the venv as a named Jupyter kernel: papermill's NoSuchKernel trap otherwise.
 	$(PY) -m ipykernel install --sys-prefix --name $(LCC_KERNEL) --display-name "Python (lcc)" >/dev/null
@@ -51,3 +66,13 @@ benchmarks: setup
 
 clean-cache:
 	rm -rf cache
+
+# Both locks from requirements.in, for every platform at once. The existing requirements.lock is uv's
+# preference, so no version moves unless requirements.in asks for it; the CPU lock is the same
+# resolution (constrained to requirements.lock) without the CUDA wheels.
+lock:
+	$(UV) pip compile -q --universal --python-version $(LOCK_PYTHON) --custom-compile-command "make lock" \
+	  requirements.in -o requirements.lock
+	$(UV) pip compile -q --universal --python-version $(LOCK_PYTHON) --custom-compile-command "make lock" \
+	  requirements.in -c requirements.lock -o requirements-cpu.lock \
+	  $$(grep -oE '^(nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+|triton)==' requirements.lock | sed 's/==$$//; s/^/--no-emit-package /')
