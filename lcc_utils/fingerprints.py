@@ -42,6 +42,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -83,7 +84,8 @@ def index_path(folder: str | os.PathLike) -> Path:
     """The index file of ``folder`` (one per data folder, named by its absolute path)."""
     real = Path(folder).resolve()
     tag = hashlib.sha256(str(real).encode()).hexdigest()[:12]
-    return cache_dir() / "fingerprints" / f"{real.name or 'root'}-{tag}.json"
+    readable = "-".join(p for p in (real.parent.name, real.name) if p) or "root"
+    return cache_dir() / "fingerprints" / f"{readable}-{tag}.json"
 
 
 def _read_index(folder: Path) -> dict[str, list]:
@@ -103,7 +105,14 @@ def _read_index(folder: Path) -> dict[str, list]:
 def _write_index(folder: Path, entries: dict[str, list]) -> None:
     doc = {"version": INDEX_VERSION, "digest": DIGEST, "folder": str(Path(folder).resolve()),
            "files": entries}
-    atomic_write(index_path(folder), json.dumps(doc, separators=(",", ":"), sort_keys=True))
+    try:
+        atomic_write(index_path(folder), json.dumps(doc, separators=(",", ":"), sort_keys=True))
+    except OSError as e:
+        # E.g. two processes indexing one folder at once share atomic_path's temporary name and
+        # the second rename finds no file, or the cache is read-only. The index is only a cache:
+        # the digests returned are right either way; a missing index means hashing again.
+        warnings.warn(f"fingerprint index of {folder} not written ({e}); its files will be "
+                      "hashed again next time", stacklevel=3)
 
 
 def indexed_folders() -> list[Path]:
@@ -122,7 +131,7 @@ def _hash_many(folder: Path, rels: Sequence[str]) -> list[str]:
     if len(paths) < 16:
         return [file_digest(p) for p in paths]
     with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
-        return list(pool.map(file_digest, paths, chunksize=64))
+        return list(pool.map(file_digest, paths))
 
 
 def _indexable(key: list[int], now_ns: int) -> bool:

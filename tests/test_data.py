@@ -273,6 +273,22 @@ def test_verify_data_names_the_stale_file(synthetic_root, tmp_path, tmp_cache, m
     assert "stale: eurosat: Highway/Highway_1.jpg" in out and "1 file(s) changed behind" in out
 
 
+def test_an_unwritable_index_costs_time_not_correctness(synthetic_root, tmp_cache, monkeypatch):
+    from lcc_utils import fingerprints
+
+    def fail(*a, **k):
+        raise FileNotFoundError("the other process renamed it first")
+
+    monkeypatch.setattr(fingerprints, "RACY_WINDOW_NS", 0)
+    monkeypatch.setattr(fingerprints, "atomic_write", fail)
+    folder = synthetic_root / C.DATASET_SUBDIRS["ucmerced"]
+    files, _, _ = data.scan_folder(data.get_dataset_spec("ucmerced"), folder)
+    with pytest.warns(UserWarning, match="fingerprint index of .* not written"):
+        h = data.dataset_hash(folder, files)
+    assert h == _content_hash_from_scratch(folder, files)
+    assert not fingerprints.index_path(folder).exists()
+
+
 # ----------------------------------------------------------------------------- decode reports
 def test_converted_images_are_reported(synthetic_root, tmp_path, tmp_cache):
     from PIL import Image
