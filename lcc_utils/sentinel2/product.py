@@ -4,8 +4,9 @@ Four layouts are read: a sentinel-cogs folder (``B02.tif`` ... + STAC item), a `
 folder (``GRANULE/*/IMG_DATA/R10m|R20m|R60m`` + ``MTD_MSIL2A.xml``), a multi-band GeoTIFF
 whose band descriptions name the bands, and a BigEarthNet patch folder. Each yields an
 :class:`L2AProduct`: where every band lives and how its digital numbers become surface
-reflectance, ``(DN + BOA_ADD_OFFSET) / QUANTIFICATION_VALUE``. Nothing is read here
-beyond headers and metadata; pixels are read window by window (:mod:`.windows`).
+reflectance, ``(DN + BOA_ADD_OFFSET) / QUANTIFICATION_VALUE``. Opening reads nothing
+beyond headers and metadata; pixels are read window by window (:mod:`.windows`), and
+:func:`product_hash` reads each band file once per machine to hash its content.
 """
 
 from __future__ import annotations
