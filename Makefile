@@ -4,6 +4,7 @@
 #   make test                                                  -- set up, run the whole test suite
 #   make setup TORCH=cpu                                       -- Linux without a GPU: CPU-only torch, no CUDA wheels
 #   make lock                                                  -- recompile the locks from requirements.in (needs uv)
+#   make verify-data                                           -- re-hash every data file, check the cache's index
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -23,7 +24,7 @@ LOCK_PYTHON := 3.11
 UV ?= uv
 export LCC_DATA_DIR LCC_KERNEL JOBS
 
-.PHONY: setup study reproduce data test lint benchmarks clean-cache lock
+.PHONY: setup study reproduce data verify-data test lint benchmarks clean-cache lock
 
 # The venv is rebuilt when the pinned versions or the package metadata change.
 $(VENV)/.installed: $(LOCK) pyproject.toml
@@ -43,6 +44,11 @@ setup: $(VENV)/.installed
 data: setup
 	$(PY) -m lcc_utils.study --prepare-only
 
+# Full content re-hash of every dataset (and indexed Sentinel-2 product), ignoring the
+# fingerprint index; fails when a file changed behind the index's back; rebuilds the index.
+verify-data: setup
+	$(PY) -m lcc_utils.data --verify
+
 study: setup
 	$(PY) -m lcc_utils.study --profile $(PROFILE) $(if $(ONLY),--only $(ONLY))
 
@@ -59,6 +65,7 @@ lint: setup
 
 benchmarks: setup
 	$(PY) benchmarks/data_pipeline.py
+	$(PY) benchmarks/data_cache.py
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/compression_benchmark.py
 	$(PY) benchmarks/mapping_benchmark.py

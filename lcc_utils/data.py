@@ -11,21 +11,26 @@ below one data root (``LCC_DATA_DIR``, default ``data/``):
 
 Decoding is the slow part of a naive pipeline, so every image is decoded exactly
 once into a uint8 (RGB) or uint16 (MS) array memory-mapped from the cache and
-keyed by a hash of the file list (paths and sizes). Resizing, TrivialAugmentWide
-and normalisation then run on batches of tensors (:class:`BatchLoader`).
+keyed by the dataset's **content hash** (``ImageDataset.hash``: sha256 over every file's
+relative path and content digest; :mod:`lcc_utils.fingerprints` keeps it cheap on repeat
+loads), so changed content is decoded again and a run made on it is flagged by its data
+hash. Resizing, TrivialAugmentWide and normalisation then run on batches of tensors
+(:class:`BatchLoader`).
 
-One concept (getting a dataset's pixels into batches) in about 630 lines: fetching, decoding,
-caching and batching are steps of one path that share its file-list hash and error handling;
+One concept (getting a dataset's pixels into batches) in about 800 lines: fetching, decoding,
+caching and batching are steps of one path that share its content hash and error handling;
 splits live in :mod:`lcc_utils.splits` (re-exported here).
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -44,6 +49,7 @@ from torchvision.transforms import v2 as _tv2
 from tqdm.auto import tqdm
 
 from . import constants as C
+from . import fingerprints
 from .augment import trivial_augment_wide
 from .paths import atomic_path, atomic_write, cache_dir, resolve_data_dir
 
@@ -124,6 +130,9 @@ class ImageDataset:
     geo: pd.DataFrame | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     resized: list[str] = field(default_factory=list)
+    #: (file, what) for images decoding converted: a mode other than RGB (grayscale, palette,
+    #: RGBA, CMYK, 16-bit) or content of another format than its extension says.
+    converted: list[tuple[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -241,11 +250,25 @@ def _natural_key(s: str) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
 
 
+def _bad_entry(entry: os.DirEntry) -> str | None:
+    """Why a directory entry with an image extension cannot be read as a file, or None."""
+    try:
+        if entry.is_file():  # follows a symlink; a loop raises, a dangling link gives False
+            return None
+    except OSError as e:
+        return f"broken symbolic link ({e.strerror})"
+    if entry.is_symlink():
+        return "broken symbolic link (its target does not exist)"
+    return "not a regular file"
+
+
 def scan_folder(spec: DatasetSpec, folder: Path) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
     """List image files class by class; raise on unknown or empty class folders.
 
-    Returns relative paths, labels and the non-image files found (never silently ignored:
-    the caller raises on them unless ``on_bad="skip"``). Hidden files (``.DS_Store``) are skipped.
+    Returns relative paths, labels and the bad entries found: non-image files, and image
+    names that are no readable file (a symlink loop, a dangling symlink, a folder). Bad
+    entries are never silently ignored: the caller raises on them unless ``on_bad="skip"``.
+    Hidden files (``.DS_Store``) are skipped.
     """
     found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     unknown = [c for c in found if c not in spec.classes]
@@ -258,35 +281,63 @@ def scan_folder(spec: DatasetSpec, folder: Path) -> tuple[list[str], np.ndarray,
         raise ValueError(f"class folder(s) {missing} missing from {folder}")
     files, labels, others = [], [], []
     for k, cls in enumerate(spec.classes):
-        entries = sorted((p for p in (folder / cls).iterdir() if not p.name.startswith(".")),
-                         key=lambda p: _natural_key(p.name))
-        images = [p for p in entries if p.suffix.lower() in spec.extensions]
-        others += [(str(p.relative_to(folder)), "not an image file of this dataset")
-                   for p in entries if p.suffix.lower() not in spec.extensions]
-        if not images:
+        # os.scandir, not Path.is_file: that answers False for a symlink loop (Python >= 3.8
+        # swallows ELOOP), and the loop would then raise later, in the hash, unnamed.
+        with os.scandir(folder / cls) as it:
+            entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: _natural_key(e.name))
+        images, unreadable = [], []
+        for e in entries:
+            rel = f"{cls}/{e.name}"
+            if os.path.splitext(e.name)[1].lower() not in spec.extensions:
+                others.append((rel, "not an image file of this dataset"))
+            elif (why := _bad_entry(e)) is not None:
+                unreadable.append((rel, why))
+            else:
+                images.append(rel)
+        others += unreadable
+        if not images and not unreadable:  # unreadable images are reported by name instead
             raise ValueError(f"class folder {folder / cls} is empty (no {'/'.join(spec.extensions)} files)")
-        files += [str(p.relative_to(folder)) for p in images]
+        files += images
         labels += [k] * len(images)
     return files, np.asarray(labels, dtype=np.int64), others
 
 
-def file_list_hash(folder: Path, files: Sequence[str]) -> str:
-    """Content key of a dataset: sha256 over relative paths and byte sizes (16 hex digits)."""
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f}\t{(folder / f).stat().st_size}\n".encode())
-    return h.hexdigest()[:16]
+def dataset_hash(folder: Path, files: Sequence[str]) -> str:
+    """Content hash of a dataset: sha256 over (relative path, sha256 of the file's bytes), 16 hex.
+
+    Machine-independent (no mtime or inode enters it): a copy of the same files elsewhere
+    has the same hash, any changed byte gives another. It keys the decode cache and is the
+    ``data_hash`` of run folders. Repeat loads stat every file and re-hash only those whose
+    (size, mtime, ctime, inode) changed (:func:`lcc_utils.fingerprints.content_hash`).
+    """
+    return fingerprints.content_hash(folder, files)
 
 
 # --------------------------------------------------------------------------- decoding
-def _decode_rgb(path: Path, spec: DatasetSpec) -> tuple[np.ndarray, bool]:
+#: Format an image extension promises (PIL ``Image.format`` names; GDAL's for GeoTIFFs).
+_EXTENSION_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}
+#: Modes decoding converts to RGB, and what the conversion loses (reported per file).
+_RGB_CONVERSIONS = {
+    "L": "grayscale (L) converted to RGB", "P": "palette (P) converted to RGB",
+    "RGBA": "RGBA converted to RGB (alpha dropped)", "CMYK": "CMYK converted to RGB",
+    "I;16": "16-bit grayscale (I;16) converted to RGB (values above 255 clipped)",
+}
+
+
+def _decode_rgb(path: Path, spec: DatasetSpec) -> tuple[np.ndarray, bool, str]:
+    """Pixels, whether they were resized, and what decoding converted ("" if nothing)."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
             im.load()
+            notes = []
+            expected = _EXTENSION_FORMATS.get(path.suffix.lower())
+            if expected and im.format != expected:
+                notes.append(f"{im.format} content under a {path.suffix} name")
             if im.mode != "RGB":
-                if im.mode in ("L", "P", "RGBA", "CMYK", "I;16"):
+                if im.mode in _RGB_CONVERSIONS:
+                    notes.append(_RGB_CONVERSIONS[im.mode])
                     im = im.convert("RGB")
                 else:
                     raise BadImageError(f"{path}: unsupported image mode {im.mode!r}")
@@ -299,18 +350,20 @@ def _decode_rgb(path: Path, spec: DatasetSpec) -> tuple[np.ndarray, bool]:
             if spec.resize_to is not None and im.size != (spec.resize_to, spec.resize_to):
                 im = im.resize((spec.resize_to, spec.resize_to), Image.BILINEAR)
                 resized = True
-            return np.asarray(im, dtype=np.uint8), resized
+            return np.asarray(im, dtype=np.uint8), resized, "; ".join(notes)
     except BadImageError:
         raise
     except Exception as e:  # PIL raises many types for corrupt/truncated files
         raise BadImageError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
 
 
-def _decode_ms(path: Path, spec: DatasetSpec) -> tuple[np.ndarray, dict]:
+def _decode_ms(path: Path, spec: DatasetSpec) -> tuple[np.ndarray, dict, str]:
+    """Bands (H, W, C), georeference, and the format note ("" for a GeoTIFF)."""
     import rasterio
 
     try:
         with rasterio.open(path) as src:
+            note = "" if src.driver in ("GTiff", "COG") else f"{src.driver} content under a {path.suffix} name"
             if src.count != len(spec.bands):
                 raise BadImageError(f"{path}: {src.count} bands, {spec.name} needs {len(spec.bands)}")
             if (src.height, src.width) != (spec.size, spec.size):
@@ -330,13 +383,13 @@ def _decode_ms(path: Path, spec: DatasetSpec) -> tuple[np.ndarray, dict]:
         raise BadImageError(f"{path}: cannot read GeoTIFF ({type(e).__name__}: {e})") from e
     if arr.dtype != np.uint16:
         raise BadImageError(f"{path}: dtype {arr.dtype}, EuroSAT MS stores uint16 digital numbers")
-    return np.transpose(arr, (1, 2, 0)), geo
+    return np.transpose(arr, (1, 2, 0)), geo, note
 
 
 def _decode_all(
     spec: DatasetSpec, folder: Path, files: list[str], on_bad: str
-) -> tuple[np.ndarray, list[int], list[tuple[str, str]], list[str], list[dict]]:
-    """Decode every file (2 threads); returns the stacked array and what was kept/skipped."""
+) -> tuple[np.ndarray, list[int], list[tuple[str, str]], list[str], list[dict], list[tuple[str, str]]]:
+    """Decode every file (2 threads); the stacked array and what was kept/skipped/resized/converted."""
     ms = spec.name == "eurosat_ms"
     size = spec.size or spec.resize_to
     dtype = np.uint16 if ms else np.uint8
@@ -344,18 +397,21 @@ def _decode_all(
     ok = np.zeros(len(files), dtype=bool)
     skipped: list[tuple[str, str]] = []
     resized: list[str] = []
+    converted: list[tuple[str, str]] = []
     geo: list[dict] = [{}] * len(files)
 
     def work(i: int):
         path = folder / files[i]
         try:
             if ms:
-                arr, g = _decode_ms(path, spec)
+                arr, g, note = _decode_ms(path, spec)
                 geo[i] = g
             else:
-                arr, r = _decode_rgb(path, spec)
+                arr, r, note = _decode_rgb(path, spec)
                 if r:
                     resized.append(files[i])
+            if note:
+                converted.append((files[i], note))
             out[i] = arr
             ok[i] = True
         except BadImageError as e:
@@ -368,7 +424,8 @@ def _decode_all(
                       mininterval=1.0):
             pass
     keep = [i for i in range(len(files)) if ok[i]]
-    return out, keep, sorted(skipped), sorted(resized), geo
+    kept = {files[i] for i in keep}
+    return out, keep, sorted(skipped), sorted(resized), geo, sorted(c for c in converted if c[0] in kept)
 
 
 def load_dataset(
@@ -377,7 +434,7 @@ def load_dataset(
     on_bad: str = "raise",
     download: bool = True,
 ) -> ImageDataset:
-    """Load a dataset, decoding it once into a memory-mapped cache keyed by its file list.
+    """Load a dataset, decoding it once into a memory-mapped cache keyed by its content hash.
 
     Args:
         name: ``eurosat``, ``eurosat_ms`` or ``ucmerced``.
@@ -385,7 +442,13 @@ def load_dataset(
         on_bad: ``"raise"`` (default): a corrupt, truncated, wrongly sized image or a stray
             file stops everything with an error naming the file. ``"skip"``: such files are
             left out, counted and named in a warning and in ``ImageDataset.skipped``.
+            Either way, images decoding resized or converted (grayscale, RGBA, PNG content
+            under a ``.jpg`` name...) are kept and listed in ``resized`` / ``converted``.
         download: fetch the official archive when the dataset is missing.
+
+    ``ImageDataset.hash`` is the content hash (:func:`dataset_hash`) of every image file
+    found (those decoding skips included; stray files and broken links are not read): any
+    changed byte changes it, and the changed dataset is decoded again.
 
     """
     if on_bad not in ON_BAD_CHOICES:
@@ -398,7 +461,7 @@ def load_dataset(
             f"{folder / others[0][0]}: {others[0][1]} ({len(others)} such file(s); "
             "remove them or pass on_bad='skip')"
         )
-    key = file_list_hash(folder, files)
+    key = dataset_hash(folder, files)
     cdir = cache_dir() / "decoded"
     cdir.mkdir(parents=True, exist_ok=True)
     stem = f"{name}-{key}-{on_bad}"
@@ -406,7 +469,10 @@ def load_dataset(
     if meta_path.exists() and arr_path.exists():
         meta = json.loads(meta_path.read_text())
     else:
-        arr, keep, skipped, resized, geo = _decode_all(spec, folder, files, on_bad)
+        arr, keep, skipped, resized, geo, converted = _decode_all(spec, folder, files, on_bad)
+        # a file edited while it was decoded would leave pixels of other content under this key
+        if dataset_hash(folder, files) != key:
+            raise RuntimeError(f"{name}: files under {folder} changed while they were decoded; load again")
         arr = arr[keep] if len(keep) < len(files) else arr
         with atomic_path(arr_path) as tmp:
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=arr.dtype, shape=arr.shape)
@@ -415,11 +481,13 @@ def load_dataset(
             del mm
         meta = {
             "name": name, "hash": key, "files": [files[i] for i in keep],
-            "labels": [int(labels[i]) for i in keep], "skipped": skipped + others,
-            "resized": resized, "geo": [geo[i] for i in keep] if name == "eurosat_ms" else None,
+            "labels": [int(labels[i]) for i in keep], "skipped": skipped,
+            "resized": resized, "converted": converted,
+            "geo": [geo[i] for i in keep] if name == "eurosat_ms" else None,
         }
         atomic_write(meta_path, json.dumps(meta))
-    skipped = [tuple(s) for s in meta["skipped"]]
+    # bad entries found by this scan, not the cached ones: they are not part of the hash
+    skipped = [tuple(s) for s in meta["skipped"]] + others
     if skipped:
         names = ", ".join(s[0] for s in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
         warnings.warn(f"{name}: skipped {len(skipped)} bad file(s) (on_bad='skip'): {names}",
@@ -430,7 +498,74 @@ def load_dataset(
         labels=np.asarray(meta["labels"], dtype=np.int64), images=images, bands=spec.bands,
         hash=key, geo=pd.DataFrame(meta["geo"]) if meta["geo"] else None,
         skipped=skipped, resized=meta["resized"],
+        converted=[tuple(c) for c in meta.get("converted", [])],
     )
+
+
+# --------------------------------------------------------------------------- verification
+def verify_data(names: Sequence[str] | None = None, data_dir: str | os.PathLike | None = None,
+                other_folders: bool = True) -> pd.DataFrame:
+    """Re-hash every data file in full, ignoring the fingerprint index; report and rebuild it.
+
+    ``make verify-data``. For each dataset present under the data root (all of
+    :data:`DATASETS` by default) and, with ``other_folders``, every other folder indexed
+    in this cache (Sentinel-2 products), a row counts the files whose content is as
+    indexed (``unchanged``), changed together with their stat key (``changed``: a load
+    notices those by itself), changed while their (size, mtime, ctime, inode) stayed the
+    same (``stale``: the index would have served an old digest -- the mismatch this check
+    exists for), not yet indexed (``new``) and indexed but gone (``gone``). ``hash`` is a
+    dataset's content hash from the full re-hash (what ``load_dataset`` now returns).
+    """
+    root = resolve_data_dir(data_dir)
+    rows, done = [], set()
+    for name in names or list(DATASETS):
+        spec = get_dataset_spec(name)
+        folder = root / spec.subdir
+        if not folder.is_dir():
+            continue
+        files, _, _ = scan_folder(spec, folder)
+        rep = fingerprints.verify(folder, files)
+        rows.append((name, rep, fingerprints.hash_digests((f, rep.digests[f]) for f in files)))
+        done.add(folder.resolve())
+    if other_folders and not names:
+        for folder in fingerprints.indexed_folders():
+            if folder.resolve() not in done and folder.is_dir():
+                rows.append((str(folder), fingerprints.verify(folder), ""))
+    return pd.DataFrame([
+        {"data": what, "files": rep.files, "unchanged": len(rep.unchanged), "changed": len(rep.changed),
+         "stale": len(rep.stale), "new": len(rep.new), "gone": len(rep.gone), "hash": h,
+         "stale_files": rep.stale, "changed_files": rep.changed}
+        for what, rep, h in rows
+    ], columns=["data", "files", "unchanged", "changed", "stale", "new", "gone", "hash",
+                "stale_files", "changed_files"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m lcc_utils.data --verify [NAME ...]``: the table of :func:`verify_data`; 1 if stale."""
+    ap = argparse.ArgumentParser(prog="python -m lcc_utils.data", description=main.__doc__)
+    ap.add_argument("--verify", action="store_true", required=True,
+                    help="re-hash every data file, report mismatches with the fingerprint index, rebuild it")
+    ap.add_argument("names", nargs="*", metavar="NAME",
+                    help=f"datasets ({', '.join(DATASETS)}); default: all present + other indexed folders")
+    ap.add_argument("--data-dir", default=None, help="data root (default: $LCC_DATA_DIR, else data/)")
+    args = ap.parse_args(argv)
+    table = verify_data(args.names or None, args.data_dir)
+    if table.empty:
+        print(f"no data found under {resolve_data_dir(args.data_dir)} and nothing indexed in the cache")
+        return 0
+    print(table.drop(columns=["stale_files", "changed_files"]).to_string(index=False))
+    for _, r in table.iterrows():
+        for kind in ("stale", "changed"):
+            for f in r[f"{kind}_files"][:20]:
+                print(f"{kind}: {r['data']}: {f}")
+    n = int(table["stale"].sum())
+    if n:
+        print(f"{n} file(s) changed behind the fingerprint index's back (same size, mtime, ctime and "
+              "inode); the index is rebuilt, the next load re-decodes them")
+        return 1
+    print(f"no file changed behind the fingerprint index's back ({int(table['files'].sum()):,} files "
+          "re-hashed, index rebuilt)")
+    return 0
 
 
 # --------------------------------------------------------------------------- batches
@@ -676,3 +811,7 @@ def split_summary(ds: ImageDataset, split: Split) -> pd.DataFrame:
     df["train+val"] = df["train"] + df["val"]
     df.loc["total"] = df.sum()
     return df[["train+val", "train", "val", "test"]]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

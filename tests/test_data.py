@@ -1,6 +1,7 @@
 import hashlib
 import os
 import shutil
+import time
 import zipfile
 
 import numpy as np
@@ -127,6 +128,207 @@ def test_archive_is_verified_then_extracted(synthetic_root, tmp_path, tmp_cache,
     monkeypatch.setitem(C.DATASET_ARCHIVES, "eurosat", {**C.DATASET_ARCHIVES["eurosat"], **good})
     ds = data.load_dataset("eurosat", root, download=False)
     assert len(ds) == 160 and (root / "eurosat" / "2750" / "Forest").is_dir()
+
+
+# ----------------------------------------------------------------------------- content hash
+def _content_hash_from_scratch(folder, files):
+    """The documented formula, recomputed without the package: sha256 over (path, sha256 of bytes)."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f}\t{hashlib.sha256((folder / f).read_bytes()).hexdigest()}\n".encode())
+    return h.hexdigest()[:16]
+
+
+@pytest.fixture(params=["racy_window", "indexed"])
+def index_mode(request, monkeypatch):
+    """Both paths of the fingerprint index: files too fresh to be indexed, and indexed files."""
+    from lcc_utils import fingerprints
+
+    if request.param == "indexed":
+        monkeypatch.setattr(fingerprints, "RACY_WINDOW_NS", 0)
+    return request.param
+
+
+def _tick():
+    time.sleep(0.02)  # a later timestamp even where the filesystem's clock is coarse
+
+
+def test_same_size_in_place_geotiff_edit_changes_hash_and_pixels(synthetic_root, tmp_path, tmp_cache, index_mode):
+    import rasterio
+    from rasterio.windows import Window
+
+    from lcc_utils import fingerprints
+
+    root = _copy(synthetic_root / "eurosat-ms", tmp_path / "d" / "eurosat-ms").parent
+    folder = root / C.DATASET_SUBDIRS["eurosat_ms"]
+    ds = data.load_dataset("eurosat_ms", root, download=False)
+    assert ds.hash == _content_hash_from_scratch(folder, ds.files)
+    indexed = fingerprints.index_path(folder).exists()
+    assert indexed == (index_mode == "indexed")
+    i = ds.files.index("Forest/Forest_2.tif")
+    before = np.asarray(ds.images[i]).copy()
+    f, size = folder / ds.files[i], (folder / ds.files[i]).stat().st_size
+    _tick()
+    with rasterio.open(f, "r+") as dst:  # rewrite a 4x4 block of band 1 in place
+        dst.write(np.full((4, 4), 7, np.uint16), 1, window=Window(0, 0, 4, 4))
+    assert f.stat().st_size == size
+    again = data.load_dataset("eurosat_ms", root, download=False)
+    assert again.hash != ds.hash and again.hash == _content_hash_from_scratch(folder, again.files)
+    after = np.asarray(again.images[i])
+    assert (after[:4, :4, 0] == 7).all() and (before[:4, :4, 0] != 7).all()
+    assert np.array_equal(after[4:], before[4:]) and np.array_equal(after[..., 1:], before[..., 1:])
+    assert len(list((tmp_cache / "decoded").glob("eurosat_ms-*.raw"))) == 2
+
+
+def test_same_size_jpeg_corruption_changes_hash_and_pixels(synthetic_root, tmp_path, tmp_cache, index_mode):
+    root = _copy(synthetic_root / "eurosat", tmp_path / "d" / "eurosat").parent
+    f = root / C.DATASET_SUBDIRS["eurosat"] / "Forest" / "Forest_3.jpg"
+    ds = data.load_dataset("eurosat", root, download=False)
+    i = ds.files.index("Forest/Forest_3.jpg")
+    before = np.asarray(ds.images[i]).copy()
+    size = f.stat().st_size
+    _tick()
+    with open(f, "r+b") as fh:  # 32 zero bytes in the middle of the entropy-coded data
+        fh.seek(size // 2)
+        fh.write(bytes(32))
+    assert f.stat().st_size == size
+    again = data.load_dataset("eurosat", root, download=False)
+    assert again.hash != ds.hash
+    assert not np.array_equal(np.asarray(again.images[i]), before)
+    others = [j for j in range(len(ds)) if j != i]
+    assert np.array_equal(np.asarray(again.images[others]), np.asarray(ds.images[others]))
+
+
+def test_a_fresh_copy_has_the_same_hash(synthetic_root, tmp_path, monkeypatch):
+    """Other inodes, other mtimes, another cache (another machine): the same content hash."""
+    monkeypatch.setenv("LCC_CACHE_DIR", str(tmp_path / "cache1"))
+    ds = data.load_dataset("ucmerced", synthetic_root, download=False)
+    copy = tmp_path / "copy"
+    shutil.copytree(synthetic_root / "ucmerced", copy / "ucmerced", copy_function=shutil.copyfile)
+    for k, f in enumerate(sorted((copy / "ucmerced").rglob("*.tif"))):
+        os.utime(f, ns=(10**18 + k, 10**18 + k))
+    monkeypatch.setenv("LCC_CACHE_DIR", str(tmp_path / "cache2"))
+    again = data.load_dataset("ucmerced", copy, download=False)
+    assert again.hash == ds.hash == _content_hash_from_scratch(copy / C.DATASET_SUBDIRS["ucmerced"], ds.files)
+    assert again.files == ds.files and np.array_equal(np.asarray(again.images), np.asarray(ds.images))
+
+
+def test_verify_data_finds_edits_the_stat_key_cannot_see(synthetic_root, tmp_path, tmp_cache, monkeypatch):
+    import json
+
+    from lcc_utils import fingerprints
+
+    monkeypatch.setattr(fingerprints, "RACY_WINDOW_NS", 0)
+    root = _copy(synthetic_root / "eurosat", tmp_path / "d" / "eurosat").parent
+    folder = root / C.DATASET_SUBDIRS["eurosat"]
+    ds = data.load_dataset("eurosat", root, download=False)
+    assert data.main(["--verify", "eurosat", "--data-dir", str(root)]) == 0
+    # a same-size edit with its mtime restored: ctime still moves, so verify and a load see it
+    f = folder / "River" / "River_4.jpg"
+    st = f.stat()
+    _tick()
+    with open(f, "r+b") as fh:
+        fh.seek(st.st_size // 2)
+        fh.write(bytes(16))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (f.stat().st_size, f.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    t = data.verify_data(["eurosat"], root).set_index("data")
+    assert t.loc["eurosat", ["files", "unchanged", "changed", "stale", "new"]].tolist() == [160, 159, 1, 0, 0]
+    assert t.loc["eurosat", "changed_files"] == ["River/River_4.jpg"]
+    edited = data.load_dataset("eurosat", root, download=False).hash
+    assert edited != ds.hash and t.loc["eurosat", "hash"] == edited
+    # a change the stat key cannot see (a filesystem that keeps timestamps): the index is made
+    # to match the file's stat after another edit, as if nothing had moved
+    with open(f, "r+b") as fh:
+        fh.seek(st.st_size // 3)
+        fh.write(bytes(16))
+    idx = fingerprints.index_path(folder)
+    doc = json.loads(idx.read_text())
+    s2 = f.stat()
+    doc["files"]["River/River_4.jpg"][:4] = [s2.st_size, s2.st_mtime_ns, s2.st_ctime_ns, s2.st_ino]
+    idx.write_text(json.dumps(doc))
+    assert data.load_dataset("eurosat", root, download=False).hash == edited  # the index lies
+    assert data.main(["--verify", "eurosat", "--data-dir", str(root)]) == 1
+    t = data.verify_data(["eurosat"], root).set_index("data")  # the index was rebuilt
+    assert t.loc["eurosat", ["unchanged", "changed", "stale"]].tolist() == [160, 0, 0]
+    assert data.load_dataset("eurosat", root, download=False).hash == _content_hash_from_scratch(folder, ds.files)
+
+
+def test_verify_data_names_the_stale_file(synthetic_root, tmp_path, tmp_cache, monkeypatch, capsys):
+    import json
+
+    from lcc_utils import fingerprints
+
+    monkeypatch.setattr(fingerprints, "RACY_WINDOW_NS", 0)
+    root = _copy(synthetic_root / "eurosat", tmp_path / "d" / "eurosat").parent
+    folder = root / C.DATASET_SUBDIRS["eurosat"]
+    data.load_dataset("eurosat", root, download=False)
+    idx = fingerprints.index_path(folder)
+    doc = json.loads(idx.read_text())
+    doc["files"]["Highway/Highway_1.jpg"][4] = "0" * 64  # as if the content had moved under it
+    idx.write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert data.main(["--verify", "--data-dir", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "stale: eurosat: Highway/Highway_1.jpg" in out and "1 file(s) changed behind" in out
+
+
+def test_an_unwritable_index_costs_time_not_correctness(synthetic_root, tmp_cache, monkeypatch):
+    from lcc_utils import fingerprints
+
+    def fail(*a, **k):
+        raise FileNotFoundError("the other process renamed it first")
+
+    monkeypatch.setattr(fingerprints, "RACY_WINDOW_NS", 0)
+    monkeypatch.setattr(fingerprints, "atomic_write", fail)
+    folder = synthetic_root / C.DATASET_SUBDIRS["ucmerced"]
+    files, _, _ = data.scan_folder(data.get_dataset_spec("ucmerced"), folder)
+    with pytest.warns(UserWarning, match="fingerprint index of .* not written"):
+        h = data.dataset_hash(folder, files)
+    assert h == _content_hash_from_scratch(folder, files)
+    assert not fingerprints.index_path(folder).exists()
+
+
+# ----------------------------------------------------------------------------- decode reports
+def test_converted_images_are_reported(synthetic_root, tmp_path, tmp_cache):
+    from PIL import Image
+
+    root = _copy(synthetic_root / "eurosat", tmp_path / "d" / "eurosat").parent
+    folder = root / C.DATASET_SUBDIRS["eurosat"]
+    gray = np.arange(64 * 64, dtype=np.uint8).reshape(64, 64)
+    Image.fromarray(gray).save(folder / "Forest" / "Forest_1.jpg", quality=100)
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 10
+    Image.fromarray(rgba).save(folder / "Forest" / "Forest_2.jpg", format="PNG")
+    Image.fromarray(gray).convert("P").save(folder / "River" / "River_1.jpg", format="PNG")
+    ds = data.load_dataset("eurosat", root, download=False)
+    assert ds.converted == [
+        ("Forest/Forest_1.jpg", "grayscale (L) converted to RGB"),
+        ("Forest/Forest_2.jpg", "PNG content under a .jpg name; RGBA converted to RGB (alpha dropped)"),
+        ("River/River_1.jpg", "PNG content under a .jpg name; palette (P) converted to RGB"),
+    ]
+    assert ds.resized == [] and ds.skipped == [] and len(ds) == 160
+    px = np.asarray(ds.images[ds.files.index("Forest/Forest_2.jpg")])
+    assert (px[..., 0] == 200).all() and (px[..., 1:] == 0).all()  # alpha dropped, not blended
+    g = np.asarray(ds.images[ds.files.index("Forest/Forest_1.jpg")]).astype(int)
+    assert (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()
+    cached = data.load_dataset("eurosat", root, download=False)  # the cache meta keeps the report
+    assert cached.converted == ds.converted
+
+
+@pytest.mark.parametrize("kind", ["loop", "dangling"])
+def test_broken_symlink_is_a_bad_image(synthetic_root, tmp_path, tmp_cache, kind):
+    root = _copy(synthetic_root / "eurosat", tmp_path / "d" / "eurosat").parent
+    link = root / C.DATASET_SUBDIRS["eurosat"] / "Pasture" / "Pasture_99.jpg"
+    os.symlink(link.name if kind == "loop" else "nowhere.jpg", link)
+    assert not link.is_file()  # what Path.is_file answers for both: why scan_folder checks itself
+    why = "Too many levels of symbolic links" if kind == "loop" else "its target does not exist"
+    with pytest.raises(data.BadImageError, match=rf"Pasture_99.jpg: broken symbolic link \({why}\)"):
+        data.load_dataset("eurosat", root, download=False)
+    with pytest.warns(UserWarning, match=r"skipped 1 bad file.*Pasture/Pasture_99.jpg"):
+        ds = data.load_dataset("eurosat", root, on_bad="skip", download=False)
+    assert len(ds) == 160 and [s[0] for s in ds.skipped] == ["Pasture/Pasture_99.jpg"]
+    assert why in ds.skipped[0][1]
 
 
 # ----------------------------------------------------------------------------- splits

@@ -61,6 +61,34 @@ def test_open_cogs_grid_offsets_and_reflectance(products):
     assert abs(float(np.median(wd.x[4][20:40, 40:60])) - 0.38) < 0.02
 
 
+@pytest.mark.parametrize("layout", ["cogs", "safe"])
+def test_product_hash_follows_band_content_not_stat(products, tmp_path, tmp_cache, monkeypatch, layout):
+    """A same-size in-place write to one band changes the hash; a copy elsewhere keeps it."""
+    import shutil
+
+    from lcc_utils import fingerprints
+
+    monkeypatch.setattr(fingerprints, "RACY_WINDOW_NS", 0)  # index the fresh files at once
+    src = shutil.copytree(products[layout], tmp_path / "a" / products[layout].name)
+    h = s2.product_hash(s2.open_l2a(src))
+    assert fingerprints.index_path(src).exists()
+    assert s2.product_hash(s2.open_l2a(src)) == h  # from the index
+    monkeypatch.setenv("LCC_CACHE_DIR", str(tmp_path / "other-cache"))
+    copy = shutil.copytree(src, tmp_path / "b" / src.name, copy_function=shutil.copyfile)
+    assert s2.product_hash(s2.open_l2a(copy)) == h
+    band = s2.open_l2a(copy).sources["B04"][0]
+    size = band.stat().st_size
+    with open(band, "r+b") as fh:  # same size: 8 bytes of (compressed) pixel data flipped
+        fh.seek(size - 8)
+        tail = fh.read(8)
+        fh.seek(size - 8)
+        fh.write(bytes(b ^ 0xFF for b in tail))
+    assert band.stat().st_size == size
+    edited = s2.product_hash(s2.open_l2a(copy))
+    assert edited != h and s2.product_hash(s2.open_l2a(copy)) == edited
+    assert s2.product_hash(s2.open_l2a(copy, bands=["B02", "B03"])) not in (h, edited)
+
+
 def test_safe_reads_boa_offset_from_mtd(products):
     p = s2.open_l2a(products["safe"])
     assert p.layout == "safe" and p.boa_offsets["B04"] == -1000.0

@@ -4,8 +4,9 @@ Four layouts are read: a sentinel-cogs folder (``B02.tif`` ... + STAC item), a `
 folder (``GRANULE/*/IMG_DATA/R10m|R20m|R60m`` + ``MTD_MSIL2A.xml``), a multi-band GeoTIFF
 whose band descriptions name the bands, and a BigEarthNet patch folder. Each yields an
 :class:`L2AProduct`: where every band lives and how its digital numbers become surface
-reflectance, ``(DN + BOA_ADD_OFFSET) / QUANTIFICATION_VALUE``. Nothing is read here
-beyond headers and metadata; pixels are read window by window (:mod:`.windows`).
+reflectance, ``(DN + BOA_ADD_OFFSET) / QUANTIFICATION_VALUE``. Opening reads nothing
+beyond headers and metadata; pixels are read window by window (:mod:`.windows`), and
+:func:`product_hash` reads each band file once per machine to hash its content.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from lcc_utils.constants import (
     S2_ESA_BAND_ORDER,
     S2_QUANTIFICATION_VALUE,
 )
+from lcc_utils.fingerprints import content_digests
 from lcc_utils.spectral import check_bands, normalize_band_name
 
 #: First day products were generated with processing baseline 04.00 (BOA offset -1000).
@@ -400,17 +402,22 @@ def open_l2a(
 
 # --------------------------------------------------------------------------- provenance
 def product_hash(product: L2AProduct) -> str:
-    """Short hash identifying a product: its band/SCL file names and sizes + metadata bytes.
+    """Short content hash of a product: its band/SCL files' bytes, metadata bytes and band list.
 
-    Cheap on purpose (a full tile is ~1 GB): file names and sizes change with any
-    reprocessing, and the STAC item / ``MTD_MSIL2A.xml`` are hashed in full.
+    The band and SCL files enter by (path relative to the product, sha256 of their bytes)
+    through the fingerprint index of :mod:`lcc_utils.fingerprints`: the first call reads
+    every file (~2 s per GB), later calls only stat them and re-hash what changed, so a
+    same-size in-place edit of a band changes the hash while a copy of the product on
+    another machine keeps it. The STAC item / ``MTD_MSIL2A.xml`` are hashed in full.
     """
-    h = hashlib.sha256()
+    root = product.path if product.path.is_dir() else product.path.parent
     files = sorted({p for p, _ in product.sources.values()}
                    | ({product.scl[0]} if product.scl else set()))
-    for f in files:
-        h.update(f"{f.name}:{f.stat().st_size}|".encode())
-    root = product.path if product.path.is_dir() else product.path.parent
+    rels = [os.path.relpath(f, root) for f in files]
+    digests = content_digests(root, rels)
+    h = hashlib.sha256()
+    for rel in rels:
+        h.update(f"{Path(rel).as_posix()}:{digests[rel]}|".encode())
     for meta in sorted(root.glob("*.json")) + sorted(root.glob("MTD_MSIL2A.xml")):
         h.update(meta.read_bytes())
     h.update("|".join(product.bands).encode())
