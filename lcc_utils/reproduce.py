@@ -61,9 +61,9 @@ TOLERANCES: list[tuple[str, str, float]] = [
      "rate", 0.03),
     (r".", "float", 0.05),
 ]
-#: Integers that follow the training trajectory (the epoch whose validation was best): a
-#: different float order can move the best epoch by a few validations.
-TRAJECTORY = (r"best_epoch$", 3)
+#: Integers that follow the training trajectory (the epoch whose validation was best, the epochs
+#: an early stop left): a different float order can move them by a few validations.
+TRAJECTORY = (r"best_epoch$|epochs_run$", 3)
 
 
 def metric_kind(name: str, value: object) -> tuple[str, float | None]:
