@@ -10,7 +10,7 @@ report: ``report.csv`` (run, metric, kind, committed, reproduced, difference, to
 Tolerances, per metric kind (first matching rule of :data:`TOLERANCES`, by metric name):
 
 * ``timing`` (seconds, throughput, cost ratios measured by timing): machine load, not results;
-  reported, never compared.
+  reported, never compared. ``location`` (``scores_file``: a cache path): not a result either.
 * ``exact``: integers, strings, booleans and hashes (counts, split and data hashes, sizes).
   Same data and code give the same value on any machine.
 * ``points`` (accuracies in percent, e.g. Table 1's means) and ``rate`` (accuracy, kappa, F1 ...
@@ -51,6 +51,9 @@ from .study import PROFILES, READS, dispatch, prepare_data, profile_runs_root, s
 
 #: Metric names measured by a clock: reported, never compared.
 TIMING = r"seconds|_s$|^s_|time|throughput|latency|speed|mpx|peak_mem|memory|cost_ratio|estimate"
+#: Where a run kept a local file (e.g. ``scores_file``, a cache path named by the data's hash):
+#: a location, not a result; reported, never compared.
+LOCATION = r"(_file|_path|_dir)$"
 #: (pattern on a real-valued metric's name, kind, tolerance); the first match decides. Integers,
 #: strings, booleans and lists are ``exact`` unless named in :data:`TRAJECTORY`.
 TOLERANCES: list[tuple[str, str, float]] = [
@@ -71,6 +74,8 @@ def metric_kind(name: str, value: object) -> tuple[str, float | None]:
     low = name.lower()
     if re.search(TIMING, low):
         return "timing", None
+    if re.search(LOCATION, low):
+        return "location", None
     if re.search(TRAJECTORY[0], low) and isinstance(value, int):
         return "trajectory", TRAJECTORY[1]
     if isinstance(value, bool) or not isinstance(value, float):

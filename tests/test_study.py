@@ -147,11 +147,13 @@ def test_metric_kinds_of_committed_metrics():
     kinds = {k: reproduce.metric_kind(k, v)[0] for k, v in {
         "eurosat_plain_cnn_ccs_0.05_acc_mean": 77.9, "eurosat_plain_cnn_ccs_0.05_diff_vs_random": -0.35,
         "cost_ratio": 0.078, "scoring_seconds": 117.5, "never_learned_share": 0.015, "p_holm": 0.03,
-        "best_cr_cr9": 9.31, "images": 910, "all_artefacts_match": True}.items()}
+        "best_cr_cr9": 9.31, "images": 910, "all_artefacts_match": True,
+        "scores_file": "cache/coreset_scores/eurosat-b81c3a80-x.npz"}.items()}
     assert kinds == {"eurosat_plain_cnn_ccs_0.05_acc_mean": "points",
                      "eurosat_plain_cnn_ccs_0.05_diff_vs_random": "points", "cost_ratio": "timing",
                      "scoring_seconds": "timing", "never_learned_share": "rate", "p_holm": "pvalue",
-                     "best_cr_cr9": "float", "images": "exact", "all_artefacts_match": "exact"}
+                     "best_cr_cr9": "float", "images": "exact", "all_artefacts_match": "exact",
+                     "scores_file": "location"}
 
 
 def test_reproduce_refuses_the_committed_root_and_an_empty_selection(tmp_path, monkeypatch):
