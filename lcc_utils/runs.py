@@ -323,6 +323,15 @@ def _which_notebook(namespace: dict[str, Any], names: set[str]) -> str:
     return best[0][1]
 
 
+def _unknown_names(unknown: list[str], names: list[str]) -> str:
+    """``['epoch'] (did you mean 'epochs'?)``: the unknown names with the closest known ones."""
+    import difflib
+
+    hints = [f"{u!r} -> {close[0]!r}" for u in unknown
+             if (close := difflib.get_close_matches(u, names, n=1, cutoff=0.6))]
+    return f"{unknown}" + (f" (did you mean {', '.join(hints)}?)" if hints else "")
+
+
 def notebook_params(namespace: dict[str, Any]) -> NotebookParams:
     """The run parameters of the notebook executing in ``namespace`` (pass ``globals()``).
 
@@ -357,7 +366,8 @@ def notebook_params(namespace: dict[str, Any]) -> NotebookParams:
     unknown = sorted(injected - set(names))
     notebook = _which_notebook(namespace, set(names))
     if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown} for {notebook}; it takes: {', '.join(names)}")
+        raise ValueError(f"unknown parameter(s) {_unknown_names(unknown, names)} for {notebook}; "
+                         f"it takes: {', '.join(names)}")
     missing = [k for k in names if k not in namespace]
     if missing:
         raise ValueError(f"parameters {missing} are not defined: run the parameters cell")
@@ -369,8 +379,8 @@ def resolve_params(notebook: str | os.PathLike, params: dict[str, Any]) -> dict[
     defaults = notebook_defaults(notebook)
     unknown = sorted(set(params) - set(defaults))
     if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown} for {Path(notebook).name}; "
-                         f"it takes: {', '.join(defaults)}")
+        raise ValueError(f"unknown parameter(s) {_unknown_names(unknown, list(defaults))} for "
+                         f"{Path(notebook).name}; it takes: {', '.join(defaults)}")
     return {**defaults, **params}
 
 

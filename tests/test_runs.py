@@ -1,4 +1,5 @@
 import json
+import os
 
 import nbformat
 import pandas as pd
@@ -102,7 +103,8 @@ def test_notebook_params_come_from_the_executed_parameters_cell(monkeypatch):
     p = runs.notebook_params(ns)
     assert p == {"fraction": 0.05, "seed": 0} and p.stage == "train" and p.notebook == "04_train.ipynb"
     bad = _namespace("fraction = 0.1\nseed = 0", "# Parameters\nfracton = 0.05\n", fraction=0.1, seed=0, fracton=0.05)
-    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['fracton'\] for 04_train.ipynb"):
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['fracton'\] \(did you mean 'fracton' -> "
+                                         r"'fraction'\?\) for 04_train.ipynb"):
         runs.notebook_params(bad)
     # a kernel without history (nbval): the cell of the notebook file the environment names
     defaults = runs.notebook_defaults(runs.notebook_path("04"))
@@ -180,3 +182,15 @@ def test_tidy_executed_notebook_names_no_machine_path(tmp_path):
     assert back.cells[0].source == 'data_dir = "../shared/data"\n'
     assert back.metadata["papermill"]["input_path"] == "notebooks/04_train.ipynb"
     assert str(root) not in path.read_text()
+
+
+def test_papermill_with_a_misspelled_parameter_fails_naming_it(tmp_path):
+    """``papermill 04_train.ipynb o.ipynb -p epoch 5`` stops at the parameters, suggesting ``epochs``."""
+    import papermill as pm
+
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(runs.notebook_path("04")), str(tmp_path / "o.ipynb"), parameters={"epoch": 5},
+                            kernel_name=os.environ.get("LCC_KERNEL") or None, progress_bar=False,
+                            cwd=str(runs.notebooks_dir().parent))
+    assert "unknown parameter(s) ['epoch'] (did you mean 'epoch' -> 'epochs'?)" in str(err.value)
+    assert not any(runs.runs_root().glob("train/*")), "a refused run must leave no folder"
