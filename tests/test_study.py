@@ -132,7 +132,8 @@ def test_compare_metrics_kinds_and_tolerances():
     t = reproduce.compare_metrics(committed, new).set_index("metric")
     assert t.loc["test_accuracy", "status"] == "within" and t.loc["test_accuracy", "kind"] == "rate"
     assert t.loc["test_accuracy", "difference"] == pytest.approx(0.01)
-    assert t.loc["test_kappa", "status"] == "FAIL"  # 0.05 > 0.03
+    assert t.loc["test_kappa", "status"] == "FAIL"  # 0.05 > 2 SE at n = 5400 (0.0125)
+    assert t.loc["test_accuracy", "tolerance"] == pytest.approx(2 * (0.8 * 0.2 / 5400) ** 0.5)
     assert t.loc["n_test", "status"] == "identical" and t.loc["split_hash", "kind"] == "exact"
     assert t.loc["train_seconds", "status"] == "not compared"
     assert t.loc["best_epoch", "status"] == "within" and t.loc["nested.oa", "status"] == "identical"
@@ -143,15 +144,23 @@ def test_compare_metrics_kinds_and_tolerances():
     assert set(changed["status"]) == {"FAIL"}
 
 
+def test_rate_tolerance_scales_with_the_evaluation_size():
+    assert reproduce.rate_tolerance(0.24, 182) == pytest.approx(2 * (0.24 * 0.76 / 182) ** 0.5)  # 0.063
+    assert reproduce.rate_tolerance(0.99, 100_000) == reproduce.RATE_FLOOR
+    assert reproduce.rate_tolerance(0.5, None) == reproduce.RATE_DEFAULT
+
+
 def test_metric_kinds_of_committed_metrics():
     kinds = {k: reproduce.metric_kind(k, v)[0] for k, v in {
         "eurosat_plain_cnn_ccs_0.05_acc_mean": 77.9, "eurosat_plain_cnn_ccs_0.05_diff_vs_random": -0.35,
         "cost_ratio": 0.078, "scoring_seconds": 117.5, "never_learned_share": 0.015, "p_holm": 0.03,
+        "best_val_accuracy": 0.7,
         "best_cr_cr9": 9.31, "images": 910, "all_artefacts_match": True,
         "scores_file": "cache/coreset_scores/eurosat-b81c3a80-x.npz"}.items()}
     assert kinds == {"eurosat_plain_cnn_ccs_0.05_acc_mean": "points",
                      "eurosat_plain_cnn_ccs_0.05_diff_vs_random": "points", "cost_ratio": "timing",
                      "scoring_seconds": "timing", "never_learned_share": "rate", "p_holm": "pvalue",
+                     "best_val_accuracy": "selection",
                      "best_cr_cr9": "float", "images": "exact", "all_artefacts_match": "exact",
                      "scores_file": "location"}
 
