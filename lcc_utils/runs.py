@@ -198,17 +198,21 @@ class Run:
         For a run that had finished before, nothing is written: the same values (within a
         relative 1e-6) are a no-op (a rerun of a deterministic run), different values raise
         :class:`RunConflictError` naming them. Either way the committed folder is untouched and
-        this rerun's files stay in the staging folder :attr:`out`.
+        this rerun's files stay in the staging folder :attr:`out`. Timings and cache locations
+        (``train_seconds``, ``scores_file``) are measurements of the machine, not results: they
+        are not compared (the rule of :func:`lcc_utils.reproduce.metric_kind`).
         """
         p = self.dir / "metrics.json"
         new = json.loads(json.dumps(_jsonable(metrics)))
         if p.exists():
-            old = json.loads(p.read_text())
-            if _close(old, new, rel=1e-6):
+            from .reproduce import flatten, metric_kind  # imported here: reproduce drives runs
+
+            old, now = flatten(json.loads(p.read_text())), flatten(new)
+            differ = sorted(k for k in old.keys() | now.keys() if k not in old or k not in now or (
+                metric_kind(k, old[k])[1] is not None and not _close(old[k], now[k], rel=1e-6)))
+            if not differ:
                 return p
-            differ = sorted(k for k in old.keys() | new.keys()
-                            if k not in old or k not in new or not _close(old[k], new[k], rel=1e-6))
-            shown = "; ".join(f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}" for k in differ)
+            shown = "; ".join(f"{k}: {old.get(k, '(absent)')!r} -> {now.get(k, '(absent)')!r}" for k in differ)
             raise RunConflictError(
                 f"run {self.dir} already finished with different metrics ({', '.join(differ)}); it is "
                 f"never overwritten and was left untouched. {shown}. This rerun's files are in "

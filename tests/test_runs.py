@@ -1,5 +1,6 @@
 import json
 import os
+from pathlib import Path
 
 import nbformat
 import pandas as pd
@@ -45,7 +46,7 @@ def test_a_reopened_finished_run_writes_only_into_its_staging_folder(tmp_cache):
     params = {"dataset": "eurosat", "seed": 0}
     run = runs.start_run(params, data_hash="abc", stage="train")
     run.save_table(pd.DataFrame({"a": [1]}), "t")
-    run.log_metrics({"acc": 0.5, "n": 3})
+    run.log_metrics({"acc": 0.5, "n": 3, "train_seconds": 12.0})
     assert run.out == run.dir and not run.staged
     before = _snapshot(run.dir)
 
@@ -55,9 +56,10 @@ def test_a_reopened_finished_run_writes_only_into_its_staging_folder(tmp_cache):
     assert again.save_table(pd.DataFrame({"a": [2]}), "t").parent == again.out
     assert again.path("checkpoints/best.pt").parent == again.out / "checkpoints"
     assert (again.out / "params.json").is_file()
-    again.log_metrics({"acc": 0.5 * (1 + 1e-9), "n": 3})  # the same within the tolerance: no-op
+    # the same within the tolerance, a timing aside (a measurement, not a result): a no-op
+    again.log_metrics({"acc": 0.5 * (1 + 1e-9), "n": 3, "train_seconds": 15.0})
     with pytest.raises(runs.RunConflictError, match=r"different metrics \(acc\); it is never overwritten") as err:
-        again.log_metrics({"acc": 0.6, "n": 3})
+        again.log_metrics({"acc": 0.6, "n": 3, "train_seconds": 12.0})
     assert "0.5 -> 0.6" in str(err.value) and str(again.out) in str(err.value)
     assert _snapshot(run.dir) == before
 
@@ -294,3 +296,22 @@ def test_rebuilding_a_checkpoint_writes_into_the_staging_folder(synthetic_root, 
     monkeypatch.setattr(paper_a, "retrain_run", lambda *a, **k: pytest.fail("retrained twice"))
     again, _ = trained.reopen_trained(d, rebuild=False)
     assert all(torch.equal(v, res.best_state[k]) for k, v in again.state_dict().items())
+
+
+def test_rerunning_a_finished_04_run_in_a_fresh_clone_changes_nothing_in_its_folder(synthetic_root, tmp_cache):
+    """Notebook 04 on a finished run without checkpoints retrains into the staging folder only."""
+    import shutil
+
+    tiny = {"dataset": "eurosat", "data_dir": str(synthetic_root), "model": "lightweight_cnn", "fraction": 1.0,
+            "epochs": 1, "steps": 0, "image_size": 16, "batch_size": 16, "device": "cpu", "recipe": "paper_a"}
+    nb = runs.notebook_path("04")
+    d, _ = runs.execute_notebook(nb, tiny)
+    shutil.rmtree(d / "checkpoints")  # a fresh clone: checkpoints are not committed
+    before = _snapshot(d)
+    assert {"history.csv", "confusion.csv", "per_class.csv", "metrics.json"} <= {str(p) for p in before}
+    d2, executed = runs.execute_notebook(nb, tiny, force=True)  # the same metrics (timings aside): a no-op
+    assert d2 == d and executed and _snapshot(d) == before
+    staged = runs.rerun_dir(d)
+    assert (staged / "checkpoints" / "best.pt").is_file()
+    assert (staged / "history.csv").is_file() and (staged / "per_class.csv").read_bytes() == before[
+        Path("per_class.csv")][0]
