@@ -41,6 +41,11 @@ from .paths import atomic_path, atomic_write, cache_dir, project_root, resolve_p
 LOCATION_PARAMS = ("data_dir",)
 #: Parameters shown first in the readable part of a folder name.
 SLUG_KEYS = ("run", "dataset", "task", "model", "coreset", "fraction", "method", "scene", "seed")
+#: Metrics that measure the machine (a clock, memory) or name a cache location, not a result: a
+#: rerun of a finished run is not compared on them. The rule of ``reproduce.TIMING`` and
+#: ``reproduce.LOCATION`` (a test keeps the two in step).
+NOT_COMPARED = re.compile(r"seconds|_s$|^s_|time|throughput|latency|speed|mpx|peak_mem|memory|cost_ratio|estimate"
+                          r"|(_file|_path|_dir)$")
 
 
 class RunConflictError(RuntimeError):
@@ -200,16 +205,14 @@ class Run:
         :class:`RunConflictError` naming them. Either way the committed folder is untouched and
         this rerun's files stay in the staging folder :attr:`out`. Timings and cache locations
         (``train_seconds``, ``scores_file``) are measurements of the machine, not results: they
-        are not compared (the rule of :func:`lcc_utils.reproduce.metric_kind`).
+        are not compared (:data:`NOT_COMPARED`).
         """
         p = self.dir / "metrics.json"
         new = json.loads(json.dumps(_jsonable(metrics)))
         if p.exists():
-            from .reproduce import flatten, metric_kind  # imported here: reproduce drives runs
-
-            old, now = flatten(json.loads(p.read_text())), flatten(new)
+            old, now = json.loads(p.read_text()), new
             differ = sorted(k for k in old.keys() | now.keys() if k not in old or k not in now or (
-                metric_kind(k, old[k])[1] is not None and not _close(old[k], now[k], rel=1e-6)))
+                not NOT_COMPARED.search(k.lower()) and not _close(old[k], now[k], rel=1e-6)))
             if not differ:
                 return p
             shown = "; ".join(f"{k}: {old.get(k, '(absent)')!r} -> {now.get(k, '(absent)')!r}" for k in differ)

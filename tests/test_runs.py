@@ -64,6 +64,12 @@ def test_a_reopened_finished_run_writes_only_into_its_staging_folder(tmp_cache):
     assert _snapshot(run.dir) == before
 
 
+def test_a_rerun_skips_the_metrics_that_make_reproduce_skips():
+    from lcc_utils import reproduce
+
+    assert runs.NOT_COMPARED.pattern == f"{reproduce.TIMING}|{reproduce.LOCATION}", "keep the two rules in step"
+
+
 def test_bad_stage_name():
     with pytest.raises(ValueError, match="stage='Train!'"):
         runs.run_dir("Train!", {})
