@@ -204,12 +204,20 @@ def fetch_dataset(name: str, data_dir: str | os.PathLike | None = None, download
 
     Present data is never downloaded again. A verified archive in ``<root>/archives`` is
     extracted without a download. Offline, the error says exactly what to fetch and where.
+    A data root named explicitly (``data_dir``, ``LCC_DATA_DIR``) must exist: a misspelled
+    path is an error naming it, never a new ``<path>/archives/``; only the default root
+    ``<project>/data`` is created for a download.
     """
     spec = get_dataset_spec(name)
     root = resolve_data_dir(data_dir)
     folder = root / spec.subdir
     if folder.is_dir():
         return folder
+    named = "data_dir" if data_dir not in (None, "") else "LCC_DATA_DIR" if os.environ.get("LCC_DATA_DIR") else None
+    if named and not root.is_dir():
+        raise DatasetNotFoundError(f"data root {root} (from {named}) does not exist: a misspelled path? "
+                                   f"Create it first to download {name} into it.\n"
+                                   + _manual_instructions(name, root))
     info = C.DATASET_ARCHIVES[name]
     archive = root / "archives" / str(info["filename"])
     if not archive.exists():

@@ -29,7 +29,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from torch import nn
 
-from lcc_utils import coresets, data, metrics, models, training
+from lcc_utils import coresets, data, metrics, models, runs, training
 from lcc_utils.compression import ADAPTIVE_METHODS
 from lcc_utils.constants import (
     EUROSAT_CLASSES,
@@ -37,7 +37,7 @@ from lcc_utils.constants import (
     PAPER_A_PRUNING_LEVEL_CR,
     UCMERCED_CLASSES,
 )
-from lcc_utils.paths import project_root, resolve_path, runs_root
+from lcc_utils.paths import atomic_write, project_root, resolve_path, runs_root
 
 
 # --------------------------------------------------------------------------- notebook 03
@@ -234,20 +234,28 @@ def run_record(result: training.TrainResult, test: Mapping[str, Any], setup: Tra
 
 
 def retrain_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
-                device: str | None = None) -> None:
+                device: str | None = None, out: str | os.PathLike | None = None) -> Path:
     """Train a notebook-04 run again from its ``params.json`` (its checkpoint was not committed).
 
     Deterministic on the CPU, so the same best model comes back (a different processor may
-    drift slightly: a different kept epoch is reported as a warning).
+    drift slightly: a different kept epoch is reported as a warning). The run folder itself is
+    only read: the checkpoints, ``history.csv`` and a copy of ``params.json`` go to ``out``.
 
     Args:
         run_dir: A ``runs/train/<slug>-<hash>`` folder.
         data_dir: Data root; default the run's ``data_dir`` when it exists here, else
             ``LCC_DATA_DIR`` / ``<root>/data`` (a clone on another machine).
         device: Default the run's own ``device`` parameter.
+        out: Where the rebuilt run goes; default its staging folder in the cache,
+            :func:`lcc_utils.runs.rerun_dir` (where :func:`lcc_utils.trained.reopen_trained` looks).
+
+    Returns:
+        ``out``, a trained folder (``params.json`` + ``checkpoints/best.pt``).
 
     """
     run_dir = Path(run_dir)
+    out = Path(out) if out is not None else runs.rerun_dir(run_dir)
+    atomic_write(out / "params.json", (run_dir / "params.json").read_text())
     params = dict(json.loads((run_dir / "params.json").read_text())["params"])
     stored_dir = params.get("data_dir") or ""
     if data_dir is not None:
@@ -257,7 +265,7 @@ def retrain_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None =
     setup = prepare_training(**params)
     params["data_dir"] = stored_dir
     result = training.train(setup.model, setup.loaders, setup.recipe, **setup.budget,
-                            device=device or params["device"], run_dir=run_dir,
+                            device=device or params["device"], run_dir=out,
                             seed=int(params["seed"]), params=params)
     mfile = run_dir / "metrics.json"
     if mfile.is_file():
@@ -266,6 +274,7 @@ def retrain_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None =
             warnings.warn(f"rebuilt {run_dir}: best epoch {result.best_epoch} differs from the "
                           f"stored {stored['best_epoch']} (different device or library versions?)",
                           stacklevel=2)
+    return out
 
 
 # --------------------------------------------------------------------------- paper A Table 1

@@ -264,22 +264,26 @@ def run_neural(
     )
 
 
-def retrain_model(model_dir: str | os.PathLike, data_dir: str | None = None) -> None:
+def retrain_model(model_dir: str | os.PathLike, data_dir: str | None = None,
+                  out: str | os.PathLike | None = None) -> Path:
     """Train a network of :func:`run_neural` (``<run>/models/<key>/``) again: its checkpoint is gone.
 
     The EuroSAT MS patch set is rebuilt from the recorded task / tile size / split seed (older
     folders: from the enclosing run's ``params.json``), its content hash is checked against the
     recorded one, and the model is retrained with the recorded seed and architecture
     (deterministic on the CPU, so the same weights come back). Reopen it with
-    :func:`lcc_utils.trained.reopen_trained`.
+    :func:`lcc_utils.trained.reopen_trained`. ``model_dir`` is only read: the rebuilt network
+    goes to ``<out>/models/<key>/``, ``out`` defaulting to the enclosing run's staging folder
+    in the cache (:func:`lcc_utils.runs.rerun_dir`); the folder is returned.
 
     Raises:
         ValueError: the rebuilt patch set differs from the one the run used.
 
     """
-    from lcc_utils import data, sentinel2, training
+    from lcc_utils import data, runs, sentinel2, training
 
     model_dir = Path(model_dir)
+    out = Path(out) if out is not None else runs.rerun_dir(model_dir).parent.parent
     params = dict(json.loads((model_dir / "params.json").read_text())["params"])
     arch = {k: params[k] for k in training.ARCH_KEYS if k in params}
     spec = {k: params.get(k) for k in ("task", "patch_size", "split_seed", "block_size_m")}
@@ -297,7 +301,8 @@ def retrain_model(model_dir: str | os.PathLike, data_dir: str | None = None) -> 
         raise ValueError(f"rebuilt patch set has hash {ps.hash}, the run used "
                          f"{params['patchset_hash']}: the data differ, cannot rebuild {model_dir}")
     run_neural(params["model"], ps, seed=int(params["seed"]), epochs=params.get("epochs"),
-               device=params.get("device", "cpu"), run_dir=model_dir.parent.parent, model_kwargs=arch)
+               device=params.get("device", "cpu"), run_dir=out, model_kwargs=arch)
+    return out / "models" / model_dir.name
 
 
 def run_baseline(key: str, ps: Any, seed: int = 0) -> ModelResult:

@@ -7,6 +7,14 @@ notebook when the run was made by :func:`execute_notebook`. The hash covers the
 parameters only (not ``data_dir``, a location), so the same parameters always land in
 the same folder, whether the notebook was run by ``make study``, by papermill directly
 or in JupyterLab.
+
+A finished run folder is never written into. Reopening it (a rerun of the notebook, by hand or
+by nbval) gives a :class:`Run` that reads from the folder but writes everything into a staging
+folder outside the tracked tree, :func:`rerun_dir` (``cache/rerun/<stage>/<folder>/``);
+:meth:`Run.log_metrics` then compares with the committed metrics, before and without touching
+the committed folder. The same staging folder holds the checkpoint that
+:func:`lcc_utils.trained.reopen_trained` rebuilds for a folder whose checkpoint is not committed.
+A run that fails leaves no folder behind (:func:`execute_notebook`).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +35,17 @@ from typing import Any
 import pandas as pd
 
 from . import __version__
-from .paths import atomic_path, atomic_write, project_root, resolve_path, runs_root
+from .paths import atomic_path, atomic_write, cache_dir, project_root, resolve_path, runs_root
 
 #: Parameters that say *where* things are, not *what* is computed: left out of the hash.
 LOCATION_PARAMS = ("data_dir",)
 #: Parameters shown first in the readable part of a folder name.
 SLUG_KEYS = ("run", "dataset", "task", "model", "coreset", "fraction", "method", "scene", "seed")
+#: Metrics that measure the machine (a clock, memory) or name a cache location, not a result: a
+#: rerun of a finished run is not compared on them. The rule of ``reproduce.TIMING`` and
+#: ``reproduce.LOCATION`` (a test keeps the two in step).
+NOT_COMPARED = re.compile(r"seconds|_s$|^s_|time|throughput|latency|speed|mpx|peak_mem|memory|cost_ratio|estimate"
+                          r"|(_file|_path|_dir)$")
 
 
 class RunConflictError(RuntimeError):
@@ -79,6 +93,24 @@ def run_dir(stage: str, params: dict[str, Any]) -> Path:
     return runs_root() / stage / f"{_slug(params)}-{params_hash(params)}"
 
 
+def rerun_dir(folder: str | os.PathLike) -> Path:
+    """Where writes meant for the finished run folder ``folder`` go: ``cache/rerun/<stage>/<name>``.
+
+    The folder's path under ``runs/`` (``train/<slug>-<hash>``, or
+    ``evaluation/<run>/models/<key>`` for one network of a paper-B run) under
+    ``paths.cache_dir()/"rerun"``: outside the tracked tree (``/cache/`` is git-ignored), one
+    per run folder, and kept between reruns, so it doubles as the checkpoint cache of a
+    committed run. A folder outside ``runs/`` goes to ``cache/rerun/elsewhere/<name>-<hash of
+    its path>``.
+    """
+    folder = Path(folder).resolve()
+    try:
+        rel = folder.relative_to(runs_root().resolve())
+    except ValueError:
+        rel = Path("elsewhere") / f"{folder.name}-{hashlib.sha256(str(folder).encode()).hexdigest()[:8]}"
+    return cache_dir() / "rerun" / rel
+
+
 def git_commit() -> str:
     """The code version: ``git describe`` of the project (``+dirty`` when uncommitted edits exist)."""
     try:
@@ -103,20 +135,36 @@ def _close(a: Any, b: Any, rel: float = 1e-9) -> bool:
 
 @dataclass
 class Run:
-    """A run folder: write artefacts with its methods, finish with :meth:`log_metrics`."""
+    """A run folder: write artefacts with its methods, finish with :meth:`log_metrics`.
+
+    ``dir`` is the run's folder, to read from; ``out`` is where this session writes: ``dir``
+    itself for a new or unfinished run, the staging folder :func:`rerun_dir` for a run that
+    had finished when it was reopened (a finished folder is never written into). Code that
+    writes into the run (training checkpoints, ``models/<key>/``...) is given ``run.out``.
+    """
 
     stage: str
     params: dict[str, Any]
     dir: Path
+    out: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.out is None:
+            self.out = self.dir
 
     @property
     def finished(self) -> bool:
         """Whether the run has written its ``metrics.json``."""
         return (self.dir / "metrics.json").exists()
 
+    @property
+    def staged(self) -> bool:
+        """Whether this session writes into a staging folder (the run had finished before)."""
+        return self.out != self.dir
+
     def path(self, name: str) -> Path:
-        """Path of an artefact inside the run folder (sub-folders are created)."""
-        p = self.dir / name
+        """Path of an artefact this session writes (in :attr:`out`; sub-folders are created)."""
+        p = self.out / name
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
@@ -133,7 +181,7 @@ class Run:
         return p
 
     def save_figure(self, fig: Any, name: str, publish: bool = False, dpi: int = 150) -> Path:
-        """Write a figure as ``<name>.png`` in the run folder; return its path.
+        """Write a figure as ``<name>.png`` in the run folder (:attr:`out`); return its path.
 
         Every figure stays with the run that made it, so running a notebook by hand never
         touches the committed ``figures/``. ``publish=True`` marks a figure the study reports:
@@ -142,7 +190,7 @@ class Run:
         """
         from .plots import save_figure
 
-        p = save_figure(fig, self.dir / name, formats=("png",), dpi=110)[0]
+        p = save_figure(fig, self.path(name), formats=("png",), dpi=110)[0]
         if publish and publishing():
             from .paths import figures_dir
 
@@ -152,18 +200,26 @@ class Run:
     def log_metrics(self, metrics: dict[str, Any]) -> Path:
         """Write ``metrics.json`` and so mark the run finished.
 
-        Writing the same values again is a no-op (a rerun of a deterministic run);
-        different values raise :class:`RunConflictError`: a finished run is never overwritten.
+        For a run that had finished before, nothing is written: the same values (within a
+        relative 1e-6) are a no-op (a rerun of a deterministic run), different values raise
+        :class:`RunConflictError` naming them. Either way the committed folder is untouched and
+        this rerun's files stay in the staging folder :attr:`out`. Timings and cache locations
+        (``train_seconds``, ``scores_file``) are measurements of the machine, not results: they
+        are not compared (:data:`NOT_COMPARED`).
         """
         p = self.dir / "metrics.json"
-        new = _jsonable(metrics)
+        new = json.loads(json.dumps(_jsonable(metrics)))
         if p.exists():
-            old = json.loads(p.read_text())
-            if _close(old, json.loads(json.dumps(new)), rel=1e-6):
+            old, now = json.loads(p.read_text()), new
+            differ = sorted(k for k in old.keys() | now.keys() if k not in old or k not in now or (
+                not NOT_COMPARED.search(k.lower()) and not _close(old[k], now[k], rel=1e-6)))
+            if not differ:
                 return p
+            shown = "; ".join(f"{k}: {old.get(k, '(absent)')!r} -> {now.get(k, '(absent)')!r}" for k in differ)
             raise RunConflictError(
-                f"run {self.dir} already finished with different metrics; it is never overwritten. "
-                f"Old: {old}; new: {new}. Delete the folder to redo it, or change a parameter."
+                f"run {self.dir} already finished with different metrics ({', '.join(differ)}); it is "
+                f"never overwritten and was left untouched. {shown}. This rerun's files are in "
+                f"{self.out}. Delete the run folder to redo it, or change a parameter."
             )
         atomic_write(p, json.dumps(new, indent=2, sort_keys=True) + "\n")
         return p
@@ -191,6 +247,10 @@ class NotebookParams(dict):
 def start_run(params: dict[str, Any], data_hash: str | None = None, stage: str | None = None,
               **extra: Any) -> Run:
     """Open (or reopen) the run folder for ``params`` and write its ``params.json``.
+
+    A finished run (its ``metrics.json`` exists) is reopened read-only: the returned run's
+    :attr:`Run.out` is the staging folder :func:`rerun_dir`, which gets this session's
+    ``params.json``; the committed folder keeps its own.
 
     Args:
         params: the notebook's parameters, from :func:`notebook_params` (which knows its stage),
@@ -228,7 +288,10 @@ def start_run(params: dict[str, Any], data_hash: str | None = None, stage: str |
                 f"run {d} was made on other data (hash {old['data_hash']}, now {data_hash})"
             )
         if (d / "metrics.json").exists():
-            return Run(stage, params, d)  # keep the provenance of the finished run
+            # keep the provenance of the finished run; this session writes beside it, in the cache
+            out = rerun_dir(d)
+            atomic_write(out / "params.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+            return Run(stage, params, d, out)
     atomic_write(p, json.dumps(info, indent=2, sort_keys=True) + "\n")
     return Run(stage, params, d)
 
@@ -492,7 +555,15 @@ def execute_notebook(
     """Execute ``notebook`` with ``params`` through papermill into its run folder.
 
     The executed copy lands in ``runs/<stage>/<slug>-<hash>/<notebook name>``. A run
-    whose ``metrics.json`` exists is skipped (never recomputed, never overwritten).
+    whose ``metrics.json`` exists is skipped (never recomputed, never overwritten); with
+    ``force`` it is executed again as a check, into its staging folder :func:`rerun_dir`
+    (the executed copy too), and the committed folder is left as it was.
+
+    A run that fails (an error in a cell, a refused parameter, no ``metrics.json``) leaves no
+    run folder behind when it made the folder: the folder moves to
+    ``cache/failed/<stage>/<name>/`` with the partial executed notebook (it shows the
+    traceback), and the error names that place. A folder that existed before (an interrupted
+    run, resumable from its checkpoints) is kept, as is any folder after a ``KeyboardInterrupt``.
 
     Returns:
         The run folder and whether the notebook was executed (False: skipped).
@@ -503,26 +574,49 @@ def execute_notebook(
     notebook = resolve_path(notebook)
     full = resolve_params(notebook, params or {})
     d = run_dir(notebook_stage(notebook), full)
-    if (d / "metrics.json").exists() and not force:
+    finished = (d / "metrics.json").exists()
+    if finished and not force:
         return d, False
-    d.mkdir(parents=True, exist_ok=True)
+    existed = d.exists()
+    target = (rerun_dir(d) if finished else d) / notebook.name
     previous = os.environ.get(NOTEBOOK_ENV)
     os.environ[NOTEBOOK_ENV] = notebook.name  # the kernel inherits it: notebook_params knows its file
     try:
-        with atomic_path(d / notebook.name, keep_on_error=True) as tmp:
+        with atomic_path(target, keep_on_error=True) as tmp:
             pm.execute_notebook(str(notebook), str(tmp), parameters=params or {},
                                 kernel_name=kernel or os.environ.get("LCC_KERNEL") or None,
                                 cwd=str(project_root()), progress_bar=False)
             tidy_executed_notebook(tmp)
+        if not (d / "metrics.json").exists():
+            raise RuntimeError(f"{notebook.name} finished but wrote no metrics.json in {d}: "
+                               "the notebook must call run.log_metrics(...) last")
+    except Exception as err:
+        if existed:
+            raise
+        failed = _set_aside_failed_run(d, target)
+        raise RuntimeError(f"{notebook.name} failed and left no run folder; its partial run (the "
+                           f"executed notebook shows the traceback) is in {failed}. "
+                           f"{type(err).__name__}: {err}") from err
     finally:
         if previous is None:
             os.environ.pop(NOTEBOOK_ENV, None)
         else:
             os.environ[NOTEBOOK_ENV] = previous
-    if not (d / "metrics.json").exists():
-        raise RuntimeError(f"{notebook.name} finished but wrote no metrics.json in {d}: "
-                           "the notebook must call run.log_metrics(...) last")
     return d, True
+
+
+def _set_aside_failed_run(d: Path, executed: Path) -> Path:
+    """Move the folder of a failed run to ``cache/failed/<stage>/<name>/`` (replacing an older one)."""
+    failed = cache_dir() / "failed" / d.parent.name / d.name
+    if failed.exists():
+        shutil.rmtree(failed)
+    failed.parent.mkdir(parents=True, exist_ok=True)
+    if d.exists():
+        shutil.move(str(d), str(failed))
+    partial = failed / f".{executed.stem}.partial{executed.suffix}"
+    if partial.exists():  # papermill's output of a failed notebook, under its plain name
+        os.replace(partial, failed / executed.name)
+    return failed
 
 
 def collect_runs(stage: str | None = None, folders: list[Path] | None = None) -> pd.DataFrame:

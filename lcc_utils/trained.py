@@ -4,8 +4,9 @@ A trained folder is a notebook-04 run (``runs/train/<run>``) or one network of a
 evaluation run (``runs/evaluation/<run>/models/<key>``). Both hold ``params.json`` and, on the
 machine that trained them, ``checkpoints/best.pt``. Checkpoints are not committed, so in a
 fresh clone the folder is trained again from its ``params.json`` (deterministic on the CPU) by
-the paper module that made it. This module sits above both paper modules, so neither paper
-module imports it.
+the paper module that made it, into the folder's staging folder in the cache
+(:func:`lcc_utils.runs.rerun_dir`, outside the tracked tree): a committed run folder is never
+written into. This module sits above both paper modules, so neither paper module imports it.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from lcc_utils import paper_a, paper_b, training
+from lcc_utils import paper_a, paper_b, runs, training
 from lcc_utils.paths import project_root
 
 
@@ -35,6 +37,33 @@ def trained_folder(folder: str | os.PathLike, model: str = "lightweight_cnn") ->
     return folder
 
 
+def staged_folder(folder: str | os.PathLike) -> Path:
+    """Where a trained folder's rebuilt checkpoint lives: its run's staging folder in the cache.
+
+    ``rerun_dir(<run>)`` for a notebook-04 run, ``rerun_dir(<run>)/models/<key>`` for one
+    network of a paper-B run (:func:`paper_b.retrain_model` rebuilds it there).
+    """
+    d = Path(folder)
+    if d.parent.name == "models":
+        return runs.rerun_dir(d.parent.parent) / "models" / d.name
+    return runs.rerun_dir(d)
+
+
+def _rebuilt(staged: Path, folder: Path) -> bool:
+    """Whether ``staged`` holds a completed rebuild of ``folder`` (same parameters, training finished)."""
+    ckpt = staged / training.CHECKPOINT_DIR
+    if not ((ckpt / "best.pt").is_file() and (ckpt / "last.pt").is_file() and (staged / "params.json").is_file()):
+        return False
+
+    def key(d: Path) -> str:
+        info = json.loads((d / "params.json").read_text())
+        return runs.params_hash(info.get("params", info))
+
+    if key(staged) != key(folder):
+        return False
+    return bool(torch.load(ckpt / "last.pt", map_location="cpu", weights_only=False).get("finished"))
+
+
 def reopen_trained(
     folder: str | os.PathLike,
     model: str = "lightweight_cnn",
@@ -43,11 +72,15 @@ def reopen_trained(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The kept (best-validation) model of a trained folder, retrained first if its checkpoint is gone.
 
+    The checkpoint is read from the folder (the machine that trained it), else from the
+    folder's staging folder in the cache (:func:`staged_folder`), where a rebuild writes: the
+    trained folder itself is only read.
+
     Args:
         folder: A ``runs/train/...`` run, a ``runs/evaluation/...`` run (then ``model`` picks
             the network) or a ``models/<key>`` folder.
         model: The network of a paper-B evaluation run.
-        rebuild: Retrain when ``checkpoints/best.pt`` is missing (else raise).
+        rebuild: Retrain when no checkpoint exists (else raise).
         data_dir: Data root of a retraining (default: the run's, else ``LCC_DATA_DIR``).
 
     Returns:
@@ -60,16 +93,18 @@ def reopen_trained(
     try:
         net, params = training.load_checkpoint(d)
     except FileNotFoundError:
-        if not rebuild:
-            raise FileNotFoundError(f"{d / training.CHECKPOINT_DIR / 'best.pt'} is missing (checkpoints are "
-                                    "not committed); reopen_trained(..., rebuild=True) retrains it") from None
-        if d.parent.name == "models":
-            paper_b.retrain_model(d, data_dir=data_dir)
-        elif json.loads((d / "params.json").read_text()).get("stage") == "train":
-            paper_a.retrain_run(d, data_dir=data_dir)
-        else:
-            raise ValueError(f"{d}: not a trained folder of notebook 04 or 06") from None
-        net, params = training.load_checkpoint(d)
+        staged = staged_folder(d)
+        if not _rebuilt(staged, d):
+            if not rebuild:
+                raise FileNotFoundError(f"{d / training.CHECKPOINT_DIR / 'best.pt'} is missing (checkpoints are "
+                                        "not committed); reopen_trained(..., rebuild=True) retrains it") from None
+            if d.parent.name == "models":
+                paper_b.retrain_model(d, data_dir=data_dir, out=staged.parent.parent)
+            elif json.loads((d / "params.json").read_text()).get("stage") == "train":
+                paper_a.retrain_run(d, data_dir=data_dir, out=staged)
+            else:
+                raise ValueError(f"{d}: not a trained folder of notebook 04 or 06") from None
+        net, params = training.load_checkpoint(staged)
     try:
         shown = str(d.resolve().relative_to(project_root()))
     except ValueError:

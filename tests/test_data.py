@@ -112,6 +112,17 @@ def test_missing_dataset_offline_says_what_to_download(tmp_path, tmp_cache):
     assert str(tmp_path / "nothing" / "ucmerced") in msg
 
 
+def test_a_misspelled_data_root_is_named_and_never_created(tmp_path, tmp_cache, monkeypatch):
+    wrong = tmp_path / "shraed" / "data"
+    monkeypatch.setattr(data, "_download", lambda *a, **k: pytest.fail("downloaded into a misspelled root"))
+    with pytest.raises(data.DatasetNotFoundError, match=r"data root .*shraed/data \(from data_dir\) does not exist"):
+        data.load_dataset("eurosat", str(wrong))
+    monkeypatch.setenv("LCC_DATA_DIR", str(wrong))
+    with pytest.raises(data.DatasetNotFoundError, match=r"\(from LCC_DATA_DIR\) does not exist"):
+        data.fetch_dataset("eurosat")
+    assert not (tmp_path / "shraed").exists(), "a misspelled data root was created"
+
+
 def test_archive_is_verified_then_extracted(synthetic_root, tmp_path, tmp_cache, monkeypatch):
     root = tmp_path / "fresh"
     (root / "archives").mkdir(parents=True)

@@ -1,5 +1,6 @@
 import json
 import os
+from pathlib import Path
 
 import nbformat
 import pandas as pd
@@ -33,6 +34,40 @@ def test_start_run_writes_params_and_metrics_are_never_overwritten():
         runs.start_run({"dataset": "eurosat", "seed": 0}, data_hash="xyz", stage="train")
     with pytest.raises(ValueError, match="needs the stage"):
         runs.start_run({"dataset": "eurosat"})
+
+
+def _snapshot(folder):
+    """Every file of ``folder``: its bytes and modification time (what 'untouched' means)."""
+    return {p.relative_to(folder): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_reopened_finished_run_writes_only_into_its_staging_folder(tmp_cache):
+    params = {"dataset": "eurosat", "seed": 0}
+    run = runs.start_run(params, data_hash="abc", stage="train")
+    run.save_table(pd.DataFrame({"a": [1]}), "t")
+    run.log_metrics({"acc": 0.5, "n": 3, "train_seconds": 12.0})
+    assert run.out == run.dir and not run.staged
+    before = _snapshot(run.dir)
+
+    again = runs.start_run(params, data_hash="abc", stage="train")
+    assert again.dir == run.dir and again.staged
+    assert again.out == runs.rerun_dir(run.dir) == tmp_cache / "rerun" / "train" / run.dir.name
+    assert again.save_table(pd.DataFrame({"a": [2]}), "t").parent == again.out
+    assert again.path("checkpoints/best.pt").parent == again.out / "checkpoints"
+    assert (again.out / "params.json").is_file()
+    # the same within the tolerance, a timing aside (a measurement, not a result): a no-op
+    again.log_metrics({"acc": 0.5 * (1 + 1e-9), "n": 3, "train_seconds": 15.0})
+    with pytest.raises(runs.RunConflictError, match=r"different metrics \(acc\); it is never overwritten") as err:
+        again.log_metrics({"acc": 0.6, "n": 3, "train_seconds": 12.0})
+    assert "0.5 -> 0.6" in str(err.value) and str(again.out) in str(err.value)
+    assert _snapshot(run.dir) == before
+
+
+def test_a_rerun_skips_the_metrics_that_make_reproduce_skips():
+    from lcc_utils import reproduce
+
+    assert runs.NOT_COMPARED.pattern == f"{reproduce.TIMING}|{reproduce.LOCATION}", "keep the two rules in step"
 
 
 def test_bad_stage_name():
@@ -74,6 +109,7 @@ def test_notebook_without_metrics_is_an_error(tmp_path):
     nbformat.write(nb, str(tmp_path / "10_nometrics.ipynb"))
     with pytest.raises(RuntimeError, match="wrote no metrics.json"):
         runs.execute_notebook(tmp_path / "10_nometrics.ipynb", {})
+    assert not any(runs.runs_root().glob("nometrics/*")), "an unfinished run must leave no folder"
 
 
 def test_smoke_profile_figures_do_not_overwrite_the_study_figures(monkeypatch, tmp_path):
@@ -194,3 +230,94 @@ def test_papermill_with_a_misspelled_parameter_fails_naming_it(tmp_path):
                             cwd=str(runs.notebooks_dir().parent))
     assert "unknown parameter(s) ['epoch'] (did you mean 'epoch' -> 'epochs'?)" in str(err.value)
     assert not any(runs.runs_root().glob("train/*")), "a refused run must leave no folder"
+
+
+def test_reexecuting_a_finished_run_changes_no_file_of_its_folder(tmp_path, tmp_cache, monkeypatch):
+    """``execute_notebook(force=True)`` reruns into the staging folder; the same metrics are a no-op."""
+    body = ("import os\nimport pandas as pd\nvalue += int(os.environ.get('LCC_TOY_SHIFT', '0'))\n"
+            "run.save_table(pd.DataFrame({'v': [value]}), 'table')\nrun.path('sub/note.txt').write_text(str(value))")
+    nb = _tiny_notebook(tmp_path / "09_toy.ipynb", body)
+    d, _ = runs.execute_notebook(nb, {"value": 5})
+    before = _snapshot(d)
+    assert {str(p) for p in before} >= {"09_toy.ipynb", "metrics.json", "params.json", "table.csv", "sub/note.txt"}
+
+    d2, executed = runs.execute_notebook(nb, {"value": 5}, force=True)
+    assert d2 == d and executed
+    assert _snapshot(d) == before
+    staged = runs.rerun_dir(d)
+    assert (staged / "09_toy.ipynb").is_file() and (staged / "sub" / "note.txt").read_text() == "5"
+
+    monkeypatch.setenv("LCC_TOY_SHIFT", "1")  # the rerun now gives other numbers
+    with pytest.raises(Exception, match=r"RunConflictError.*different metrics \(double\)"):
+        runs.execute_notebook(nb, {"value": 5}, force=True)
+    assert _snapshot(d) == before
+    assert (staged / "sub" / "note.txt").read_text() == "6"  # the differing rerun, kept for a look
+
+
+def test_a_failing_notebook_leaves_no_run_folder(tmp_path, tmp_cache):
+    nb = _tiny_notebook(tmp_path / "09_toy.ipynb", "raise ValueError('the toy broke')")
+    d = runs.run_dir("toy", runs.resolve_params(nb, {"value": 3}))
+    with pytest.raises(RuntimeError, match=r"failed and left no run folder; .* is in .*failed/toy/") as err:
+        runs.execute_notebook(nb, {"value": 3})
+    assert not d.exists() and not any(runs.runs_root().glob("toy/*"))
+    kept = tmp_cache / "failed" / "toy" / d.name
+    assert str(kept) in str(err.value)
+    assert "the toy broke" in (kept / "09_toy.ipynb").read_text() and (kept / "params.json").is_file()
+
+
+def _trained_run(synthetic_root):
+    """A finished notebook-04 run folder made on the synthetic data, as a fresh clone has it (no checkpoints)."""
+    import shutil
+
+    from lcc_utils import paper_a, training
+
+    params = dict(dataset="eurosat", model="lightweight_cnn", coreset="random", fraction=1.0, seed=0,
+                  image_size=16, batch_size=16, device="cpu", recipe="paper_a", epochs=1,
+                  data_dir=str(synthetic_root), pretrained=False, weights="",
+                  scoring_model="lightweight_cnn", scoring_epochs=2, steps=0, scoring_image_size=16)
+    setup = paper_a.prepare_training(**params)
+    run = runs.start_run(params, data_hash=setup.ds.hash, stage="train")
+    res = training.train(setup.model, setup.loaders, setup.recipe, epochs=1, device="cpu",
+                         run_dir=run.out, seed=0, params=params)
+    run.log_metrics({"best_epoch": res.best_epoch})
+    shutil.rmtree(run.dir / training.CHECKPOINT_DIR)
+    return run.dir, res
+
+
+def test_rebuilding_a_checkpoint_writes_into_the_staging_folder(synthetic_root, tmp_cache, monkeypatch):
+    import torch
+
+    from lcc_utils import paper_a, trained
+
+    d, res = _trained_run(synthetic_root)
+    before = _snapshot(d)
+    model, info = trained.reopen_trained(d)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, res.best_state[k]), k
+    assert _snapshot(d) == before, "rebuilding wrote into the run folder"
+    staged = trained.staged_folder(d)
+    assert staged == tmp_cache / "rerun" / "train" / d.name
+    assert (staged / "checkpoints" / "best.pt").is_file() and (staged / "history.csv").is_file()
+    # the next reopening finds the rebuilt checkpoint: no second training
+    monkeypatch.setattr(paper_a, "retrain_run", lambda *a, **k: pytest.fail("retrained twice"))
+    again, _ = trained.reopen_trained(d, rebuild=False)
+    assert all(torch.equal(v, res.best_state[k]) for k, v in again.state_dict().items())
+
+
+def test_rerunning_a_finished_04_run_in_a_fresh_clone_changes_nothing_in_its_folder(synthetic_root, tmp_cache):
+    """Notebook 04 on a finished run without checkpoints retrains into the staging folder only."""
+    import shutil
+
+    tiny = {"dataset": "eurosat", "data_dir": str(synthetic_root), "model": "lightweight_cnn", "fraction": 1.0,
+            "epochs": 1, "steps": 0, "image_size": 16, "batch_size": 16, "device": "cpu", "recipe": "paper_a"}
+    nb = runs.notebook_path("04")
+    d, _ = runs.execute_notebook(nb, tiny)
+    shutil.rmtree(d / "checkpoints")  # a fresh clone: checkpoints are not committed
+    before = _snapshot(d)
+    assert {"history.csv", "confusion.csv", "per_class.csv", "metrics.json"} <= {str(p) for p in before}
+    d2, executed = runs.execute_notebook(nb, tiny, force=True)  # the same metrics (timings aside): a no-op
+    assert d2 == d and executed and _snapshot(d) == before
+    staged = runs.rerun_dir(d)
+    assert (staged / "checkpoints" / "best.pt").is_file()
+    assert (staged / "history.csv").is_file() and (staged / "per_class.csv").read_bytes() == before[
+        Path("per_class.csv")][0]
