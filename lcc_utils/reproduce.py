@@ -50,14 +50,12 @@ import pandas as pd
 
 from .cluster import CLUSTERS
 from .paths import atomic_write, project_root, resolve_data_dir
-from .runs import notebook_stage, resolve_params, run_dir
+from .runs import LOCATION_METRICS, TIMING_METRICS, notebook_stage, resolve_params, run_dir
 from .study import PROFILES, READS, dispatch, prepare_data, profile_runs_root, study_plan
 
-#: Metric names measured by a clock: reported, never compared.
-TIMING = r"seconds|_s$|^s_|time|throughput|latency|speed|mpx|peak_mem|memory|cost_ratio|estimate"
-#: Where a run kept a local file (e.g. ``scores_file``, a cache path named by the data's hash):
-#: a location, not a result; reported, never compared.
-LOCATION = r"(_file|_path|_dir)$"
+#: Metric names measured by a clock, and those naming a local file: reported, never compared
+#: (the same rule as a rerun of a finished run, :data:`lcc_utils.runs.NOT_COMPARED`).
+TIMING, LOCATION = TIMING_METRICS, LOCATION_METRICS
 #: (pattern on a real-valued metric's name, kind, tolerance); the first match decides. Integers,
 #: strings, booleans and lists are ``exact`` unless named in :data:`TRAJECTORY`.
 TOLERANCES: list[tuple[str, str, float]] = [

@@ -41,11 +41,13 @@ from .paths import atomic_path, atomic_write, cache_dir, project_root, resolve_p
 LOCATION_PARAMS = ("data_dir",)
 #: Parameters shown first in the readable part of a folder name.
 SLUG_KEYS = ("run", "dataset", "task", "model", "coreset", "fraction", "method", "scene", "seed")
-#: Metrics that measure the machine (a clock, memory) or name a cache location, not a result: a
-#: rerun of a finished run is not compared on them. The rule of ``reproduce.TIMING`` and
-#: ``reproduce.LOCATION`` (a test keeps the two in step).
-NOT_COMPARED = re.compile(r"seconds|_s$|^s_|time|throughput|latency|speed|mpx|peak_mem|memory|cost_ratio|estimate"
-                          r"|(_file|_path|_dir)$")
+#: Metric names measured by a clock (or memory), not results: a rerun is never compared on them
+#: (here and in :mod:`lcc_utils.reproduce`).
+TIMING_METRICS = r"seconds|_s$|^s_|time|throughput|latency|speed|mpx|peak_mem|memory|cost_ratio|estimate"
+#: Metric names that say where a run kept a local file (e.g. ``scores_file``, a cache path named by
+#: the data's hash): a location, not a result.
+LOCATION_METRICS = r"(_file|_path|_dir)$"
+NOT_COMPARED = re.compile(f"{TIMING_METRICS}|{LOCATION_METRICS}")
 
 
 class RunConflictError(RuntimeError):
