@@ -186,7 +186,7 @@ def reproduce(profile: str, only: list[str] | None = None, jobs: int = 1, cluste
     selected = {nb.stem[:2] for nb, _, _ in present}
     upstream = {s for st in selected for s in READS.get(st, ()) if s not in selected}
     copied = []
-    for nb, params in study_plan(profile, sorted(upstream)):
+    for nb, params in study_plan(profile, sorted(upstream)) if upstream else []:  # [] would mean "all"
         stage = notebook_stage(nb)
         src = committed_root / stage / run_dir(stage, resolve_params(nb, params)).name
         dst = scratch / stage / src.name
@@ -218,7 +218,8 @@ def reproduce(profile: str, only: list[str] | None = None, jobs: int = 1, cluste
         "jobs": jobs, "cluster": address or cluster,
         "not_committed": [f"{notebook_stage(nb)}/{f.name} {json.dumps(p, sort_keys=True)}" for nb, p, f in missing],
         "copied_upstream": copied, "metrics": {k: int(v) for k, v in sorted(counts.items())},
-        "failed": report.loc[report["status"] == "FAIL", ["run", "metric"]].astype(str).agg(" ".join, axis=1).tolist(),
+        "failed": [f"{r} {m}" for r, m in report.loc[report["status"] == "FAIL", ["run", "metric"]].itertuples(
+            index=False)],
         "passed": "FAIL" not in counts,
         "tolerances": {**{kind: tol for _, kind, tol in TOLERANCES}, "trajectory": TRAJECTORY[1],
                        "exact": 0.0, "rate": f"max({RATE_FLOOR}, {RATE_SE} * sqrt(p(1-p)/n_test)), "

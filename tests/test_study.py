@@ -173,6 +173,25 @@ def test_reproduce_refuses_the_committed_root_and_an_empty_selection(tmp_path, m
         reproduce.reproduce("smoke", ["01"], into=tmp_path / "scratch")
 
 
+def test_reproduce_reexecutes_into_scratch_and_copies_only_upstream(tmp_path, monkeypatch):
+    """Committed toy runs: reproduce re-executes them (never skips), all identical; ONLY=05 copies 04."""
+    first = _toy(tmp_path / "04_toy.ipynb", "run.log_metrics({'acc': 0.25 * value, 'n': 3, 'seconds': time.time()})")
+    late = _toy(tmp_path / "05_late.ipynb", "import glob\n"
+                "run.log_metrics({'seen': len(glob.glob(str(runs.runs_root() / 'toy' / '*' / 'metrics.json')))})")
+    monkeypatch.setattr(study, "notebooks", lambda: [first, late])
+    monkeypatch.setitem(study.READS, "05", ("04",))
+    monkeypatch.setenv("LCC_RUNS_DIR", str(tmp_path / "committed"))
+    study.dispatch(study.study_plan("smoke"), str(tmp_path), jobs=1)
+    report, summary, scratch = reproduce.reproduce("smoke", into=tmp_path / "scratch1", exact=True)
+    assert summary["runs_reproduced"] == summary["runs_reexecuted"] == 2 and summary["passed"]
+    assert summary["copied_upstream"] == [] and summary["failed"] == []
+    assert set(report.loc[report["metric"] != "seconds", "status"]) == {"identical"}
+    monkeypatch.setenv("LCC_RUNS_DIR", str(tmp_path / "committed"))
+    _, summary, scratch = reproduce.reproduce("smoke", ["05"], into=tmp_path / "scratch2", exact=True)
+    assert summary["runs_reexecuted"] == 1 and len(summary["copied_upstream"]) == 1 and summary["passed"]
+    assert (scratch / summary["copied_upstream"][0] / "metrics.json").is_file()
+
+
 def test_report_figure_and_files(tmp_path):
     report = pd.DataFrame({"run": ["train/a", "train/a", "data/b"], "metric": ["acc", "t_seconds", "n"],
                            "status": ["within", "not compared", "identical"]})
