@@ -25,6 +25,10 @@ Tolerances, per metric kind (first matching rule of :data:`TOLERANCES`, by metri
   These were checked against a measurement of the effect on this machine (the same runs with
   another summation order, ``LCC_CPU_THREADS=2``; README "Reproducibility").
 * ``float``: any other real number, relative tolerance.
+
+A reproduction computes every derived product again in a cache of its own (coreset scores,
+splits, patch sets): only the decoded images and the file fingerprints, keyed by the data's
+content, are shared with the project's cache.
 * ``pvalue``: p-values of tests over 3 seeds swing widely with small changes; absolute.
 
 ``--exact`` sets every tolerance to zero: the check for a rerun on the machine that made the
@@ -49,7 +53,7 @@ from pathlib import Path
 import pandas as pd
 
 from .cluster import CLUSTERS
-from .paths import atomic_write, project_root, resolve_data_dir
+from .paths import atomic_write, cache_dir, project_root, resolve_data_dir
 from .runs import LOCATION_METRICS, TIMING_METRICS, notebook_stage, resolve_params, run_dir
 from .study import PROFILES, READS, dispatch, prepare_data, profile_runs_root, study_plan
 
@@ -193,8 +197,19 @@ def reproduce(profile: str, only: list[str] | None = None, jobs: int = 1, cluste
         if (src / "metrics.json").is_file() and not dst.exists():
             _copy_run(src, dst)
             copied.append(str(dst.relative_to(scratch)))
+    # A reproduction re-derives everything a run derives: it gets a cache of its own, so no coreset
+    # score, split or patch set computed earlier (e.g. under another LCC_CPU_THREADS, which the
+    # cache keys do not record) is served to it. Only the decoded images and the fingerprint
+    # index are shared: both are keyed by the data's content and hold nothing computed.
+    cache = scratch / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    for shared in ("decoded", "fingerprints"):
+        src, dst = cache_dir() / shared, cache / shared
+        if src.is_dir() and not dst.exists():
+            dst.symlink_to(src, target_is_directory=True)
     # The kernels (and the Dask workers, which inherit this environment) write into the scratch
-    # root and publish nothing.
+    # root and its cache, and publish nothing.
+    os.environ["LCC_CACHE_DIR"] = str(cache)
     os.environ["LCC_RUNS_DIR"] = str(scratch)
     os.environ.pop("LCC_PUBLISH_FIGURES", None)
     os.environ["LCC_FIGURES_DIR"] = str(scratch / "figures")
