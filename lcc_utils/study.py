@@ -233,8 +233,6 @@ def dispatch(plan: list[tuple[Path, dict]], data_dir: str, jobs: int = 1, cluste
 def run_study(profile: str = "quick", data_dir: str | None = None, only: list[str] | None = None,
               jobs: int = 1, cluster: str = "local", address: str | None = None) -> pd.DataFrame:
     """Execute the study; return one row per run (notebook, run folder, executed or skipped, seconds)."""
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs={jobs!r} must be a positive integer")
     root = resolve_data_dir(data_dir)
     # Only the study publishes figures (the kernels inherit this environment). The committed
     # figures/ are the quick study's; smoke and paper publish to figures/<profile>/.
