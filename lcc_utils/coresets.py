@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -653,7 +654,7 @@ def plot_score_distributions(scores: CoresetScores, classes: Sequence[str]) -> F
     class's images; the top value ``epochs + 1`` means never learned). Continuous scores
     (margins) get one box plot per class.
     """
-    fig = Figure(figsize=(8, 0.35 * len(classes) + 1.8))
+    fig = plt.figure(figsize=(8, 0.35 * len(classes) + 1.8))
     ax = fig.add_subplot()
     per_class = [scores.scores[scores.labels == c] for c in range(len(classes))]
     values = np.unique(scores.scores)
@@ -688,7 +689,7 @@ def plot_score_distributions(scores: CoresetScores, classes: Sequence[str]) -> F
 def plot_score_histograms(scores: Mapping[str, CoresetScores]) -> Figure:
     """One histogram per score kind of one proxy training, the never-learned share in the title."""
     kinds = list(scores)
-    fig = Figure(figsize=(3.2 * len(kinds), 3.0))
+    fig = plt.figure(figsize=(3.2 * len(kinds), 3.0))
     axes = fig.subplots(1, len(kinds), squeeze=False)[0]
     for ax, kind in zip(axes, kinds, strict=True):
         v = scores[kind].scores
@@ -716,7 +717,7 @@ def plot_selected_images(
     from lcc_utils.data import rgb_composite
 
     pos = {int(i): p for p, i in enumerate(scores.indices)}
-    fig = Figure(figsize=(1.4 * per_class, 1.5 * n_classes))
+    fig = plt.figure(figsize=(1.4 * per_class, 1.5 * n_classes))
     axes = fig.subplots(n_classes, per_class, squeeze=False)
     keep = "highest" if SCORES.get(scores.method, True) else "lowest"  # hardest first
     for r, c in enumerate(range(min(n_classes, len(ds.classes)))):

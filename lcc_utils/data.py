@@ -46,12 +46,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2 as _tv2
-from tqdm.auto import tqdm
 
 from . import constants as C
 from . import fingerprints
 from .augment import trivial_augment_wide
 from .paths import atomic_path, atomic_write, cache_dir, resolve_data_dir
+from .progress import tqdm
 
 # Splits live in lcc_utils.splits; re-exported because notebooks call data.get_split.
 from .splits import SPLIT_KINDS, Split, get_split, spatial_blocks  # noqa: F401
@@ -319,6 +319,20 @@ def dataset_hash(folder: Path, files: Sequence[str]) -> str:
     (size, mtime, ctime, inode) changed (:func:`lcc_utils.fingerprints.content_hash`).
     """
     return fingerprints.content_hash(folder, files)
+
+
+def current_hash(name: str, data_dir: str | os.PathLike | None = None) -> str | None:
+    """:func:`dataset_hash` of dataset ``name`` as it is on disk now, without decoding it.
+
+    None when the dataset is not there (nothing is downloaded). Repeat calls only stat the
+    files (the fingerprint index), so a run's data can be checked before it is skipped.
+    """
+    spec = get_dataset_spec(name)
+    folder = resolve_data_dir(data_dir) / spec.subdir
+    if not folder.is_dir():  # not extracted yet: the notebook fetches it (and says how)
+        return None
+    files, _, _ = scan_folder(spec, folder)
+    return dataset_hash(folder, files)
 
 
 # --------------------------------------------------------------------------- decoding

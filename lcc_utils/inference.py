@@ -14,7 +14,8 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+from .progress import tqdm
 
 __all__ = ["OUTPUTS", "mixed_precision", "predict", "resolve_device"]
 

@@ -41,10 +41,11 @@ import torch
 import torch.nn.functional as F
 from rasterio.windows import Window
 from torch import nn
-from tqdm.auto import tqdm
 
 from lcc_utils.paths import atomic_path
 from lcc_utils.sentinel2 import L2AProduct, ProductReader, grid_windows
+
+from .progress import tqdm
 
 #: Nodata value of both bands of the classification map.
 MAP_NODATA = 255

@@ -21,11 +21,12 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
-from tqdm.auto import tqdm
 
 from lcc_utils import baselines, metrics
 from lcc_utils.constants import PAPER_B_ABLATION
 from lcc_utils.paths import atomic_write
+
+from .progress import tqdm
 
 #: Our model key -> the name paper B's results table uses (``constants.PAPER_B_RESULTS``).
 MODEL_NAMES: dict[str, str] = {

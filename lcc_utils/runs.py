@@ -20,6 +20,7 @@ A run that fails leaves no folder behind (:func:`execute_notebook`).
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import math
@@ -28,6 +29,7 @@ import platform
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,6 +115,55 @@ def rerun_dir(folder: str | os.PathLike) -> Path:
     return cache_dir() / "rerun" / rel
 
 
+def data_variant_dir(folder: str | os.PathLike, data_hash: str) -> Path:
+    """Folder of a run with the same parameters as ``folder`` made on other data.
+
+    The data are part of a run's identity: the folder named by the parameters alone belongs to
+    the first data it was made on (the committed runs: the data of ``../shared/data``); the same
+    parameters on data with another content hash run in ``<folder>-data-<hash[:8]>`` beside it,
+    never a conflict with it and never written into it. Its ``params.json`` records the data hash.
+    """
+    folder = Path(folder)
+    return folder.parent / f"{folder.name}-data-{data_hash[:8]}"
+
+
+def recorded_data_hash(folder: str | os.PathLike) -> str | None:
+    """The ``data_hash`` in a run folder's ``params.json`` (None: no such file or no hash)."""
+    p = Path(folder) / "params.json"
+    return json.loads(p.read_text()).get("data_hash") if p.is_file() else None
+
+
+def _for_data(folder: Path, data_hash: str | None) -> Path:
+    """``folder``, or its :func:`data_variant_dir` when ``folder`` was made on data other than ``data_hash``."""
+    recorded = recorded_data_hash(folder)
+    if data_hash and recorded and recorded != data_hash:
+        return data_variant_dir(folder, data_hash)
+    return folder
+
+
+def _current_data_hash(params: dict[str, Any]) -> str | None:
+    """Content hash of the dataset ``params`` name (None: no ``dataset`` parameter, or not on disk).
+
+    Stages with a ``dataset`` parameter (01, 03, 04) record that dataset's content hash as their
+    ``data_hash``; :func:`execute_notebook` checks it before it skips a finished run, so other
+    data under the same parameters get a run of their own instead of the committed results.
+    """
+    if not isinstance(params.get("dataset"), str):
+        return None
+    from . import data
+
+    # hashing EuroSAT's 27,000 files takes seconds even when only stat'ed: one look per dataset
+    # and root per minute serves a whole study's skip checks
+    key = (params["dataset"], str(data.resolve_data_dir(params.get("data_dir") or None)))
+    now = time.monotonic()
+    if key not in _DATA_HASHES or now - _DATA_HASHES[key][0] > 60:
+        _DATA_HASHES[key] = (now, data.current_hash(*key))
+    return _DATA_HASHES[key][1]
+
+
+_DATA_HASHES: dict[tuple[str, str], tuple[float, str | None]] = {}
+
+
 def git_commit() -> str:
     """The code version: ``git describe`` of the project (``+dirty`` when uncommitted edits exist)."""
     try:
@@ -133,6 +184,33 @@ def _close(a: Any, b: Any, rel: float = 1e-9) -> bool:
             return True
         return math.isclose(a, b, rel_tol=rel, abs_tol=1e-12)
     return a == b
+
+
+class RunFile(type(Path())):
+    """Path of a file a run wrote; a notebook shows it as ``saved runs/<stage>/<run>/<file>``.
+
+    The ``save_*`` methods and :meth:`Run.log_metrics` return one, so a cell ending with such a
+    call shows a short line relative to the runs folder instead of ``PosixPath('/home/...')``:
+    an executed copy names no machine.
+    """
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(f"saved {shown_path(self)}")
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """``path`` as a notebook may show it, naming no machine.
+
+    Relative to the project (``runs/...``, ``cache/...``); a file under a runs folder elsewhere
+    (``LCC_RUNS_DIR``) as ``runs/<stage>/...``; anything else by its name only.
+    """
+    path = Path(path).resolve()
+    for base, prefix in ((runs_root().resolve(), "runs/"), (project_root().resolve(), "")):
+        try:
+            return prefix + path.relative_to(base).as_posix()
+        except ValueError:
+            continue
+    return path.name
 
 
 @dataclass
@@ -168,19 +246,19 @@ class Run:
         """Path of an artefact this session writes (in :attr:`out`; sub-folders are created)."""
         p = self.out / name
         p.parent.mkdir(parents=True, exist_ok=True)
-        return p
+        return RunFile(p)
 
     def save_table(self, df: pd.DataFrame, name: str, index: bool = False) -> Path:
         """Write a table as ``<name>.csv``."""
         p = self.path(f"{name}.csv")
         atomic_write(p, df.to_csv(index=index))
-        return p
+        return RunFile(p)
 
     def save_json(self, obj: Any, name: str) -> Path:
         """Write ``obj`` as ``<name>.json``."""
         p = self.path(f"{name}.json")
         atomic_write(p, json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
-        return p
+        return RunFile(p)
 
     def save_figure(self, fig: Any, name: str, publish: bool = False, dpi: int = 150) -> Path:
         """Write a figure as ``<name>.png`` in the run folder (:attr:`out`); return its path.
@@ -197,7 +275,7 @@ class Run:
             from .paths import figures_dir
 
             save_figure(fig, figures_dir() / f"{self.stage}_{name}", dpi=dpi)
-        return p
+        return RunFile(p)
 
     def log_metrics(self, metrics: dict[str, Any]) -> Path:
         """Write ``metrics.json`` and so mark the run finished.
@@ -216,7 +294,7 @@ class Run:
             differ = sorted(k for k in old.keys() | now.keys() if k not in old or k not in now or (
                 not NOT_COMPARED.search(k.lower()) and not _close(old[k], now[k], rel=1e-6)))
             if not differ:
-                return p
+                return RunFile(p)
             shown = "; ".join(f"{k}: {old.get(k, '(absent)')!r} -> {now.get(k, '(absent)')!r}" for k in differ)
             raise RunConflictError(
                 f"run {self.dir} already finished with different metrics ({', '.join(differ)}); it is "
@@ -224,7 +302,7 @@ class Run:
                 f"{self.out}. Delete the run folder to redo it, or change a parameter."
             )
         atomic_write(p, json.dumps(new, indent=2, sort_keys=True) + "\n")
-        return p
+        return RunFile(p)
 
     def metrics(self) -> dict[str, Any]:
         """The stored metrics (empty while the run is unfinished)."""
@@ -267,7 +345,7 @@ def start_run(params: dict[str, Any], data_hash: str | None = None, stage: str |
         raise ValueError("start_run needs the stage: pass params from runs.notebook_params(globals()) "
                          "or stage='...'")
     params = dict(params)
-    d = run_dir(stage, params)
+    d = _for_data(run_dir(stage, params), data_hash)
     d.mkdir(parents=True, exist_ok=True)
     info = {
         "stage": stage, "params": _jsonable(params), "params_hash": params_hash(params),
@@ -285,10 +363,8 @@ def start_run(params: dict[str, Any], data_hash: str | None = None, stage: str |
     p = d / "params.json"
     if p.exists():
         old = json.loads(p.read_text())
-        if old.get("params_hash") == info["params_hash"] and (old.get("data_hash") not in (None, data_hash)):
-            raise RunConflictError(
-                f"run {d} was made on other data (hash {old['data_hash']}, now {data_hash})"
-            )
+        if old.get("data_hash") not in (None, data_hash):  # a data variant folder made on yet other data
+            raise RunConflictError(f"run {d} was made on other data (hash {old['data_hash']}, now {data_hash})")
         if (d / "metrics.json").exists():
             # keep the provenance of the finished run; this session writes beside it, in the cache
             out = rerun_dir(d)
@@ -449,12 +525,15 @@ def resolve_params(notebook: str | os.PathLike, params: dict[str, Any]) -> dict[
     return {**defaults, **params}
 
 
-def find_run(notebook: str, params: dict[str, Any] | None = None, finished: bool = True) -> Path:
+def find_run(notebook: str, params: dict[str, Any] | None = None, finished: bool = True,
+             data_hash: str | None = None) -> Path:
     """The run folder of ``notebook`` (``"04_train"`` or ``"04"``) with ``params``.
 
     A later stage names an earlier run by its parameters, never by a folder hash: ``params``
     overrides the notebook's defaults exactly as ``papermill -p`` would, so the folder is the
-    one that notebook writes for them.
+    one that notebook writes for them. The run made on the data at hand is meant: on data other
+    than the folder's (``data_hash``, else the current hash of the ``dataset`` parameter's
+    files) it is the folder's :func:`data_variant_dir`.
 
     Raises:
         FileNotFoundError: the run has not finished yet (the message says how to make it).
@@ -462,7 +541,7 @@ def find_run(notebook: str, params: dict[str, Any] | None = None, finished: bool
     """
     nb = notebook_path(notebook)
     full = resolve_params(nb, dict(params or {}))
-    d = run_dir(notebook_stage(nb), full)
+    d = _for_data(run_dir(notebook_stage(nb), full), data_hash or _current_data_hash(full))
     if finished and not (d / "metrics.json").is_file():
         # papermill -p passes scalars; a list or dict parameter needs -y (YAML, of which JSON is a part)
         args = " ".join(f"-p {k} {v}" if isinstance(v, str) else
@@ -548,6 +627,23 @@ def tidy_executed_notebook(path: str | os.PathLike, max_px: int = 700) -> int:
     return before - path.stat().st_size
 
 
+@functools.cache
+def ipc_kernel_manager() -> type:
+    """A Jupyter kernel manager that talks to its kernel over IPC sockets instead of TCP.
+
+    A local kernel needs no network port; over TCP without CurveZMQ keys every ipykernel
+    warns "Kernel is running over TCP without encryption" once per run. The sockets live
+    beside the kernel's connection file (Jupyter's runtime folder) and go with the kernel.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import CaselessStrEnum
+
+    class IPCKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+    return IPCKernelManager
+
+
 def execute_notebook(
     notebook: str | os.PathLike,
     params: dict[str, Any] | None = None,
@@ -576,6 +672,8 @@ def execute_notebook(
     notebook = resolve_path(notebook)
     full = resolve_params(notebook, params or {})
     d = run_dir(notebook_stage(notebook), full)
+    if (d / "params.json").is_file():  # made on this data, or on other data with the same parameters?
+        d = _for_data(d, _current_data_hash(full))
     finished = (d / "metrics.json").exists()
     if finished and not force:
         return d, False
@@ -587,7 +685,8 @@ def execute_notebook(
         with atomic_path(target, keep_on_error=True) as tmp:
             pm.execute_notebook(str(notebook), str(tmp), parameters=params or {},
                                 kernel_name=kernel or os.environ.get("LCC_KERNEL") or None,
-                                cwd=str(project_root()), progress_bar=False)
+                                cwd=str(project_root()), progress_bar=False,
+                                kernel_manager_class=ipc_kernel_manager())
             tidy_executed_notebook(tmp)
         if not (d / "metrics.json").exists():
             raise RuntimeError(f"{notebook.name} finished but wrote no metrics.json in {d}: "

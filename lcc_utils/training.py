@@ -26,11 +26,11 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from lcc_utils.inference import mixed_precision as _autocast
 from lcc_utils.inference import predict, resolve_device
 from lcc_utils.paths import atomic_path, atomic_write
+from lcc_utils.progress import tqdm
 
 CHECKPOINT_DIR = "checkpoints"
 HISTORY_COLUMNS = (
@@ -646,9 +646,9 @@ def _first_conv_in_chans(state: Mapping[str, torch.Tensor]) -> int:
 
 def plot_learning_curves(history: pd.DataFrame, best_epoch: int | None = None, title: str = ""):
     """Loss and accuracy per epoch for training and validation, the kept epoch marked."""
-    from matplotlib.figure import Figure
+    import matplotlib.pyplot as plt
 
-    fig = Figure(figsize=(9, 3.5))
+    fig = plt.figure(figsize=(9, 3.5))
     ax_loss, ax_acc = fig.subplots(1, 2)
     for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.plot(history["epoch"], history[f"train_{key}"], "o-", label="train (augmented)")

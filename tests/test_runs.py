@@ -30,8 +30,11 @@ def test_start_run_writes_params_and_metrics_are_never_overwritten():
     with pytest.raises(runs.RunConflictError, match="never overwritten"):
         run.log_metrics({"acc": 0.6, "n": 3})
     assert json.loads((run.dir / "metrics.json").read_text())["acc"] == 0.5
-    with pytest.raises(runs.RunConflictError, match="other data"):
-        runs.start_run({"dataset": "eurosat", "seed": 0}, data_hash="xyz", stage="train")
+    # the same parameters on other data: a run of its own beside it, never a conflict
+    other = runs.start_run({"dataset": "eurosat", "seed": 0}, data_hash="xyz12345678", stage="train")
+    assert other.dir == runs.data_variant_dir(run.dir, "xyz12345678") and other.dir.name.endswith("-data-xyz12345")
+    assert not other.finished and not other.staged and runs.recorded_data_hash(other.dir) == "xyz12345678"
+    assert json.loads((run.dir / "params.json").read_text())["data_hash"] == "abc"
     with pytest.raises(ValueError, match="needs the stage"):
         runs.start_run({"dataset": "eurosat"})
 
@@ -325,3 +328,43 @@ def test_rerunning_a_finished_04_run_in_a_fresh_clone_changes_nothing_in_its_fol
     assert (staged / "checkpoints" / "best.pt").is_file()
     assert (staged / "history.csv").is_file() and (staged / "per_class.csv").read_bytes() == before[
         Path("per_class.csv")][0]
+
+
+def test_01_on_another_copy_of_a_dataset_makes_a_run_of_its_own(synthetic_root, tmp_path, tmp_cache):
+    """Other data under the same parameters: its own run folder beside the first, which stays as it was."""
+    import shutil
+
+    params = {"dataset": "eurosat", "samples_per_class": 2}
+    nb = runs.notebook_path("01")
+    d, executed = runs.execute_notebook(nb, {**params, "data_dir": str(synthetic_root)})
+    assert executed and (d / "metrics.json").is_file()
+    before = _snapshot(d)
+
+    copy = tmp_path / "other_data"  # another copy of EuroSAT: one image differs
+    shutil.copytree(synthetic_root / "eurosat", copy / "eurosat", symlinks=True)
+    first = sorted((copy / "eurosat").rglob("*.jpg"))[0]
+    from PIL import Image
+
+    im = Image.open(first)
+    im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(first)
+    d2, executed2 = runs.execute_notebook(nb, {**params, "data_dir": str(copy)})
+    assert executed2 and d2 != d and d2.parent == d.parent and d2.name.startswith(d.name + "-data-")
+    assert (d2 / "metrics.json").is_file()
+    info, info2 = (json.loads((x / "params.json").read_text()) for x in (d, d2))
+    assert info["params_hash"] == info2["params_hash"] and info["data_hash"] != info2["data_hash"]
+    assert _snapshot(d) == before, "the first run's folder changed"
+    # each data finds its own run again: skipped, not recomputed
+    assert runs.execute_notebook(nb, {**params, "data_dir": str(copy)}) == (d2, False)
+    assert runs.execute_notebook(nb, {**params, "data_dir": str(synthetic_root)}) == (d, False)
+    assert runs.find_run("01", {**params, "data_dir": str(copy)}) == d2
+
+
+def test_run_files_show_without_a_machine_path(tmp_path):
+    from IPython.lib.pretty import pretty
+
+    run = runs.start_run({"x": 1}, stage="toy")
+    p = run.save_table(pd.DataFrame({"a": [1]}), "t")
+    assert isinstance(p, Path) and p.is_file()
+    assert pretty(p) == f"saved runs/toy/{run.dir.name}/t.csv"
+    assert pretty(run.log_metrics({"a": 1})) == f"saved runs/toy/{run.dir.name}/metrics.json"
+    assert str(tmp_path) not in pretty(p) and "PosixPath" not in pretty(p)

@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from lcc_utils.compression.adaptive import (
     _check_budget,
@@ -37,6 +36,8 @@ from lcc_utils.compression.size import (
     state_dict_file_size,
 )
 from lcc_utils.inference import predict
+
+from ..progress import tqdm
 
 
 def _fixed_prune(model: nn.Module, spec: Mapping[str, Any], **_: Any):

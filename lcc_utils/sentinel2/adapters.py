@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from lcc_utils.constants import EUROSAT_VEGETATION_CLASSES, PAPER_B_BANDS
 from lcc_utils.sentinel2.patches import PatchSet
 from lcc_utils.spectral import check_bands, normalize_band_name
 from lcc_utils.splits import spatial_block_names, spatial_split
+
+from ..progress import tqdm
 
 #: Binary EuroSAT task class names (index = label).
 BINARY_CLASSES: tuple[str, str] = ("non_vegetation", "vegetation")

@@ -20,10 +20,11 @@ from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
-from tqdm.auto import tqdm
 
 from lcc_utils.constants import SCL_MASK_CLASSES
 from lcc_utils.sentinel2.product import L2AProduct
+
+from ..progress import tqdm
 
 
 @dataclass
