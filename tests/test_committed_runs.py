@@ -87,3 +87,16 @@ def test_committed_table1_has_every_method_with_seeds_cis_and_paper_numbers():
     # the table covers exactly the quick grid's runs
     expected = len(study.profile_runs(runs.notebook_path("04_train"), "quick"))
     assert metrics(d)["runs_found"] == metrics(d)["runs_expected"] == expected
+
+
+def test_committed_executed_notebooks_are_readable_and_show_their_figures():
+    """No ANSI escape, Path repr, widget repr or path of the machine that ran it; every figure shows."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from notebook_checks import committed_notebooks, problems
+
+    books = committed_notebooks(project_root())
+    assert len(books) >= 9, f"only {len(books)} committed executed notebooks found"
+    bad = {str(p.relative_to(project_root())): found for p in books if (found := problems(p))}
+    assert not bad, "\n".join(f"{k}: {'; '.join(v[:4])}" for k, v in sorted(bad.items()))

@@ -33,6 +33,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 IDS = [nb.stem for nb in NOTEBOOKS]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from metric_check import compare_metrics  # noqa: E402
+from notebook_checks import problems as notebook_problems  # noqa: E402
 
 
 def ci_params(nb: Path) -> dict:
@@ -106,6 +107,9 @@ def test_notebook_executes_matches_expected_metrics_and_passes_nbval(nb, shared_
     executed = nbformat.read(str(out), as_version=4)
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+    # every figure shows where it is made, and the copy is readable (no escapes, reprs, machine paths)
+    unreadable = notebook_problems(out)
+    assert not unreadable, f"{nb.name}, executed under its CI parameters:\n" + "\n".join(unreadable)
     checked = [c for c in executed.cells if c.cell_type == "code" and "NBVAL_CHECK_OUTPUT" in c.source]
     assert checked, f"{nb.name}: mark the cells whose output must be stable with # NBVAL_CHECK_OUTPUT"
     assert any(c.outputs for c in checked), f"{nb.name}: its NBVAL_CHECK_OUTPUT cells print nothing"
