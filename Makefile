@@ -2,6 +2,7 @@
 #   make study [PROFILE=quick|smoke|paper] [ONLY="03 04"] [LCC_DATA_DIR=...]  -- set up, prepare data, run the notebooks
 #   make reproduce [PROFILE=smoke] [ONLY=...] [EXACT=1]         -- rerun committed runs, compare metrics
 #   make test                                                  -- set up, run the whole test suite
+#   make test-browser                                          -- JupyterLab in headless Chromium (installs it)
 #   make setup TORCH=cpu                                       -- Linux without a GPU: CPU-only torch, no CUDA wheels
 #   make lock                                                  -- recompile the locks from requirements.in (needs uv)
 #   make verify-data                                           -- re-hash every data file, check the cache's index
@@ -24,7 +25,7 @@ LOCK_PYTHON := 3.11
 UV ?= uv
 export LCC_DATA_DIR LCC_KERNEL JOBS
 
-.PHONY: setup study reproduce data verify-data test lint benchmarks clean-cache lock
+.PHONY: setup study reproduce data verify-data test test-browser lint benchmarks clean-cache lock
 
 # The venv is rebuilt when the pinned versions or the package metadata change.
 $(VENV)/.installed: $(LOCK) pyproject.toml
@@ -59,6 +60,15 @@ reproduce: setup
 
 test: setup
 	$(PY) -m pytest tests
+
+# The browser test: JupyterLab in headless Chromium (Selenium). Installs Chromium and its driver
+# from Debian when apt-get is there and they are missing (needs root), Selenium from PyPI.
+test-browser: setup
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { command -v apt-get >/dev/null && apt-get install -y -q --no-install-recommends chromium chromium-driver; } || \
+	  echo "test-browser: install Chromium and chromedriver (Debian: apt-get install chromium chromium-driver)"
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-browser.txt
+	$(PY) -m pytest -m browser tests/test_browser.py -v
 
 lint: setup
 	$(VENV)/bin/ruff check lcc_utils tests benchmarks
