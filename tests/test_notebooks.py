@@ -59,6 +59,21 @@ def test_notebook_committed_clean_with_one_parameters_cell(nb):
     assert code.count("runs.notebook_params(globals())") == 1, f"{nb.name}: call runs.notebook_params(globals()) once"
     assert "runs.start_run(params" in code and "params = dict(" not in code, nb.name
     assert "plots.save_figure" not in code, f"{nb.name}: save figures with run.save_figure (run folder)"
+    # one kernel story: the kernel `make setup` (and environment.yml's line) registers
+    assert book.metadata.kernelspec.name == "lcc" and book.metadata.kernelspec.display_name == "Python (lcc)"
+    # papermill --help-notebook shows a type for every parameter (scripts/annotate_parameters.py)
+    import papermill as pm
+
+    inferred = pm.inspect_notebook(str(nb))
+    untyped = [k for k, v in inferred.items() if v["inferred_type_name"] in ("None", "", None)]
+    assert not untyped, f"{nb.name}: parameters without a type annotation: {untyped}"
+    assert set(inferred) == set(defaults)
+
+
+def test_kernel_is_registered_under_the_name_the_notebooks_use():
+    makefile = (ROOT / "Makefile").read_text()
+    assert "LCC_KERNEL ?= lcc" in makefile and "ipykernel install --sys-prefix --name $(LCC_KERNEL)" in makefile
+    assert "ipykernel install --sys-prefix --name lcc" in (ROOT / "environment.yml").read_text()
 
 
 @pytest.mark.notebooks
