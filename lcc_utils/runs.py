@@ -369,9 +369,30 @@ def start_run(params: dict[str, Any], data_hash: str | None = None, stage: str |
             # keep the provenance of the finished run; this session writes beside it, in the cache
             out = rerun_dir(d)
             atomic_write(out / "params.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+            _seed_checkpoints(d, out)
             return Run(stage, params, d, out)
     atomic_write(p, json.dumps(info, indent=2, sort_keys=True) + "\n")
     return Run(stage, params, d)
+
+
+def _seed_checkpoints(folder: Path, out: Path) -> None:
+    """Copy the checkpoints of a finished run into its staging folder, where training looks.
+
+    Reopening a finished run (JupyterLab, nbval, ``force``) with its checkpoints at hand
+    continues them -- a finished training returns at once -- instead of training again; only a
+    run whose checkpoints are not there (a fresh clone: they are not committed) trains, into
+    the staging folder. Every ``checkpoints/`` folder of the run is copied (paper B's runs keep
+    one per network under ``models/<key>/``); what the staging folder already has is kept.
+    """
+    for ckpt in sorted(folder.rglob("checkpoints")):
+        if not ckpt.is_dir():
+            continue
+        target = out / ckpt.relative_to(folder)
+        for f in ckpt.iterdir():
+            if f.is_file() and not (target / f.name).exists():
+                target.mkdir(parents=True, exist_ok=True)
+                with atomic_path(target / f.name) as tmp:
+                    shutil.copy2(f, tmp)
 
 
 # --------------------------------------------------------------------------- notebooks

@@ -73,6 +73,8 @@ def lab(tmp_path, shared_data, monkeypatch):
     # the user's copy: notebook 05 with the CI parameters injected (papermill --prepare-only)
     pm.execute_notebook(str(ROOT / "notebooks" / "05_compression.ipynb"), str(served / "05_compression.ipynb"),
                         parameters=_ci_params("05_compression"), prepare_only=True, progress_bar=False)
+    # an executed copy as committed, to open as a reader would
+    shutil.copy(ROOT / "runs" / "data" / "eurosat-0-5a716511" / "01_data.ipynb", served / "executed_01_data.ipynb")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -111,6 +113,25 @@ app.restored
     await panel.sessionContext.ready;
     await app.commands.execute('notebook:run-all-cells');
     done('started');
+  })
+  .catch((e) => done('error: ' + e));
+"""
+
+_OPEN_EXECUTED = """
+const [path, done] = [arguments[0], arguments[arguments.length - 1]];
+const app = window.jupyterapp;
+app.restored
+  .then(() => app.commands.execute('docmanager:open', {path, factory: 'Notebook', kernel: {name: 'lcc'}}))
+  .then(async (panel) => {
+    await panel.context.ready;
+    await new Promise((r) => setTimeout(r, 5000));
+    const images = panel.content.widgets.filter((c) => c.model.type === 'code').reduce((n, c) => {
+      for (let k = 0; k < c.model.outputs.length; k++) n += 'image/png' in c.model.outputs.get(k).data ? 1 : 0;
+      return n;
+    }, 0);
+    done({dirty: panel.context.model.dirty, images});
+    await panel.context.sessionContext.shutdown();
+    panel.dispose();
   })
   .catch((e) => done('error: ' + e));
 """
@@ -169,6 +190,11 @@ def test_notebook_05_runs_in_jupyterlab_shows_its_figures_and_the_explorer_respo
     while not browser.execute_script("return !!window.jupyterapp"):
         assert time.monotonic() < deadline, "JupyterLab's page did not load"
         time.sleep(1)
+    # a committed executed notebook opens as it was saved: its figures there, nothing marked modified
+    opened = browser.execute_async_script(_OPEN_EXECUTED, "executed_01_data.ipynb")
+    assert isinstance(opened, dict), opened
+    assert opened["images"] >= 3 and not opened["dirty"], f"the executed 01 notebook as opened: {opened}"
+
     assert browser.execute_async_script(_OPEN_AND_RUN, "05_compression.ipynb") == "started"
 
     deadline = time.monotonic() + 1200

@@ -368,3 +368,19 @@ def test_run_files_show_without_a_machine_path(tmp_path):
     assert pretty(p) == f"saved runs/toy/{run.dir.name}/t.csv"
     assert pretty(run.log_metrics({"a": 1})) == f"saved runs/toy/{run.dir.name}/metrics.json"
     assert str(tmp_path) not in pretty(p) and "PosixPath" not in pretty(p)
+
+
+def test_reopening_a_finished_run_continues_its_checkpoints_in_the_staging_folder(tmp_cache):
+    """With its checkpoints at hand a reopened run does not train again: they are copied, never moved."""
+    run = runs.start_run({"x": 1}, data_hash="abc", stage="toy")
+    for rel in ("checkpoints/last.pt", "checkpoints/best.pt", "models/cnn/checkpoints/best.pt"):
+        run.path(rel).write_bytes(rel.encode())
+    run.log_metrics({"acc": 0.5})
+    before = _snapshot(run.dir)
+    again = runs.start_run({"x": 1}, data_hash="abc", stage="toy")
+    assert again.staged and _snapshot(run.dir) == before
+    for rel in ("checkpoints/last.pt", "checkpoints/best.pt", "models/cnn/checkpoints/best.pt"):
+        assert (again.out / rel).read_bytes() == rel.encode(), rel
+    (again.out / "checkpoints" / "last.pt").write_bytes(b"newer")  # the staging folder's own are kept
+    runs.start_run({"x": 1}, data_hash="abc", stage="toy")
+    assert (again.out / "checkpoints" / "last.pt").read_bytes() == b"newer"
