@@ -653,14 +653,25 @@ def ipc_kernel_manager() -> type:
     """A Jupyter kernel manager that talks to its kernel over IPC sockets instead of TCP.
 
     A local kernel needs no network port; over TCP without CurveZMQ keys every ipykernel
-    warns "Kernel is running over TCP without encryption" once per run. The sockets live
-    beside the kernel's connection file (Jupyter's runtime folder) and go with the kernel.
+    warns "Kernel is running over TCP without encryption" once per run. Each kernel's sockets
+    are files with a name of their own in Jupyter's runtime folder (never in the project), and
+    go with the kernel.
     """
+    import uuid
+
     from jupyter_client.manager import AsyncKernelManager
-    from traitlets import CaselessStrEnum
+    from jupyter_core.paths import jupyter_runtime_dir
+    from traitlets import CaselessStrEnum, default
 
     class IPCKernelManager(AsyncKernelManager):
         transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+        @default("ip")
+        def _ip_default(self) -> str:
+            # the sockets' path prefix, one per kernel: jupyter_client's default ("kernel-ipc" in
+            # the working directory) is shared by the kernels that Dask workers start side by side
+            os.makedirs(jupyter_runtime_dir(), exist_ok=True)
+            return os.path.join(jupyter_runtime_dir(), f"lcc-kernel-{uuid.uuid4().hex}-ipc")
 
     return IPCKernelManager
 
