@@ -37,6 +37,7 @@ in the README). The engine knows nothing of training runs or datasets: paper A's
 from lcc_utils.compression.adaptive import adaptive_prune, adaptive_quantize, prune_then_quantize
 from lcc_utils.compression.artefact import ARTEFACT_SUFFIX, load_compressed, save_compressed
 from lcc_utils.compression.explorer import compression_explorer, plot_accuracy_vs_cr
+from lcc_utils.compression.finetune import finetune_compressed
 from lcc_utils.compression.importance import (
     IMPORTANCE_METRICS,
     get_importance_metric,
@@ -49,13 +50,21 @@ from lcc_utils.compression.pruning import (
     prune_by_sparsity,
     pruning_level_table,
 )
-from lcc_utils.compression.quantization import quantize
+from lcc_utils.compression.quantization import (
+    DEFAULT_GRANULARITY,
+    DEFAULT_LEVELS,
+    GRANULARITIES,
+    LEVELS,
+    fake_quantize,
+    quantize,
+)
 from lcc_utils.compression.size import (
     CompressionReport,
     LayerReport,
     analyze,
     arch_hash,
     compression_ratio,
+    paper_compression_ratio,
     prunable_layers,
     size_breakdown,
     state_dict_file_size,
@@ -67,13 +76,18 @@ from lcc_utils.compression.variants import (
     evaluate_variants,
     get_method,
     make_variants,
+    paper_budgets,
     variant_name,
 )
 
 __all__ = [
     "ADAPTIVE_METHODS",
     "ARTEFACT_SUFFIX",
+    "DEFAULT_GRANULARITY",
+    "DEFAULT_LEVELS",
+    "GRANULARITIES",
     "IMPORTANCE_METRICS",
+    "LEVELS",
     "METHODS",
     "CompressionReport",
     "LayerReport",
@@ -85,6 +99,8 @@ __all__ = [
     "compression_explorer",
     "compression_ratio",
     "evaluate_variants",
+    "fake_quantize",
+    "finetune_compressed",
     "gaussian_level_sparsity",
     "get_importance_metric",
     "get_method",
@@ -92,6 +108,8 @@ __all__ = [
     "layer_importance",
     "load_compressed",
     "make_variants",
+    "paper_budgets",
+    "paper_compression_ratio",
     "plot_accuracy_vs_cr",
     "prunable_layers",
     "prune_by_level",

@@ -29,11 +29,19 @@ from lcc_utils.compression.adaptive import (
 from lcc_utils.compression.artefact import ARTEFACT_SUFFIX, load_compressed, save_compressed
 from lcc_utils.compression.importance import get_importance_metric
 from lcc_utils.compression.pruning import _check_level, prune_by_level
-from lcc_utils.compression.quantization import _check_bits, quantize
+from lcc_utils.compression.quantization import (
+    DEFAULT_GRANULARITY,
+    DEFAULT_LEVELS,
+    _check_bits,
+    _check_granularity,
+    _check_levels,
+    quantize,
+)
 from lcc_utils.compression.size import (
     CompressionReport,
     analyze,
     compression_ratio,
+    paper_compression_ratio,
     state_dict_file_size,
 )
 from lcc_utils.inference import predict
@@ -43,21 +51,29 @@ def _fixed_prune(model: nn.Module, spec: Mapping[str, Any], **_: Any):
     return prune_by_level(model, spec["level"], scope=spec.get("scope", "global"))
 
 
+def _quantizer(spec: Mapping[str, Any]) -> dict[str, str]:
+    return {"granularity": spec.get("granularity", DEFAULT_GRANULARITY),
+            "levels": spec.get("levels", DEFAULT_LEVELS)}
+
+
 def _fixed_quant(model: nn.Module, spec: Mapping[str, Any], **_: Any):
-    return quantize(model, spec["bits"])
+    return quantize(model, spec["bits"], **_quantizer(spec))
 
 
 def _lap(model: nn.Module, spec: Mapping[str, Any], importance: Mapping[str, float], **_: Any):
-    return adaptive_prune(model, importance, spec["budget"])
+    return adaptive_prune(model, importance, spec["budget"],
+                          budget_cr=spec.get("budget_cr", "paper"))
 
 
 def _laq(model: nn.Module, spec: Mapping[str, Any], importance: Mapping[str, float], **_: Any):
-    return adaptive_quantize(model, importance, spec["budget"])
+    return adaptive_quantize(model, importance, spec["budget"],
+                             budget_cr=spec.get("budget_cr", "paper"), **_quantizer(spec))
 
 
 def _pq(model: nn.Module, spec: Mapping[str, Any], importance: Mapping[str, float], **_: Any):
     return prune_then_quantize(model, importance, spec["budget"],
-                               sparsity=spec.get("sparsity", 0.5))
+                               sparsity=spec.get("sparsity", 0.5),
+                               budget_cr=spec.get("budget_cr", "paper"), **_quantizer(spec))
 
 
 #: Paper A's compression methods, by the names the notebook's ``methods`` parameter uses.
@@ -80,21 +96,49 @@ def get_method(name: str) -> Callable[..., tuple[nn.Module, CompressionReport]]:
     return METHODS[name]
 
 
+def _as_list(value: Any) -> list:
+    return [value] if isinstance(value, (str, int, float)) else list(value)
+
+
 def make_variants(methods: Iterable[str], levels: Iterable[float] = (), bits: Iterable[int] = (),
                   importance: Iterable[str] = ("magnitude",),
-                  budget: float | Iterable[float] = 9.0, scope: str = "global",
-                  pq_sparsity: float = 0.5) -> list[dict[str, Any]]:
+                  budget: float | Iterable[float] | Mapping[str, Iterable[float]] = 9.0,
+                  scope: str = "global", pq_sparsity: float = 0.5,
+                  granularity: str | Iterable[str] = DEFAULT_GRANULARITY,
+                  quant_levels: str | Iterable[str] = DEFAULT_LEVELS,
+                  budget_cr: str = "paper") -> list[dict[str, Any]]:
     """Every compression variant of a study: one dict per (method, setting).
 
-    ``fixed_prune`` gets one variant per level, ``fixed_quant`` one per bit-width, and the
-    adaptive methods (``lap``, ``laq``, ``pq``) one per (importance metric, budget).
+    ``fixed_prune`` gets one variant per level, ``fixed_quant`` one per (bit-width,
+    granularity, quantizer levels), and the adaptive methods (``lap``, ``laq``, ``pq``) one
+    per (importance metric, budget). ``budget`` is one CR, a list for every adaptive method,
+    or a dict ``{method: [CRs]}`` (paper A's budgets differ by method: :func:`paper_budgets`);
+    the adaptive methods quantize with the first granularity and levels given.
     """
     methods = list(methods)
     for m in methods:
         get_method(m)
-    budgets = [budget] if isinstance(budget, (int, float)) else list(budget)
-    for b in budgets:
-        _check_budget(b)
+    grans, qlevels = _as_list(granularity), _as_list(quant_levels)
+    for g in grans:
+        _check_granularity(g)
+    for lv in qlevels:
+        _check_levels(lv)
+    if budget_cr not in ("paper", "ours"):
+        raise ValueError(f"unknown budget_cr {budget_cr!r}; choose one of: paper, ours")
+    if isinstance(budget, Mapping):
+        unknown = set(budget) - set(ADAPTIVE_METHODS)
+        if unknown:
+            raise ValueError(f"budget names unknown adaptive method(s) {sorted(unknown)}; "
+                             f"choose from: {', '.join(ADAPTIVE_METHODS)}")
+        budgets_of = {m: _as_list(budget.get(m, ())) for m in ADAPTIVE_METHODS}
+    else:
+        budgets_of = dict.fromkeys(ADAPTIVE_METHODS, _as_list(budget))
+    for m in methods:
+        if m in ADAPTIVE_METHODS and not budgets_of[m]:
+            raise ValueError(f"method {m!r} has no budget; give budget={{{m!r}: [CR, ...]}}")
+    for bl in budgets_of.values():
+        for b in bl:
+            _check_budget(b)
     for lvl in levels:
         _check_level(lvl)
     for b in bits:
@@ -106,11 +150,38 @@ def make_variants(methods: Iterable[str], levels: Iterable[float] = (), bits: It
         if m == "fixed_prune":
             out += [{"method": m, "level": float(lv), "scope": scope} for lv in levels]
         elif m == "fixed_quant":
-            out += [{"method": m, "bits": int(b)} for b in bits]
+            out += [{"method": m, "bits": int(b), "granularity": g, "levels": lv}
+                    for g in grans for lv in qlevels for b in bits]
         else:
-            out += [{"method": m, "importance": imp, "budget": float(b),
-                     **({"sparsity": pq_sparsity} if m == "pq" else {})}
-                    for imp in importance for b in budgets]
+            quant = {} if m == "lap" else {"granularity": grans[0], "levels": qlevels[0]}
+            out += [{"method": m, "importance": imp, "budget": float(b), "budget_cr": budget_cr,
+                     **quant, **({"sparsity": pq_sparsity} if m == "pq" else {})}
+                    for imp in importance for b in budgets_of[m]]
+    return out
+
+
+def paper_budgets(table2: pd.DataFrame, stat: str = "range") -> dict[str, list[float]]:
+    """Budgets (target CRs) of LAP, LAQ and P->Q read from paper A's Table 2.
+
+    ``table2`` is ``paper_a_table2.csv`` (columns ``method`` and ``cr``). ``stat="range"``
+    gives each method's smallest, median and largest published CR (e.g. LAP 1.2 / 1.6 /
+    2.0), ``"all"`` every distinct one. The paper's adaptive methods reached different
+    CRs, so one budget for all (the old CR 9) forced pruning alone to ~90 % sparsity.
+    """
+    names = {"adaptive_pruning": "lap", "adaptive_q": "laq", "adaptive_p_to_q": "pq"}
+    if not {"method", "cr"} <= set(table2.columns):
+        raise ValueError(f"paper Table 2 needs columns method and cr, has {list(table2.columns)}")
+    out = {}
+    for paper_name, ours in names.items():
+        crs = np.sort(table2.loc[table2["method"] == paper_name, "cr"].astype(float).unique())
+        if len(crs) == 0:
+            raise ValueError(f"paper Table 2 has no {paper_name!r} row")
+        if stat == "all":
+            out[ours] = [float(c) for c in crs]
+        elif stat == "range":
+            out[ours] = sorted({float(crs[0]), float(np.median(crs).round(1)), float(crs[-1])})
+        else:
+            raise ValueError(f"unknown stat {stat!r}; choose one of: all, range")
     return out
 
 
@@ -119,9 +190,11 @@ def variant_name(spec: Mapping[str, Any]) -> str:
     m = spec["method"]
     if m == "fixed_prune":
         return f"{m}-level{spec['level']:g}-{spec.get('scope', 'global')}"
+    grid = f"-{spec.get('granularity', DEFAULT_GRANULARITY)}-" \
+           f"{spec.get('levels', DEFAULT_LEVELS).replace('^', '')}"
     if m == "fixed_quant":
-        return f"{m}-{spec['bits']}bit"
-    return f"{m}-{spec['importance']}-cr{spec['budget']:g}"
+        return f"{m}-{spec['bits']}bit{grid}"
+    return f"{m}-{spec['importance']}-cr{spec['budget']:g}{'' if m == 'lap' else grid}"
 
 
 def apply_variant(model: nn.Module, spec: Mapping[str, Any],
@@ -199,7 +272,8 @@ def evaluate_variants(model: nn.Module, variants: list[dict[str, Any]], test_loa
     base_pred, y = _predicted_labels(copy.deepcopy(model), test_loader, max_images,
                                      desc="fp32", device=device)
     rows.append({"variant": "fp32", "method": "none", "accuracy": 100 * float((base_pred == y)
-                 .mean()), "cr": 1.0, "cr_sparsity_bits_only": 1.0, "cr_disk": 1.0,
+                 .mean()), "cr_paper": 1.0, "cr": 1.0, "cr_sparsity_bits_only": 1.0,
+                 "cr_disk": 1.0,
                  "size_bytes": fp32_bytes, "params": n_params,
                  "nonzero_params": n_params, "sparsity": analyze(model).sparsity,
                  "mean_bits": 32.0, "artefact_match": True, "n_checked": 0, "n_test": len(y)})
@@ -225,7 +299,8 @@ def evaluate_variants(model: nn.Module, variants: list[dict[str, Any]], test_loa
         cr = compression_ratio(report)
         nnz = sum(int(torch.count_nonzero(p)) for p in cmodel.parameters())
         rows.append({"variant": name, **spec, "accuracy": 100 * float((pred == y).mean()),
-                     "cr": cr, "cr_sparsity_bits_only": compression_ratio(report, overhead=False),
+                     "cr_paper": paper_compression_ratio(report), "cr": cr,
+                     "cr_sparsity_bits_only": compression_ratio(report, overhead=False),
                      "cr_disk": fp32_bytes / size, "size_bytes": size, "params": n_params,
                      "nonzero_params": nnz, "sparsity": report.sparsity,
                      "mean_bits": report.mean_bits,
