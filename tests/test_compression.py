@@ -612,3 +612,38 @@ def test_finetune_keeps_masks_and_bits_and_recovers(tmp_path):
     assert states_equal(fm, loaded)
     with pytest.raises(ValueError, match="steps must be an integer >= 1"):
         C.finetune_compressed(cm, rep, data, steps=0)
+
+
+# ----------------------------------------------------------------------------- int8 export
+def test_int8_export_matches_fake_quantized_model(tmp_path):
+    """The exported int8 model computes what the fake-quantized (8-bit) model computes.
+
+    Tolerance: int8 also quantizes activations (uint8), so logits may differ by a few steps
+    of the activation grid; we allow 5 % of the logit range and require the same class for
+    at least 90 % of the images.
+    """
+    torch.manual_seed(0)
+    model = mid_cnn()
+    calib = batches(n=4, b=16, classes=10)
+    with torch.no_grad():  # BatchNorm statistics of a trained-looking model
+        model.train()
+        for x, *_ in calib:
+            model(x)
+        model.eval()
+    q8, _ = C.quantize(model, 8, "channel", "2^b-1")
+    int8 = C.export_int8(model, calib, num_batches=4)
+    path = C.save_int8(int8, tmp_path / "m.int8.pt")
+    loaded = C.load_int8(path)
+    x = torch.cat([b[0] for b in batches(n=2, b=16, classes=10)])
+    with torch.no_grad():
+        ref, out = q8(x), loaded(x)
+    span = float(ref.max() - ref.min())
+    assert float((out - ref).abs().max()) <= 0.05 * span
+    assert float((out.argmax(1) == ref.argmax(1)).float().mean()) >= 0.9
+    # real int8 kernels: quantized convolutions in the graph, and a smaller file
+    assert "quantized" in str(loaded.graph) and path.stat().st_size < C.state_dict_file_size(model)
+    (tmp_path / "bad.pt").write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"bad\.pt is not a TorchScript int8 model"):
+        C.load_int8(tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="calib_batches yielded no batch"):
+        C.export_int8(model, [])

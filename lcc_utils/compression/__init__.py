@@ -37,6 +37,7 @@ in the README). The engine knows nothing of training runs or datasets: paper A's
 from lcc_utils.compression.adaptive import adaptive_prune, adaptive_quantize, prune_then_quantize
 from lcc_utils.compression.artefact import ARTEFACT_SUFFIX, load_compressed, save_compressed
 from lcc_utils.compression.explorer import compression_explorer, plot_accuracy_vs_cr
+from lcc_utils.compression.deploy import INT8_BACKEND, export_int8, load_int8, save_int8
 from lcc_utils.compression.finetune import finetune_compressed
 from lcc_utils.compression.importance import (
     IMPORTANCE_METRICS,
@@ -87,6 +88,7 @@ __all__ = [
     "DEFAULT_LEVELS",
     "GRANULARITIES",
     "IMPORTANCE_METRICS",
+    "INT8_BACKEND",
     "LEVELS",
     "METHODS",
     "CompressionReport",
@@ -99,6 +101,7 @@ __all__ = [
     "compression_explorer",
     "compression_ratio",
     "evaluate_variants",
+    "export_int8",
     "fake_quantize",
     "finetune_compressed",
     "gaussian_level_sparsity",
@@ -107,6 +110,7 @@ __all__ = [
     "importance_table",
     "layer_importance",
     "load_compressed",
+    "load_int8",
     "make_variants",
     "paper_budgets",
     "paper_compression_ratio",
@@ -118,6 +122,7 @@ __all__ = [
     "pruning_level_table",
     "quantize",
     "save_compressed",
+    "save_int8",
     "size_breakdown",
     "state_dict_file_size",
     "variant_name",
