@@ -36,8 +36,8 @@ in the README). The engine knows nothing of training runs or datasets: paper A's
 
 from lcc_utils.compression.adaptive import adaptive_prune, adaptive_quantize, prune_then_quantize
 from lcc_utils.compression.artefact import ARTEFACT_SUFFIX, load_compressed, save_compressed
-from lcc_utils.compression.explorer import compression_explorer, plot_accuracy_vs_cr
 from lcc_utils.compression.deploy import INT8_BACKEND, export_int8, load_int8, save_int8
+from lcc_utils.compression.explorer import compression_explorer, plot_accuracy_vs_cr
 from lcc_utils.compression.finetune import finetune_compressed
 from lcc_utils.compression.importance import (
     IMPORTANCE_METRICS,
