@@ -37,7 +37,14 @@ in the README). The engine knows nothing of training runs or datasets: paper A's
 from lcc_utils.compression.adaptive import adaptive_prune, adaptive_quantize, prune_then_quantize
 from lcc_utils.compression.artefact import ARTEFACT_SUFFIX, load_compressed, save_compressed
 from lcc_utils.compression.deploy import INT8_BACKEND, export_int8, load_int8, save_int8
-from lcc_utils.compression.explorer import compression_explorer, plot_accuracy_vs_cr
+from lcc_utils.compression.explorer import (
+    compression_explorer,
+    display_explorer,
+    explorer_table,
+    pareto_frontier,
+    plot_accuracy_vs_cr,
+    plot_accuracy_vs_size,
+)
 from lcc_utils.compression.finetune import finetune_compressed
 from lcc_utils.compression.importance import (
     IMPORTANCE_METRICS,
@@ -100,7 +107,9 @@ __all__ = [
     "arch_hash",
     "compression_explorer",
     "compression_ratio",
+    "display_explorer",
     "evaluate_variants",
+    "explorer_table",
     "export_int8",
     "fake_quantize",
     "finetune_compressed",
@@ -113,8 +122,10 @@ __all__ = [
     "load_int8",
     "make_variants",
     "paper_budgets",
+    "pareto_frontier",
     "paper_compression_ratio",
     "plot_accuracy_vs_cr",
+    "plot_accuracy_vs_size",
     "prunable_layers",
     "prune_by_level",
     "prune_by_sparsity",

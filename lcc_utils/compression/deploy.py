@@ -10,7 +10,9 @@ user loads it without this package: ``torch.jit.load(path)``.
 Choices (listed in the README): int8 was chosen over channel pruning and ONNX Runtime by
 measurement (``benchmarks/deploy_benchmark.py``) and because it needs no new dependency;
 the calibration images come from the training split, never the test split; the activation
-observer is x86's default (histogram, reduced range).
+observer is x86's default (histogram, reduced range). PyTorch's int8 kernels have no
+deterministic variant: run the exported module with ``torch.use_deterministic_algorithms``
+off (or ``warn_only=True``).
 """
 
 from __future__ import annotations
@@ -45,9 +47,6 @@ def export_int8(model: nn.Module, calib_batches: Iterable, num_batches: int = 8,
         A frozen TorchScript module running int8 convolutions and linear layers.
 
     """
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
     _check_model(model)
     if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
         raise ValueError(f"num_batches must be an integer >= 1, got {num_batches!r}")
@@ -62,6 +61,22 @@ def export_int8(model: nn.Module, calib_batches: Iterable, num_batches: int = 8,
         batches.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
     if not batches:
         raise ValueError("calib_batches yielded no batch: int8 calibration needs images")
+    # int8 kernels have no deterministic variant (quantized_resize_cpu_): a caller that turned
+    # on torch.use_deterministic_algorithms (training does) gets a warning-only mode here
+    det = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        if det:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        return _export(model, batches, backend)
+    finally:
+        torch.use_deterministic_algorithms(det, warn_only=warn_only)
+
+
+def _export(model: nn.Module, batches: list[torch.Tensor], backend: str) -> torch.jit.ScriptModule:
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
     with warnings.catch_warnings():  # torch.ao.quantization's deprecation notice
         warnings.simplefilter("ignore")
         prepared = prepare_fx(copy.deepcopy(model).cpu().eval(),

@@ -11,7 +11,10 @@ per-layer bits, scale granularity and grid, so the result is again an exact
 Choices (listed in the README): the mask is "every weight that is zero in the compressed
 model", so a weight that a 2^b-1 grid rounded to zero also stays zero; scales are recomputed
 from the latent weights at every step (max|w| / qmax); SGD with momentum 0.9 and a cosine
-learning rate from ``lr`` to 0; BatchNorm statistics are updated (train mode).
+learning rate from ``lr`` (1e-3) to 0; BatchNorm statistics are updated (train mode) and the
+training batches are augmented as the training run's recipe did. On the full-data plain CNN,
+P->Q at on-disk CR 9 went from 95.80 % to 96.55 % in 100 steps (fp32 96.65 %, 2,000 test
+images), 95.75 % with frozen BatchNorm statistics (README).
 """
 
 from __future__ import annotations
@@ -64,8 +67,9 @@ def _granularity_of(report: CompressionReport, key: str) -> str:
 
 
 def finetune_compressed(model: nn.Module, report: CompressionReport, train_loader: Iterable,
-                        steps: int = 300, lr: float = 0.01, device: str = "cpu",
-                        seed: int = 0) -> tuple[nn.Module, CompressionReport]:
+                        steps: int = 300, lr: float = 0.001, device: str = "cpu",
+                        seed: int = 0, freeze_bn: bool = False
+                        ) -> tuple[nn.Module, CompressionReport]:
     """A short fine-tune of a compressed model that keeps its masks and its bit-widths.
 
     Args:
@@ -76,6 +80,9 @@ def finetune_compressed(model: nn.Module, report: CompressionReport, train_loade
         lr: peak learning rate of SGD (momentum 0.9, cosine decay to 0).
         device: where to train.
         seed: torch seed of the loop (data order is the loader's).
+        freeze_bn: keep BatchNorm running statistics as trained (eval mode; its affine
+            parameters still learn). Default False: the statistics follow the compressed
+            weights, which recovered more in our measurement (README).
 
     Returns:
         The fine-tuned copy and its report; method ``<method>+ft``.
@@ -110,6 +117,10 @@ def finetune_compressed(model: nn.Module, report: CompressionReport, train_loade
         opt, lambda i: 0.5 * (1 + torch.cos(torch.tensor(i / steps * torch.pi)).item()))
     loss_fn = nn.CrossEntropyLoss()
     model.train()
+    if freeze_bn:
+        for mod in model.modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                mod.eval()
     batches = itertools.cycle(train_loader)
     for _ in range(steps):
         batch = next(batches)

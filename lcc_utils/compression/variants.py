@@ -27,6 +27,7 @@ from lcc_utils.compression.adaptive import (
     prune_then_quantize,
 )
 from lcc_utils.compression.artefact import ARTEFACT_SUFFIX, load_compressed, save_compressed
+from lcc_utils.compression.finetune import finetune_compressed
 from lcc_utils.compression.importance import get_importance_metric
 from lcc_utils.compression.pruning import _check_level, prune_by_level
 from lcc_utils.compression.quantization import (
@@ -194,7 +195,8 @@ def variant_name(spec: Mapping[str, Any]) -> str:
            f"{spec.get('levels', DEFAULT_LEVELS).replace('^', '')}"
     if m == "fixed_quant":
         return f"{m}-{spec['bits']}bit{grid}"
-    return f"{m}-{spec['importance']}-cr{spec['budget']:g}{'' if m == 'lap' else grid}"
+    cr = "cr" if spec.get("budget_cr", "paper") == "paper" else "ourcr"
+    return f"{m}-{spec['importance']}-{cr}{spec['budget']:g}{'' if m == 'lap' else grid}"
 
 
 def apply_variant(model: nn.Module, spec: Mapping[str, Any],
@@ -250,7 +252,9 @@ def evaluate_variants(model: nn.Module, variants: list[dict[str, Any]], test_loa
                       artefact_dir: str | os.PathLike,
                       importance: Mapping[str, Mapping[str, float]] | None = None,
                       max_images: int = 0, model_name: str = "",
-                      device: str = "cpu", check_images: int = 0) -> pd.DataFrame:
+                      device: str = "cpu", check_images: int = 0,
+                      finetune: Mapping[str, tuple[int, float]] | None = None,
+                      train_loader: Iterable | None = None) -> pd.DataFrame:
     """Compress, save, reload and evaluate every variant: the study's results table.
 
     For the fp32 baseline and each variant: top-1 accuracy (%) of the simulated model,
@@ -259,6 +263,11 @@ def evaluate_variants(model: nn.Module, variants: list[dict[str, Any]], test_loa
     and load time, and ``artefact_match``: True when the reloaded artefact has bit-identical
     weights and predicts exactly the same labels as the simulated model on the first
     ``check_images`` evaluated test images (0: all of them; ``n_checked`` records how many).
+    Both CRs are on every row: ``cr_paper`` (paper A's 32/b, 1/(1-s), their product) and
+    ``cr`` (ours: every mask, scale and fp32 tensor counted), beside the measured ``cr_disk``.
+    ``finetune`` maps variant names to ``(steps, lr)``: those variants are also fine-tuned
+    (:func:`~lcc_utils.compression.finetune_compressed`, on ``train_loader``) and get a row
+    of their own, ``<variant>+ft`` with method ``<method>+ft`` (beyond the paper).
     Compression runs on the CPU; predictions on ``device``.
     """
     if not isinstance(check_images, int) or check_images < 0:
@@ -277,9 +286,15 @@ def evaluate_variants(model: nn.Module, variants: list[dict[str, Any]], test_loa
                  "size_bytes": fp32_bytes, "params": n_params,
                  "nonzero_params": n_params, "sparsity": analyze(model).sparsity,
                  "mean_bits": 32.0, "artefact_match": True, "n_checked": 0, "n_test": len(y)})
-    for spec in tqdm(variants, desc="variants"):
-        name = variant_name(spec)
-        cmodel, report = apply_variant(model, spec, importance)
+    finetune = dict(finetune or {})
+    unknown = set(finetune) - {variant_name(v) for v in variants}
+    if unknown:
+        raise ValueError(f"finetune names no variant of this study: {sorted(unknown)}")
+    if finetune and train_loader is None:
+        raise ValueError("finetune needs train_loader (batches of the training split)")
+
+    def row(name: str, spec: Mapping[str, Any], cmodel: nn.Module,
+            report: CompressionReport) -> dict[str, Any]:
         t0 = time.perf_counter()
         path = save_compressed(cmodel, report, artefact_dir / f"{name}{ARTEFACT_SUFFIX}",
                                model_name=model_name)
@@ -296,17 +311,29 @@ def evaluate_variants(model: nn.Module, variants: list[dict[str, Any]], test_loa
                      zip(cmodel.state_dict().values(), reloaded.state_dict().values(),
                          strict=True))
         size = path.stat().st_size
-        cr = compression_ratio(report)
         nnz = sum(int(torch.count_nonzero(p)) for p in cmodel.parameters())
-        rows.append({"variant": name, **spec, "accuracy": 100 * float((pred == y).mean()),
-                     "cr_paper": paper_compression_ratio(report), "cr": cr,
-                     "cr_sparsity_bits_only": compression_ratio(report, overhead=False),
-                     "cr_disk": fp32_bytes / size, "size_bytes": size, "params": n_params,
-                     "nonzero_params": nnz, "sparsity": report.sparsity,
-                     "mean_bits": report.mean_bits,
-                     "artefact_match": bool(same_w and np.array_equal(pred[:n_check], pred_r)),
-                     "n_checked": n_check,
-                     "save_s": t1 - t0, "load_s": t2 - t1, "n_test": len(y)})
+        return {"variant": name, **spec, "accuracy": 100 * float((pred == y).mean()),
+                "cr_paper": paper_compression_ratio(report), "cr": compression_ratio(report),
+                "cr_sparsity_bits_only": compression_ratio(report, overhead=False),
+                "cr_disk": fp32_bytes / size, "size_bytes": size, "params": n_params,
+                "nonzero_params": nnz, "sparsity": report.sparsity,
+                "mean_bits": report.mean_bits,
+                "artefact_match": bool(same_w and np.array_equal(pred[:n_check], pred_r)),
+                "n_checked": n_check, "save_s": t1 - t0, "load_s": t2 - t1, "n_test": len(y)}
+
+    for spec in tqdm(variants, desc="variants"):
+        name = variant_name(spec)
+        cmodel, report = apply_variant(model, spec, importance)
+        rows.append({**row(name, spec, cmodel, report), "finetuned": False})
+        if name in finetune:
+            steps, lr = finetune[name]
+            t0 = time.perf_counter()
+            fmodel, freport = finetune_compressed(cmodel, report, train_loader, steps=steps,
+                                                  lr=lr)
+            ft_s = time.perf_counter() - t0
+            ft_spec = {**spec, "method": f"{spec['method']}+ft"}
+            rows.append({**row(f"{name}+ft", ft_spec, fmodel, freport), "finetuned": True,
+                         "finetune_steps": steps, "finetune_lr": lr, "finetune_s": ft_s})
     df = pd.DataFrame(rows)
     df["cr_gap"] = df["cr_disk"] / df["cr"] - 1.0
     return df
