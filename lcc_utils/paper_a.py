@@ -456,7 +456,9 @@ def table1_metrics(table: pd.DataFrame, runs_found: int, expected: int) -> dict[
 
 # --------------------------------------------------------------------------- notebook 05: Tables 2-3
 def _setting(row: Mapping[str, Any]) -> str:
-    m = row["method"]
+    m = str(row["method"])
+    if m.endswith("+ft"):  # fine-tuned after compression: the base variant's setting
+        return f"{_setting({**row, 'method': m[:-3]})}, fine-tuned"
     if m == "fixed_prune":
         return f"level {row['level']:g}"
     quant = ""
@@ -486,8 +488,11 @@ def paper_table2(papers_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 def paper_method(row: Mapping[str, Any]) -> str:
-    """Paper A's Table 2 name of one of our variants (``pruning_level_1.0``, ``4bit_q``...)."""
-    m = row["method"]
+    """Paper A's Table 2 name of one of our variants (``pruning_level_1.0``, ``4bit_q``...).
+
+    A fine-tuned variant (``+ft``) is set beside the paper's post-training number of its method.
+    """
+    m = str(row["method"]).removesuffix("+ft")
     if m == "fixed_prune":
         return f"pruning_level_{float(row['level'])}"  # the CSV's spelling: 0.25, 0.5, 1.0
     if m == "fixed_quant":

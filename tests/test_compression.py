@@ -656,3 +656,18 @@ def test_int8_export_matches_fake_quantized_model(tmp_path, nondeterministic):
         C.load_int8(tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="calib_batches yielded no batch"):
         C.export_int8(model, [])
+
+
+def test_table2_names_finetuned_rows_beside_the_papers_method():
+    rows = pd.DataFrame([
+        {"method": "fixed_quant", "bits": 4, "granularity": "tensor", "levels": "2^b-1"},
+        {"method": "fixed_quant+ft", "bits": 4, "granularity": "tensor", "levels": "2^b-1"}])
+    rows = rows.assign(dataset="eurosat", model="cnn", fraction=1.0, accuracy=[80.0, 95.0],
+                       cr_paper=8.0, cr=7.9, cr_disk=7.9, size_bytes=100)
+    paper = pd.DataFrame({"model": ["convnext_tiny"], "dataset": ["ucmerced"],
+                          "coreset": ["random"], "fraction": [1.0], "method": ["4bit_q"],
+                          "accuracy": [4.76], "cr": [8.0]})
+    t2 = PA.table2(rows, paper)
+    assert list(t2["setting"]) == ["4 bit (tensor, 2^b-1)", "4 bit (tensor, 2^b-1), fine-tuned"]
+    assert list(t2["paper_method"]) == ["4bit_q", "4bit_q"]
+    assert list(t2["paper_accuracy"]) == [4.76, 4.76]
