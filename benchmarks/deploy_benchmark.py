@@ -6,8 +6,9 @@ batches) and measures, on the same EuroSAT test images and in the same process:
 
 * latency per image at batch 1 (median over ``--b1-images`` single images) and at batch 64
   (median batch time / 64), and throughput (images/s at batch 64);
-* peak memory: the rise of the process's peak RSS while a fresh subprocess loads the form
-  from its file and classifies one batch of 64 (``ru_maxrss`` after, minus before);
+* peak memory: the rise of the peak RSS while a fresh subprocess (torch already imported, peak
+  reset through ``/proc/self/clear_refs``) loads the form from its file and classifies one
+  batch of 64 (``VmHWM`` after minus ``VmRSS`` before; Linux only);
 * file size and test accuracy (the whole test split).
 
 Forms: ``fp32`` (eager PyTorch, how notebooks run it), ``fp32-ts`` (the same traced and
@@ -39,9 +40,14 @@ from lcc_utils import paper_a, trained
 RUN = "runs/train/eurosat-plain-cnn-random-1.0-0-306d86f6"
 
 _MEMORY_CHILD = r"""
-import json, resource, sys, torch
+import json, sys, torch
 torch.set_num_threads(int(sys.argv[3]))
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak RSS (VmHWM) to the current RSS
+base = status("VmRSS")
 kind, path = sys.argv[1], sys.argv[2]
 if kind in ("int8", "fp32-ts"):
     torch.backends.quantized.engine = "x86"
@@ -51,7 +57,7 @@ else:
 m.eval()
 with torch.no_grad():
     m(torch.randn(64, 3, int(sys.argv[4]), int(sys.argv[4])))
-print(json.dumps({"peak_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024}))
+print(json.dumps({"peak_mb": status("VmHWM") - base}))
 """
 
 
