@@ -456,23 +456,80 @@ def table1_metrics(table: pd.DataFrame, runs_found: int, expected: int) -> dict[
 
 # --------------------------------------------------------------------------- notebook 05: Tables 2-3
 def _setting(row: Mapping[str, Any]) -> str:
-    m = row["method"]
+    m = str(row["method"])
+    if m.endswith("+ft"):  # fine-tuned after compression: the base variant's setting
+        return f"{_setting({**row, 'method': m[:-3]})}, fine-tuned"
     if m == "fixed_prune":
         return f"level {row['level']:g}"
+    quant = ""
+    if m != "lap" and isinstance(row.get("granularity"), str):
+        quant = f" ({row['granularity']}, {row['levels']})"
     if m == "fixed_quant":
-        return f"{int(row['bits'])} bit"
+        return f"{int(row['bits'])} bit{quant}"
     if m in ADAPTIVE_METHODS:
-        return f"{row['importance']}, CR>={row['budget']:g}"
+        return f"{row['importance']}, CR>={row['budget']:g}{quant}"
     return "fp32"
 
 
-def paper_reference(results: pd.DataFrame) -> pd.DataFrame:
-    """Paper A's published CR / accuracy beside each variant, only where the paper has one.
+PAPER_A_TABLE2_CSV = "paper_a_table2.csv"
 
-    Fixed pruning at the paper's levels gets its CR (1.3 / 1.7 / 3.4 / 7.9); every P->Q row
-    gets the paper's best P->Q result (CR 9.0 at 98.10 %). Nothing else is published in a
-    form we can match, so other cells stay empty (never invented).
+
+def paper_table2(papers_dir: str | os.PathLike) -> pd.DataFrame:
+    """Paper A's published Table 2 (ConvNeXt-T, UC Merced): coreset x fraction x method."""
+    path = Path(papers_dir) / PAPER_A_TABLE2_CSV
+    if not path.is_file():
+        raise FileNotFoundError(f"paper A's Table 2 not found: {path} (the papers folder beside "
+                                "the data root, ../shared/papers)")
+    df = pd.read_csv(path)
+    need = {"model", "dataset", "coreset", "fraction", "method", "accuracy", "cr"}
+    if not need <= set(df.columns):
+        raise ValueError(f"{path}: expected columns {sorted(need)}, found {list(df.columns)}")
+    return df
+
+
+def paper_method(row: Mapping[str, Any]) -> str:
+    """Paper A's Table 2 name of one of our variants (``pruning_level_1.0``, ``4bit_q``...).
+
+    A fine-tuned variant (``+ft``) is set beside the paper's post-training number of its method.
     """
+    m = str(row["method"]).removesuffix("+ft")
+    if m == "fixed_prune":
+        return f"pruning_level_{float(row['level'])}"  # the CSV's spelling: 0.25, 0.5, 1.0
+    if m == "fixed_quant":
+        return f"{int(row['bits'])}bit_q"
+    return {"none": "baseline", "lap": "adaptive_pruning", "laq": "adaptive_q",
+            "pq": "adaptive_p_to_q"}.get(m, m)
+
+
+def paper_reference(results: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Paper A's published accuracy and CR beside each variant, only where the paper has one.
+
+    With ``paper`` (:func:`paper_table2`), each row gets the paper's number for the same
+    coreset, fraction and method (its ConvNeXt-T on UC Merced: another model and dataset,
+    shown beside ours, never mixed into our numbers). Without it, fixed pruning gets the
+    paper's level CRs and P->Q its best result (CR 9.0 at 98.10 %). Nothing is invented.
+    """
+    out = results.copy()
+    out["paper_method"] = [paper_method(r) for _, r in out.iterrows()]
+    if paper is not None:
+        key = ["coreset", "fraction", "method"]
+        ref = paper.rename(columns={"method": "paper_method", "accuracy": "paper_accuracy",
+                                    "cr": "paper_cr", "model": "paper_model",
+                                    "dataset": "paper_dataset"})
+        ref = ref[["paper_model", "paper_dataset", "coreset", "fraction", "paper_method",
+                   "paper_accuracy", "paper_cr"]].copy()
+        ref["fraction"] = ref["fraction"].astype(float).round(4)
+        left = out.assign(fraction=out["fraction"].astype(float).round(4),
+                          coreset=out.get("coreset", "random"))
+        missing = set(key[:2]) - set(left.columns)
+        if missing:
+            raise ValueError(f"results need columns {sorted(missing)} to meet the paper's table")
+        merged = left.merge(ref, on=["coreset", "fraction", "paper_method"], how="left")
+        out["paper_model"] = merged["paper_model"].to_numpy()
+        out["paper_dataset"] = merged["paper_dataset"].to_numpy()
+        out["paper_accuracy"] = merged["paper_accuracy"].to_numpy()
+        out["paper_cr"] = merged["paper_cr"].to_numpy()
+        return out
     paper_cr, paper_acc = [], []
     for _, row in results.iterrows():
         cr = acc = float("nan")
@@ -482,28 +539,51 @@ def paper_reference(results: pd.DataFrame) -> pd.DataFrame:
             cr, acc = PAPER_A_PQ_BEST["cr"], PAPER_A_PQ_BEST["accuracy"]
         paper_cr.append(cr)
         paper_acc.append(acc)
-    out = results.copy()
     out["paper_cr"], out["paper_accuracy"] = paper_cr, paper_acc
     return out
 
 
-def table2(results: pd.DataFrame) -> pd.DataFrame:
-    """Paper A's Table 2 layout: method x training fraction, accuracy and CR.
+#: What identifies one cell of Table 2: never averaged over.
+TABLE2_KEYS = ("dataset", "model", "coreset", "fraction", "seed", "method", "setting")
 
-    One row per method and setting; per training fraction (coreset size) our accuracy (%),
-    computed CR and on-disk CR; then the paper's numbers. ``results`` is
-    :func:`evaluate_variants`'s table with a ``fraction`` column (one or more training runs).
+
+def table2(results: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Paper A's Table 2 layout, per dataset and model: coreset x fraction x method.
+
+    One row per (dataset, model, coreset, fraction, seed, method, setting): our accuracy
+    (%), paper A's CR (``cr_paper``: 32/b, 1/(1-s), their product), our computed CR
+    (``cr``: masks, scales, biases and norms counted), the on-disk CR (``cr_disk``) and the
+    artefact's bytes, then the paper's accuracy and CR for the same coreset, fraction and
+    method (``paper`` = :func:`paper_table2`). Rows of different datasets, models or seeds
+    are never averaged: two results for one key are an error (the old layout averaged
+    unrelated runs into one cell).
     """
-    df = paper_reference(results)
+    df = results.copy()
+    for col, default in (("coreset", "random"), ("seed", 0)):
+        if col not in df:
+            df[col] = default
+    for col in ("dataset", "model", "fraction"):
+        if col not in df:
+            raise ValueError(f"results need a {col!r} column (the training run's {col})")
+    if "cr_paper" not in df:
+        df["cr_paper"] = np.nan
+    df = paper_reference(df, paper)
     df["setting"] = [_setting(r) for _, r in df.iterrows()]
-    if "fraction" not in df:
-        raise ValueError("results need a 'fraction' column (the training run's coreset size)")
-    wide = df.pivot_table(index=["method", "setting"], columns="fraction",
-                          values=["accuracy", "cr", "cr_disk"], sort=False)
-    wide = wide.swaplevel(0, 1, axis=1).sort_index(axis=1, level=0, sort_remaining=False)
-    paper = df.groupby(["method", "setting"], sort=False)[["paper_cr", "paper_accuracy"]].first()
-    paper.columns = pd.MultiIndex.from_tuples([("paper", c) for c in paper.columns])
-    return wide.join(paper)
+    keys = list(TABLE2_KEYS)
+    dup = df.duplicated(keys, keep=False)
+    if dup.any():
+        first = df.loc[dup, keys].iloc[0].to_dict()
+        raise ValueError(f"two results for one Table 2 cell {first}: refusing to average them")
+    cols = keys + ["accuracy", "cr_paper", "cr", "cr_disk", "size_bytes", "paper_method",
+                   "paper_accuracy", "paper_cr"]
+    cols += [c for c in ("paper_model", "paper_dataset") if c in df]
+    order = {m: i for i, m in enumerate(["none", "fixed_prune", "fixed_quant", "lap", "laq",
+                                         "pq"])}
+    df["_order"] = [order.get(m.split("+")[0], 9) + (0.5 if "+ft" in m else 0)
+                    for m in df["method"]]
+    df = df.sort_values(["dataset", "model", "coreset", "fraction", "seed", "_order"],
+                        kind="stable")
+    return df[cols].reset_index(drop=True)
 
 
 def table3(results: pd.DataFrame, model_name: str) -> pd.DataFrame:
@@ -518,16 +598,18 @@ def table3(results: pd.DataFrame, model_name: str) -> pd.DataFrame:
     })
 
 
-def best_at_ratio(results: pd.DataFrame, min_cr: float = 9.0) -> pd.Series | None:
-    """The most accurate variant whose computed CR is at least ``min_cr`` (None if none)."""
-    ok = results[results["cr"] >= min_cr]
-    return None if ok.empty else ok.sort_values(["accuracy", "cr"], ascending=False).iloc[0]
+def best_at_ratio(results: pd.DataFrame, min_cr: float = 9.0,
+                  column: str = "cr_disk") -> pd.Series | None:
+    """The most accurate variant whose CR (on-disk by default) is >= ``min_cr`` (None if none)."""
+    ok = results[results[column] >= min_cr]
+    return None if ok.empty else ok.sort_values(["accuracy", column], ascending=False).iloc[0]
 
 
 def results_summary(results: pd.DataFrame, min_cr: float = 9.0) -> dict[str, Any]:
     """Metrics of a compression run, written to ``metrics.json``.
 
-    fp32 accuracy, best accuracy at CR >= ``min_cr``, the largest computed-vs-disk CR gap
+    fp32 accuracy, best accuracy at on-disk CR >= ``min_cr`` (and its distance to fp32, in
+    points), the largest computed-vs-disk CR gap
     and whether every artefact reproduced its simulated model.
     """
     base = results[results["method"] == "none"]
@@ -537,7 +619,9 @@ def results_summary(results: pd.DataFrame, min_cr: float = 9.0) -> dict[str, Any
         "fp32_accuracy": float(base["accuracy"].iloc[0]) if not base.empty else float("nan"),
         f"best_accuracy_cr{min_cr:g}": float("nan") if best is None else float(best["accuracy"]),
         f"best_variant_cr{min_cr:g}": "" if best is None else str(best["variant"]),
-        f"best_cr_cr{min_cr:g}": float("nan") if best is None else float(best["cr"]),
+        f"best_cr_cr{min_cr:g}": float("nan") if best is None else float(best["cr_disk"]),
+        f"fp32_minus_best_cr{min_cr:g}": (float("nan") if best is None or base.empty else
+                                          float(base["accuracy"].iloc[0] - best["accuracy"])),
         "max_cr_gap": float(comp["cr_gap"].abs().max()) if not comp.empty else 0.0,
         "all_artefacts_match": bool(comp["artefact_match"].all()),
         "n_variants": int(len(comp)),
@@ -592,8 +676,10 @@ def prepare_compression(run_dir: str | os.PathLike, model: nn.Module, data_dir: 
                          f"{params['dataset']} under the data root has hash {ds.hash}")
     seed = int(params.get("seed", 0))
     split = data.get_split(ds, seed=seed)
+    # the training loader (fine-tuning after compression) augments as the run's recipe did
+    augment = training.get_recipe(params.get("recipe", "paper_a")).augment
     loaders = data.make_loaders(ds, split, image_size=params.get("image_size"),
-                                batch_size=batch_size, seed=seed)
+                                batch_size=batch_size, seed=seed, augment=augment)
     if max_test_images and max_test_images < len(split.test):
         rng = np.random.default_rng(seed)
         subset = np.sort(rng.choice(np.asarray(split.test), max_test_images, replace=False))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -119,7 +121,7 @@ def test_gaussian_level_sparsity_matches_paper_levels():
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
 def test_quantize_levels_per_channel(bits):
     model = tiny_cnn()
-    q, report = C.quantize(model, bits)
+    q, report = C.quantize(model, bits, granularity="channel", levels="2^b-1")
     for name, w in weights(q).items():
         assert report.layers[f"{name}.weight"].bits == bits
         for ch in w.flatten(1):
@@ -134,7 +136,7 @@ def test_quantize_levels_per_channel(bits):
 
 def test_one_bit_is_sign_times_mean_abs():
     model = tiny_cnn()
-    q, _ = C.quantize(model, 1)
+    q, _ = C.quantize(model, 1, granularity="channel")
     orig = model[0].weight.detach()
     expect = torch.sign(orig) * orig.abs().flatten(1).mean(1).view(-1, 1, 1, 1)
     assert torch.allclose(q[0].weight, expect, atol=1e-7)
@@ -143,10 +145,59 @@ def test_one_bit_is_sign_times_mean_abs():
 def test_quantize_keeps_pruned_zeros():
     pruned, _ = C.prune_by_sparsity(tiny_cnn(), 0.5)
     for bits in (1, 4):
-        q, rep = C.quantize(pruned, bits)
-        for name, w in weights(pruned).items():
-            assert torch.all(weights(q)[name][w == 0] == 0)
-        assert rep.sparsity >= 0.5 - 1e-3
+        for g in C.GRANULARITIES:
+            for lv in C.LEVELS:
+                q, rep = C.quantize(pruned, bits, g, lv)
+                for name, w in weights(pruned).items():
+                    assert torch.all(weights(q)[name][w == 0] == 0)
+                assert rep.sparsity >= 0.5 - 1e-3
+                # paper A's CR counts the pruning (1 / (1 - 0.5)) and the bits, nothing else
+                assert C.paper_compression_ratio(rep) == pytest.approx(2 * 32 / bits, rel=0.01)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_quantizer_options_per_tensor_and_2b_levels(bits):
+    model = mid_cnn()
+    for name, w0 in weights(model).items():
+        q, rep = C.quantize(model, bits, granularity="tensor", levels="2^b")
+        lr = rep.layers[f"{name}.weight"]
+        w = weights(q)[name]
+        assert lr.scales.shape == (1,) and lr.levels == "2^b"
+        # all 2^b codes, none of them zero: a b-bit weight is never silently pruned
+        assert len(torch.unique(w)) <= 2 ** bits and int((w == 0).sum()) == 0
+        assert lr.nnz == lr.numel
+        step = float(w0.abs().max()) / (2 ** bits - 1)  # odd multiples of the step
+        assert float((w - w0).abs().max()) <= step + 1e-6
+        # the 2^b-1 grid per tensor: one scale, zero is a code, fewer distinct values
+        q1, rep1 = C.quantize(model, bits, granularity="tensor", levels="2^b-1")
+        assert len(torch.unique(weights(q1)[name])) <= 2 ** bits - 1
+        assert rep1.layers[f"{name}.weight"].scales.shape == (1,)
+    # the paper's CR is exactly 32 / b for every grid; ours pays for scales and biases
+    assert C.paper_compression_ratio(rep) == pytest.approx(32 / bits)
+    assert C.compression_ratio(rep) < 32 / bits
+    if bits == 2:  # ternary 2^b-1 grid: quantized-to-zero weights shrink our CR, not the paper's
+        _, rep_t = C.quantize(model, 2, granularity="channel", levels="2^b-1")
+        assert C.paper_compression_ratio(rep_t) == pytest.approx(16.0)
+        assert rep_t.sparsity > 0.2
+
+
+def test_default_quantizer_is_per_tensor_2b_minus_1():
+    _, rep = C.quantize(tiny_cnn(), 4)
+    assert (C.DEFAULT_GRANULARITY, C.DEFAULT_LEVELS) == ("tensor", "2^b-1")
+    assert rep.settings["granularity"] == "tensor" and rep.settings["levels"] == "2^b-1"
+    assert all(lr.scales.shape == (1,) for lr in rep.layers.values())
+
+
+def test_bad_quantizer_options():
+    with pytest.raises(ValueError, match="unknown quantizer granularity 'row'; choose one of: "
+                                         "channel, tensor"):
+        C.quantize(tiny_cnn(), 4, granularity="row")
+    with pytest.raises(ValueError, match=r"unknown quantizer levels '2\^b\+1'"):
+        C.quantize(tiny_cnn(), 4, levels="2^b+1")
+    with pytest.raises(ValueError, match="granularity"):
+        C.make_variants(["fixed_quant"], bits=[4], granularity=["tensor", "layer"])
+    with pytest.raises(ValueError, match="unknown budget_cr 'disk'"):
+        C.make_variants(["lap"], budget=2.0, budget_cr="disk")
 
 
 # ----------------------------------------------------------------------------- ratio
@@ -205,8 +256,10 @@ def test_adaptive_prune_reaches_budget_and_follows_importance():
     names = list(C.prunable_layers(model))
     imp = {n: float(i) for i, n in enumerate(names)}  # later layers more important
     pruned, rep = C.adaptive_prune(model, imp, budget=3.0, keep_edges=False)
-    cr = C.compression_ratio(rep)
-    assert 3.0 <= cr < 3.05
+    assert 3.0 <= C.paper_compression_ratio(rep) < 3.05  # the budget is the paper's CR
+    assert C.compression_ratio(rep) < 3.0  # ours also pays for the mask
+    _, rep_ours = C.adaptive_prune(model, imp, budget=3.0, keep_edges=False, budget_cr="ours")
+    assert 3.0 <= C.compression_ratio(rep_ours) < 3.05
     sp = [rep.layers[f"{n}.weight"].sparsity for n in names]
     assert sp[0] > sp[1] > sp[2] > sp[3]
     _, rep_edges = C.adaptive_prune(model, imp, budget=3.0)
@@ -224,7 +277,7 @@ def test_adaptive_quantize_bits_and_edges():
     bits = [rep.layers[f"{n}.weight"].bits for n in names]
     assert bits[0] == 8 and bits[-1] == 8
     assert bits[1] <= bits[2]
-    assert C.compression_ratio(rep) >= 9.0
+    assert C.paper_compression_ratio(rep) >= 9.0
     with pytest.raises(ValueError, match="out of reach"):
         C.adaptive_quantize(model, imp, budget=40.0)
     with pytest.raises(ValueError, match="importance has no score"):
@@ -235,7 +288,7 @@ def test_prune_then_quantize():
     model = mid_cnn()
     imp = C.layer_importance(model, "magnitude")
     pq, rep = C.prune_then_quantize(model, imp, budget=9.0, sparsity=0.5)
-    assert rep.method == "pq" and C.compression_ratio(rep) >= 9.0
+    assert rep.method == "pq" and C.paper_compression_ratio(rep) >= 9.0
     assert rep.sparsity >= 0.5 - 1e-3
     assert max(lr.bits for lr in rep.layers.values()) <= 8
 
@@ -246,7 +299,8 @@ def variants(model):
     return {
         "prune1.0": C.prune_by_level(model, 1.0),
         "prune2.0": C.prune_by_level(model, 2.0),
-        **{f"q{b}": C.quantize(model, b) for b in range(1, 9)},
+        **{f"q{b}-{g}-{lv}": C.quantize(model, b, g, lv) for b in range(1, 9)
+           for g in C.GRANULARITIES for lv in C.LEVELS},
         "lap": C.adaptive_prune(model, imp, 4.0),
         "laq": C.adaptive_quantize(model, imp, 9.0),
         "pq": C.prune_then_quantize(model, imp, 9.0),
@@ -289,7 +343,7 @@ def test_artefact_errors(tmp_path):
     bad = bytearray(data)
     bad[-40] ^= 0xFF
     (tmp_path / "bad.lcc").write_bytes(bytes(bad))
-    with pytest.raises(ValueError, match="checksum"):
+    with pytest.raises(ValueError, match=r"bad\.lcc: sha256 checksum mismatch"):
         C.load_compressed(tmp_path / "bad.lcc", model)
     (tmp_path / "junk.lcc").write_bytes(b"hello world" * 10)
     with pytest.raises(ValueError, match="not an lcc"):
@@ -332,24 +386,39 @@ def test_make_variants_and_evaluate(tmp_path):
     specs = C.make_variants(["fixed_prune", "fixed_quant", "pq"], levels=[0.5], bits=[4, 8],
                             importance=["magnitude"], budget=[4.0])
     assert [C.variant_name(s) for s in specs] == [
-        "fixed_prune-level0.5-global", "fixed_quant-4bit", "fixed_quant-8bit",
-        "pq-magnitude-cr4"]
+        "fixed_prune-level0.5-global", "fixed_quant-4bit-tensor-2b-1",
+        "fixed_quant-8bit-tensor-2b-1", "pq-magnitude-cr4-tensor-2b-1"]
     model = tiny_cnn()
     imp = {"magnitude": C.layer_importance(model)}
     df = C.evaluate_variants(model, specs, batches(n=2), tmp_path, importance=imp)
     assert len(df) == 5 and df["artefact_match"].all()
     assert df.loc[0, "variant"] == "fp32" and df["n_test"].eq(8).all()
     assert len(list(tmp_path.glob("*.lcc"))) == 4
+    # both CRs on every row: the paper's 32 / b, and ours (scales, biases, masks counted)
+    q4 = df[df["variant"] == "fixed_quant-4bit-tensor-2b-1"].iloc[0]
+    assert q4["cr_paper"] == pytest.approx(8.0) and q4["cr"] < 8.0
+    assert q4["cr_disk"] == pytest.approx(C.state_dict_file_size(model) / q4["size_bytes"])
     df2 = C.evaluate_variants(model, specs, batches(n=2), tmp_path, importance=imp)
     cols = ["accuracy", "cr", "size_bytes"]
     assert np.array_equal(df[cols].to_numpy(), df2[cols].to_numpy())
-    # Table 2 / 3 layouts carry the paper's numbers only where it published them
-    df["fraction"] = 0.1
-    t2 = PA.table2(df)
-    assert (0.1, "accuracy") in t2.columns and ("paper", "paper_cr") in t2.columns
-    assert t2.loc[("fixed_prune", "level 0.5"), ("paper", "paper_cr")] == 1.7
-    assert t2.loc[("pq", "magnitude, CR>=4"), ("paper", "paper_accuracy")] == 98.10
-    assert np.isnan(t2.loc[("fixed_quant", "4 bit"), ("paper", "paper_cr")])
+    # Table 2: one row per cell, the paper's number for the same coreset x fraction x method
+    df["fraction"], df["dataset"], df["model"], df["coreset"] = 0.1, "eurosat", "cnn", "random"
+    paper = pd.DataFrame({"model": "convnext_tiny", "dataset": "ucmerced", "coreset": "random",
+                          "fraction": [0.1, 0.1, 0.1, 0.05],
+                          "method": ["pruning_level_0.5", "4bit_q", "baseline", "4bit_q"],
+                          "accuracy": [77.14, 2.38, 86.9, 5.0], "cr": [1.7, 8.0, 1.0, 8.0]})
+    t2 = PA.table2(df, paper)
+    assert len(t2) == 5 and list(t2["method"])[:2] == ["none", "fixed_prune"]
+    row = t2[t2["paper_method"] == "4bit_q"].iloc[0]
+    assert (row["paper_accuracy"], row["paper_cr"], row["cr_paper"]) == (2.38, 8.0, 8.0)
+    assert t2.loc[t2["method"] == "none", "paper_accuracy"].item() == 86.9
+    assert np.isnan(t2[t2["method"] == "pq"]["paper_accuracy"]).all()
+    # two datasets are two sets of rows, never one averaged cell
+    other = df.assign(dataset="ucmerced", accuracy=df["accuracy"] - 10)
+    both = PA.table2(pd.concat([df, other]), paper)
+    assert len(both) == 10 and set(both["dataset"]) == {"eurosat", "ucmerced"}
+    with pytest.raises(ValueError, match="refusing to average"):
+        PA.table2(pd.concat([df, df]), paper)
     t3 = PA.table3(df, "cnn")
     assert list(t3["model"])[:2] == ["cnn", "cnn fixed_prune-level0.5-global"]
     fig = C.plot_accuracy_vs_cr(df)
@@ -482,3 +551,160 @@ def test_save_compressed_replaces_atomically(tmp_path):
         C.save_compressed(tiny_cnn(width=4), rep4, path)
     assert [p.name for p in tmp_path.iterdir()] == ["m.lcc"]
     assert states_equal(C.load_compressed(path, model), cm8)  # a refused save leaves it intact
+
+
+# ----------------------------------------------------------------------------- paper budgets
+def test_paper_budgets_differ_by_method_and_budgets_reach_paper_cr():
+    from pathlib import Path
+
+    csv = Path(__file__).resolve().parents[2] / "shared" / "papers" / "paper_a_table2.csv"
+    table = (pd.read_csv(csv) if csv.is_file() else pd.DataFrame({
+        "method": ["adaptive_pruning", "adaptive_pruning", "adaptive_q", "adaptive_p_to_q"],
+        "cr": [1.2, 2.0, 4.5, 9.1]}))
+    budgets = C.paper_budgets(table)
+    lap, laq, pq = budgets["lap"], budgets["laq"], budgets["pq"]
+    # every budget is one the paper published for that method, and they differ by method
+    for m, ours in (("adaptive_pruning", lap), ("adaptive_q", laq), ("adaptive_p_to_q", pq)):
+        published = set(table.loc[table["method"] == m, "cr"].round(1))
+        assert min(ours) == min(published) and max(ours) == max(published)
+    assert max(lap) < min(laq) and max(lap) < 3
+    specs = C.make_variants(["lap", "laq", "pq"], importance=["magnitude"], budget=budgets)
+    assert [s["budget"] for s in specs if s["method"] == "lap"] == lap
+    model = mid_cnn()
+    imp = C.layer_importance(model)
+    _, rep = C.adaptive_prune(model, imp, budget=lap[-1])
+    assert lap[-1] <= C.paper_compression_ratio(rep) < lap[-1] * 1.02
+    _, rep = C.adaptive_quantize(model, imp, budget=laq[0])
+    assert C.paper_compression_ratio(rep) >= laq[0]
+    with pytest.raises(ValueError, match="budget 120 is out of reach of pruning alone"):
+        C.adaptive_prune(model, imp, budget=120.0)
+    with pytest.raises(ValueError, match="method 'pq' has no budget"):
+        C.make_variants(["pq"], budget={"lap": [1.5]})
+    with pytest.raises(ValueError, match="unknown adaptive method"):
+        C.make_variants(["lap"], budget={"lapp": [1.5]})
+    with pytest.raises(ValueError, match="no 'adaptive_q' row"):
+        C.paper_budgets(table[table["method"] != "adaptive_q"])
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+def test_finetune_keeps_masks_and_bits_and_recovers(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_cnn(classes=2)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 3, 8, 8, generator=g)
+    y = (x[:, 0].mean((1, 2)) > 0).long()  # a learnable rule: sign of the red channel
+    data = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    pruned, _ = C.prune_by_sparsity(model, 0.5)
+    cm, rep = C.quantize(pruned, 3, "channel", "2^b")
+
+    def accuracy(m):
+        with torch.no_grad():
+            return float((m.eval()(x).argmax(1) == y).float().mean())
+
+    fm, frep = C.finetune_compressed(cm, rep, data, steps=200, lr=0.05)
+    # the compressed model is near chance (0.62); 200 STE steps learn the rule (0.97)
+    assert frep.method == "fixed_quant+ft" and accuracy(cm) < 0.7 and accuracy(fm) > 0.9
+    for name, w in weights(cm).items():
+        assert torch.all(weights(fm)[name][w == 0] == 0)  # the pruning mask is kept
+        assert frep.layers[f"{name}.weight"].bits == 3
+        assert all(len(torch.unique(ch)) <= 2 ** 3 + 1 for ch in weights(fm)[name].flatten(1))
+    assert C.paper_compression_ratio(frep) == pytest.approx(C.paper_compression_ratio(rep))
+    loaded = C.load_compressed(C.save_compressed(fm, frep, tmp_path / "ft.lcc"), model)
+    assert states_equal(fm, loaded)
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        C.finetune_compressed(cm, rep, data, steps=0)
+
+
+# ----------------------------------------------------------------------------- int8 export
+@pytest.fixture
+def nondeterministic():
+    """int8 kernels have no deterministic variant; another test may have turned it on."""
+    det = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(False)
+    yield
+    torch.use_deterministic_algorithms(det)
+
+
+def test_int8_export_matches_fake_quantized_model(tmp_path, nondeterministic):
+    """The exported int8 model computes what the fake-quantized (8-bit) model computes.
+
+    Tolerance: int8 also quantizes activations (uint8), so logits may differ by a few steps
+    of the activation grid; we allow 5 % of the logit range and require the same class for
+    at least 90 % of the images.
+    """
+    torch.manual_seed(0)
+    model = mid_cnn()
+    calib = batches(n=4, b=16, classes=10)
+    with torch.no_grad():  # BatchNorm statistics of a trained-looking model
+        model.train()
+        for x, *_ in calib:
+            model(x)
+        model.eval()
+    q8, _ = C.quantize(model, 8, "channel", "2^b-1")
+    int8 = C.export_int8(model, calib, num_batches=4)
+    path = C.save_int8(int8, tmp_path / "m.int8.pt")
+    loaded = C.load_int8(path)
+    x = torch.cat([b[0] for b in batches(n=2, b=16, classes=10)])
+    with torch.no_grad():
+        ref, out = q8(x), loaded(x)
+    span = float(ref.max() - ref.min())
+    assert float((out - ref).abs().max()) <= 0.05 * span
+    assert float((out.argmax(1) == ref.argmax(1)).float().mean()) >= 0.9
+    # real int8 kernels: quantized convolutions in the graph, and a smaller file
+    assert "quantized" in str(loaded.graph) and path.stat().st_size < C.state_dict_file_size(model)
+    (tmp_path / "bad.pt").write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"bad\.pt is not a TorchScript int8 model"):
+        C.load_int8(tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="calib_batches yielded no batch"):
+        C.export_int8(model, [])
+
+
+def test_table2_names_finetuned_rows_beside_the_papers_method():
+    rows = pd.DataFrame([
+        {"method": "fixed_quant", "bits": 4, "granularity": "tensor", "levels": "2^b-1"},
+        {"method": "fixed_quant+ft", "bits": 4, "granularity": "tensor", "levels": "2^b-1"}])
+    rows = rows.assign(dataset="eurosat", model="cnn", fraction=1.0, accuracy=[80.0, 95.0],
+                       cr_paper=8.0, cr=7.9, cr_disk=7.9, size_bytes=100)
+    paper = pd.DataFrame({"model": ["convnext_tiny"], "dataset": ["ucmerced"],
+                          "coreset": ["random"], "fraction": [1.0], "method": ["4bit_q"],
+                          "accuracy": [4.76], "cr": [8.0]})
+    t2 = PA.table2(rows, paper)
+    assert list(t2["setting"]) == ["4 bit (tensor, 2^b-1)", "4 bit (tensor, 2^b-1), fine-tuned"]
+    assert list(t2["paper_method"]) == ["4bit_q", "4bit_q"]
+    assert list(t2["paper_accuracy"]) == [4.76, 4.76]
+
+
+# ----------------------------------------------------------------------------- committed runs
+def _committed_compression_runs():
+    from lcc_utils.paths import project_root
+
+    return sorted(p.parent for p in (project_root() / "runs" / "compression").glob("*/metrics.json"))
+
+
+def test_committed_table2_lists_every_paper_method_with_both_crs():
+    found = _committed_compression_runs()
+    if not found:
+        pytest.skip("no committed runs/compression/*/metrics.json")
+    need = {"baseline", "pruning_level_0.25", "pruning_level_0.5", "pruning_level_1.0",
+            "pruning_level_1.5", "1bit_q", "2bit_q", "4bit_q", "8bit_q", "adaptive_pruning",
+            "adaptive_q", "adaptive_p_to_q"}
+    for run in found:
+        t2 = pd.read_csv(run / "table2.csv")
+        assert need <= set(t2["paper_method"]), run.name
+        for col in ("accuracy", "cr_paper", "cr", "cr_disk", "paper_accuracy", "paper_cr"):
+            assert t2[col].notna().any(), f"{run.name}: {col} empty"
+        q4 = t2[(t2["paper_method"] == "4bit_q") & ~t2["method"].str.endswith("+ft")]
+        assert np.allclose(q4["cr_paper"], 8.0) and np.allclose(q4["paper_cr"], 8.0)
+        m = json.loads((run / "metrics.json").read_text())
+        assert m["all_artefacts_match"] and m["max_cr_gap"] < 0.05, run.name
+
+
+def test_committed_full_data_model_keeps_fp32_accuracy_at_disk_cr_9():
+    """Issue 10: on a model >= 95 %, a variant with on-disk CR >= 9 within 0.5 points of fp32."""
+    full = [r for r in _committed_compression_runs()
+            if json.loads((r / "metrics.json").read_text())["fp32_accuracy"] >= 95.0]
+    if not full:
+        pytest.skip("no committed compression run of a model with >= 95 % test accuracy")
+    m = json.loads((full[0] / "metrics.json").read_text())
+    assert m["best_cr_cr9"] >= 9.0 and m["fp32_minus_best_cr9"] <= 0.5
+    assert m["best_variant_cr9"].endswith("+ft")  # post-training alone stays 0.85 points below

@@ -36,7 +36,16 @@ in the README). The engine knows nothing of training runs or datasets: paper A's
 
 from lcc_utils.compression.adaptive import adaptive_prune, adaptive_quantize, prune_then_quantize
 from lcc_utils.compression.artefact import ARTEFACT_SUFFIX, load_compressed, save_compressed
-from lcc_utils.compression.explorer import compression_explorer, plot_accuracy_vs_cr
+from lcc_utils.compression.deploy import INT8_BACKEND, export_int8, load_int8, save_int8
+from lcc_utils.compression.explorer import (
+    compression_explorer,
+    display_explorer,
+    explorer_table,
+    pareto_frontier,
+    plot_accuracy_vs_cr,
+    plot_accuracy_vs_size,
+)
+from lcc_utils.compression.finetune import finetune_compressed
 from lcc_utils.compression.importance import (
     IMPORTANCE_METRICS,
     get_importance_metric,
@@ -49,13 +58,21 @@ from lcc_utils.compression.pruning import (
     prune_by_sparsity,
     pruning_level_table,
 )
-from lcc_utils.compression.quantization import quantize
+from lcc_utils.compression.quantization import (
+    DEFAULT_GRANULARITY,
+    DEFAULT_LEVELS,
+    GRANULARITIES,
+    LEVELS,
+    fake_quantize,
+    quantize,
+)
 from lcc_utils.compression.size import (
     CompressionReport,
     LayerReport,
     analyze,
     arch_hash,
     compression_ratio,
+    paper_compression_ratio,
     prunable_layers,
     size_breakdown,
     state_dict_file_size,
@@ -67,13 +84,19 @@ from lcc_utils.compression.variants import (
     evaluate_variants,
     get_method,
     make_variants,
+    paper_budgets,
     variant_name,
 )
 
 __all__ = [
     "ADAPTIVE_METHODS",
     "ARTEFACT_SUFFIX",
+    "DEFAULT_GRANULARITY",
+    "DEFAULT_LEVELS",
+    "GRANULARITIES",
     "IMPORTANCE_METRICS",
+    "INT8_BACKEND",
+    "LEVELS",
     "METHODS",
     "CompressionReport",
     "LayerReport",
@@ -84,15 +107,25 @@ __all__ = [
     "arch_hash",
     "compression_explorer",
     "compression_ratio",
+    "display_explorer",
     "evaluate_variants",
+    "explorer_table",
+    "export_int8",
+    "fake_quantize",
+    "finetune_compressed",
     "gaussian_level_sparsity",
     "get_importance_metric",
     "get_method",
     "importance_table",
     "layer_importance",
     "load_compressed",
+    "load_int8",
     "make_variants",
+    "paper_budgets",
+    "pareto_frontier",
+    "paper_compression_ratio",
     "plot_accuracy_vs_cr",
+    "plot_accuracy_vs_size",
     "prunable_layers",
     "prune_by_level",
     "prune_by_sparsity",
@@ -100,6 +133,7 @@ __all__ = [
     "pruning_level_table",
     "quantize",
     "save_compressed",
+    "save_int8",
     "size_breakdown",
     "state_dict_file_size",
     "variant_name",

@@ -29,7 +29,6 @@ from lcc_utils.compression.size import (
     LayerReport,
     _check_model,
     _index_bits,
-    _layer_storage,
     _state_entries,
     arch_hash,
 )
@@ -38,7 +37,7 @@ from lcc_utils.paths import atomic_path
 #: File extension of compressed artefacts (git-ignored under runs/).
 ARTEFACT_SUFFIX = ".lcc"
 _MAGIC = b"LCCZ"
-_VERSION = 1
+_VERSION = 2  # 2: quantizer levels ("2^b" / "2^b-1") and per-tensor scales; 1 still reads
 _CHECKSUM_BYTES = 32  # sha256 of everything before it
 
 
@@ -87,19 +86,18 @@ def _encode_layer(w: torch.Tensor, lr: LayerReport) -> tuple[dict[str, Any], lis
     if nnz != lr.nnz:
         raise ValueError(f"layer {lr.name}: model has {nnz} non-zeros but the report says "
                          f"{lr.nnz}; pass the model returned together with this report")
-    kind, _ = _layer_storage(lr.numel, nnz, lr.bits, lr.shape[0])
-    meta: dict[str, Any] = {"bits": lr.bits, "storage": kind, "nnz": nnz}
+    kind, _ = lr.storage()
+    meta: dict[str, Any] = {"bits": lr.bits, "storage": kind, "nnz": nnz, "levels": lr.levels}
     blobs: list[bytes] = []
     sel = slice(None) if kind == "dense" else nz
     if lr.bits < _FP32_BITS:
         scales = torch.from_numpy(np.asarray(lr.scales, np.float32))
-        codes = _codes(w.detach(), scales, lr.bits)
+        codes = _codes(w.detach(), scales, lr.bits, lr.levels)
         if not torch.equal(_dequantize(codes, scales), w.detach().float()):
             raise ValueError(f"layer {lr.name}: weights are not the quantized values the "
                              f"report describes; was the model changed after compression?")
-        # 1-bit: bit = sign; b bits: code + offset is in 0 .. 2^b - 2
         c = codes.flatten()[sel].numpy().astype(np.int64)
-        u = (c > 0).astype(np.uint32) if lr.bits == 1 else (c + _qmax(lr.bits)).astype(np.uint32)
+        u = _to_unsigned(c, lr.bits, lr.levels)
         blobs.append(scales.numpy().astype("<f4").tobytes())
         blobs.append(_pack_uint(u, lr.bits))
     else:
@@ -110,6 +108,24 @@ def _encode_layer(w: torch.Tensor, lr: LayerReport) -> tuple[dict[str, Any], lis
         idx = torch.nonzero(nz).flatten().numpy().astype(np.uint32)
         blobs.append(_pack_uint(idx, _index_bits(lr.numel)))
     return meta, blobs
+
+
+def _to_unsigned(c: np.ndarray, bits: int, levels: str) -> np.ndarray:
+    """Signed codes -> b-bit unsigned codes.
+
+    1 bit: the sign; 2^b-1 grid: c + qmax in 0 .. 2^b - 2; 2^b grid (odd codes):
+    (c + qmax) / 2 in 0 .. 2^b - 1.
+    """
+    if bits == 1:
+        return (c > 0).astype(np.uint32)
+    u = c + _qmax(bits, levels)
+    return (u // 2 if levels == "2^b" else u).astype(np.uint32)
+
+
+def _from_unsigned(u: np.ndarray, bits: int, levels: str) -> np.ndarray:
+    if bits == 1:
+        return np.where(u > 0, 1, -1)
+    return (2 * u if levels == "2^b" else u) - _qmax(bits, levels)
 
 
 def _decode_layer(meta: dict[str, Any], blobs: list[bytes], shape: tuple[int, ...]
@@ -130,7 +146,7 @@ def _decode_layer(meta: dict[str, Any], blobs: list[bytes], shape: tuple[int, ..
     if bits < _FP32_BITS:
         scales = torch.from_numpy(np.frombuffer(blobs[0], "<f4").copy())
         u = _unpack_uint(blobs[1], count, bits).astype(np.int64)
-        c = np.where(u > 0, 1, -1) if bits == 1 else u - _qmax(bits)
+        c = _from_unsigned(u, bits, meta.get("levels", "2^b-1"))
         codes = np.zeros(numel, np.int16)
         codes[pos] = c
         return _dequantize(torch.from_numpy(codes).view(shape), scales)
@@ -202,7 +218,7 @@ def _read_artefact(path: Path) -> tuple[dict[str, Any], memoryview]:
     if len(data) < fixed + _CHECKSUM_BYTES or data[:4] != _MAGIC:
         raise ValueError(f"{path} is not an lcc compressed artefact (bad magic or too short)")
     version, head_len = struct.unpack("<HI", data[4:fixed])
-    if version != _VERSION:
+    if version not in (1, _VERSION):
         raise ValueError(f"{path}: artefact format version {version} is not supported "
                          f"(this code reads version {_VERSION})")
     try:
@@ -214,7 +230,8 @@ def _read_artefact(path: Path) -> tuple[dict[str, Any], memoryview]:
         raise ValueError(f"{path}: truncated or corrupted artefact: {len(data)} bytes, "
                          f"header promises {expected}")
     if hashlib.sha256(data[:-_CHECKSUM_BYTES]).digest() != data[-_CHECKSUM_BYTES:]:
-        raise ValueError(f"{path}: checksum mismatch, the artefact is corrupted")
+        raise ValueError(f"{path}: sha256 checksum mismatch, the artefact is corrupted "
+                         f"(changed or truncated after it was written)")
     return header, memoryview(data)[fixed + head_len:-_CHECKSUM_BYTES]
 
 

@@ -46,7 +46,11 @@ class LayerReport:
         shape: tensor shape; dim 0 is the output channel used for per-channel scales.
         nnz: non-zero weights after compression (pruned and quantized-to-zero removed).
         bits: bit-width of the stored values; 32 means not quantized (fp32 values).
-        scales: per-output-channel quantization scales (fp32), ``None`` when ``bits == 32``.
+        scales: quantization scales (fp32; one per output channel, or one per tensor),
+            ``None`` when ``bits == 32``.
+        levels: integer grid of the codes, ``"2^b"`` or ``"2^b-1"`` (see quantization).
+        nnz_pruned: non-zero weights before quantization (after pruning); ``None``: ``nnz``.
+            Paper A's CR counts pruning, not weights that quantization rounded to zero.
 
     """
 
@@ -55,6 +59,24 @@ class LayerReport:
     nnz: int
     bits: int = _FP32_BITS
     scales: np.ndarray | None = None
+    levels: str = "2^b-1"
+    nnz_pruned: int | None = None
+
+    @property
+    def n_scales(self) -> int:
+        """Number of stored fp32 scales (0 when not quantized)."""
+        if self.bits >= _FP32_BITS:
+            return 0
+        return len(self.scales) if self.scales is not None else self.shape[0]
+
+    @property
+    def zero_code(self) -> bool:
+        """Whether a zero has a code of its own (else a sparse layer needs a mask)."""
+        return self.bits >= _FP32_BITS or (self.bits >= 2 and self.levels == "2^b-1")
+
+    def storage(self) -> tuple[str, int]:
+        """Cheapest storage of this tensor: (kind, bits), see :func:`_layer_storage`."""
+        return _layer_storage(self.numel, self.nnz, self.bits, self.n_scales, self.zero_code)
 
     @property
     def numel(self) -> int:
@@ -89,7 +111,7 @@ class CompressionReport:
         """Per-layer table: name, shape, numel, nnz, sparsity, bits, storage bits."""
         rows = []
         for lr in self.layers.values():
-            kind, nbits = _layer_storage(lr.numel, lr.nnz, lr.bits, lr.shape[0])
+            kind, nbits = lr.storage()
             rows.append({
                 "layer": lr.name, "shape": "x".join(map(str, lr.shape)), "numel": lr.numel,
                 "nnz": lr.nnz, "sparsity": lr.sparsity, "bits": lr.bits, "storage": kind,
@@ -161,14 +183,15 @@ def _index_bits(numel: int) -> int:
     return max(1, math.ceil(math.log2(max(numel, 2))))
 
 
-def _layer_storage(numel: int, nnz: int, bits: int, out_channels: int) -> tuple[str, int]:
+def _layer_storage(numel: int, nnz: int, bits: int, n_scales: int,
+                   zero_code: bool = True) -> tuple[str, int]:
     """Cheapest storage of one weight tensor: (kind, bits) with kind dense/bitmask/indices."""
-    scale_bits = out_channels * _SCALE_BITS if bits < _FP32_BITS else 0
+    scale_bits = n_scales * _SCALE_BITS if bits < _FP32_BITS else 0
     options = {
         "bitmask": numel + nnz * bits,
         "indices": nnz * (_index_bits(numel) + bits),
     }
-    if nnz == numel or bits >= 2:  # dense needs a code for zero; 1-bit codes have none
+    if nnz == numel or zero_code:  # dense needs a code for zero (1-bit and 2^b grids: none)
         options["dense"] = numel * bits
     kind = min(options, key=lambda k: (options[k], k != "dense"))
     return kind, options[kind] + scale_bits
@@ -195,8 +218,8 @@ def size_breakdown(report: CompressionReport) -> dict[str, int]:
         if lr is None:
             out["other"] += nbits
             continue
-        kind, total = _layer_storage(lr.numel, lr.nnz, lr.bits, lr.shape[0])
-        scale_bits = lr.shape[0] * _SCALE_BITS if lr.bits < _FP32_BITS else 0
+        kind, total = lr.storage()
+        scale_bits = lr.n_scales * _SCALE_BITS
         values = lr.numel * lr.bits if kind == "dense" else lr.nnz * lr.bits
         out["weights"] += values
         out["scales"] += scale_bits
@@ -224,6 +247,23 @@ def compression_ratio(model_or_report: nn.Module | CompressionReport,
     sizes = size_breakdown(report)
     compressed = sizes["compressed"] - (0 if overhead else sizes["index"] + sizes["scales"])
     return sizes["original"] / max(compressed, 1)
+
+
+def paper_compression_ratio(report: CompressionReport) -> float:
+    """Paper A's own compression ratio: 32 / b for quantization, 1 / (1 - s) for pruning.
+
+    Over the prunable weights only: ``sum(numel x 32) / sum(nnz_pruned x bits)``, which is
+    exactly 32 / b for b-bit quantization, 1 / (1 - s) for pruning at sparsity s, and their
+    product for P->Q (mixed bits: the size-weighted harmonic mean). Masks, indices, scales,
+    biases and norms are not counted, nor zeros that quantization produced (paper A reports
+    2-bit as CR 16 whatever the grid). :func:`compression_ratio` counts all of them.
+    """
+    num = den = 0
+    for lr in report.layers.values():
+        kept = lr.nnz if lr.nnz_pruned is None else lr.nnz_pruned
+        num += lr.numel * _FP32_BITS
+        den += kept * lr.bits
+    return num / max(den, 1)
 
 
 def state_dict_file_size(model: nn.Module) -> int:

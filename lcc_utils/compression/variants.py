@@ -26,13 +26,22 @@ from lcc_utils.compression.adaptive import (
     prune_then_quantize,
 )
 from lcc_utils.compression.artefact import ARTEFACT_SUFFIX, load_compressed, save_compressed
+from lcc_utils.compression.finetune import finetune_compressed
 from lcc_utils.compression.importance import get_importance_metric
 from lcc_utils.compression.pruning import _check_level, prune_by_level
-from lcc_utils.compression.quantization import _check_bits, quantize
+from lcc_utils.compression.quantization import (
+    DEFAULT_GRANULARITY,
+    DEFAULT_LEVELS,
+    _check_bits,
+    _check_granularity,
+    _check_levels,
+    quantize,
+)
 from lcc_utils.compression.size import (
     CompressionReport,
     analyze,
     compression_ratio,
+    paper_compression_ratio,
     state_dict_file_size,
 )
 from lcc_utils.inference import predict
@@ -44,21 +53,29 @@ def _fixed_prune(model: nn.Module, spec: Mapping[str, Any], **_: Any):
     return prune_by_level(model, spec["level"], scope=spec.get("scope", "global"))
 
 
+def _quantizer(spec: Mapping[str, Any]) -> dict[str, str]:
+    return {"granularity": spec.get("granularity", DEFAULT_GRANULARITY),
+            "levels": spec.get("levels", DEFAULT_LEVELS)}
+
+
 def _fixed_quant(model: nn.Module, spec: Mapping[str, Any], **_: Any):
-    return quantize(model, spec["bits"])
+    return quantize(model, spec["bits"], **_quantizer(spec))
 
 
 def _lap(model: nn.Module, spec: Mapping[str, Any], importance: Mapping[str, float], **_: Any):
-    return adaptive_prune(model, importance, spec["budget"])
+    return adaptive_prune(model, importance, spec["budget"],
+                          budget_cr=spec.get("budget_cr", "paper"))
 
 
 def _laq(model: nn.Module, spec: Mapping[str, Any], importance: Mapping[str, float], **_: Any):
-    return adaptive_quantize(model, importance, spec["budget"])
+    return adaptive_quantize(model, importance, spec["budget"],
+                             budget_cr=spec.get("budget_cr", "paper"), **_quantizer(spec))
 
 
 def _pq(model: nn.Module, spec: Mapping[str, Any], importance: Mapping[str, float], **_: Any):
     return prune_then_quantize(model, importance, spec["budget"],
-                               sparsity=spec.get("sparsity", 0.5))
+                               sparsity=spec.get("sparsity", 0.5),
+                               budget_cr=spec.get("budget_cr", "paper"), **_quantizer(spec))
 
 
 #: Paper A's compression methods, by the names the notebook's ``methods`` parameter uses.
@@ -81,21 +98,49 @@ def get_method(name: str) -> Callable[..., tuple[nn.Module, CompressionReport]]:
     return METHODS[name]
 
 
+def _as_list(value: Any) -> list:
+    return [value] if isinstance(value, (str, int, float)) else list(value)
+
+
 def make_variants(methods: Iterable[str], levels: Iterable[float] = (), bits: Iterable[int] = (),
                   importance: Iterable[str] = ("magnitude",),
-                  budget: float | Iterable[float] = 9.0, scope: str = "global",
-                  pq_sparsity: float = 0.5) -> list[dict[str, Any]]:
+                  budget: float | Iterable[float] | Mapping[str, Iterable[float]] = 9.0,
+                  scope: str = "global", pq_sparsity: float = 0.5,
+                  granularity: str | Iterable[str] = DEFAULT_GRANULARITY,
+                  quant_levels: str | Iterable[str] = DEFAULT_LEVELS,
+                  budget_cr: str = "paper") -> list[dict[str, Any]]:
     """Every compression variant of a study: one dict per (method, setting).
 
-    ``fixed_prune`` gets one variant per level, ``fixed_quant`` one per bit-width, and the
-    adaptive methods (``lap``, ``laq``, ``pq``) one per (importance metric, budget).
+    ``fixed_prune`` gets one variant per level, ``fixed_quant`` one per (bit-width,
+    granularity, quantizer levels), and the adaptive methods (``lap``, ``laq``, ``pq``) one
+    per (importance metric, budget). ``budget`` is one CR, a list for every adaptive method,
+    or a dict ``{method: [CRs]}`` (paper A's budgets differ by method: :func:`paper_budgets`);
+    the adaptive methods quantize with the first granularity and levels given.
     """
     methods = list(methods)
     for m in methods:
         get_method(m)
-    budgets = [budget] if isinstance(budget, (int, float)) else list(budget)
-    for b in budgets:
-        _check_budget(b)
+    grans, qlevels = _as_list(granularity), _as_list(quant_levels)
+    for g in grans:
+        _check_granularity(g)
+    for lv in qlevels:
+        _check_levels(lv)
+    if budget_cr not in ("paper", "ours"):
+        raise ValueError(f"unknown budget_cr {budget_cr!r}; choose one of: paper, ours")
+    if isinstance(budget, Mapping):
+        unknown = set(budget) - set(ADAPTIVE_METHODS)
+        if unknown:
+            raise ValueError(f"budget names unknown adaptive method(s) {sorted(unknown)}; "
+                             f"choose from: {', '.join(ADAPTIVE_METHODS)}")
+        budgets_of = {m: _as_list(budget.get(m, ())) for m in ADAPTIVE_METHODS}
+    else:
+        budgets_of = dict.fromkeys(ADAPTIVE_METHODS, _as_list(budget))
+    for m in methods:
+        if m in ADAPTIVE_METHODS and not budgets_of[m]:
+            raise ValueError(f"method {m!r} has no budget; give budget={{{m!r}: [CR, ...]}}")
+    for bl in budgets_of.values():
+        for b in bl:
+            _check_budget(b)
     for lvl in levels:
         _check_level(lvl)
     for b in bits:
@@ -107,11 +152,38 @@ def make_variants(methods: Iterable[str], levels: Iterable[float] = (), bits: It
         if m == "fixed_prune":
             out += [{"method": m, "level": float(lv), "scope": scope} for lv in levels]
         elif m == "fixed_quant":
-            out += [{"method": m, "bits": int(b)} for b in bits]
+            out += [{"method": m, "bits": int(b), "granularity": g, "levels": lv}
+                    for g in grans for lv in qlevels for b in bits]
         else:
-            out += [{"method": m, "importance": imp, "budget": float(b),
-                     **({"sparsity": pq_sparsity} if m == "pq" else {})}
-                    for imp in importance for b in budgets]
+            quant = {} if m == "lap" else {"granularity": grans[0], "levels": qlevels[0]}
+            out += [{"method": m, "importance": imp, "budget": float(b), "budget_cr": budget_cr,
+                     **quant, **({"sparsity": pq_sparsity} if m == "pq" else {})}
+                    for imp in importance for b in budgets_of[m]]
+    return out
+
+
+def paper_budgets(table2: pd.DataFrame, stat: str = "range") -> dict[str, list[float]]:
+    """Budgets (target CRs) of LAP, LAQ and P->Q read from paper A's Table 2.
+
+    ``table2`` is ``paper_a_table2.csv`` (columns ``method`` and ``cr``). ``stat="range"``
+    gives each method's smallest, median and largest published CR (e.g. LAP 1.2 / 1.6 /
+    2.0), ``"all"`` every distinct one. The paper's adaptive methods reached different
+    CRs, so one budget for all (the old CR 9) forced pruning alone to ~90 % sparsity.
+    """
+    names = {"adaptive_pruning": "lap", "adaptive_q": "laq", "adaptive_p_to_q": "pq"}
+    if not {"method", "cr"} <= set(table2.columns):
+        raise ValueError(f"paper Table 2 needs columns method and cr, has {list(table2.columns)}")
+    out = {}
+    for paper_name, ours in names.items():
+        crs = np.sort(table2.loc[table2["method"] == paper_name, "cr"].astype(float).unique())
+        if len(crs) == 0:
+            raise ValueError(f"paper Table 2 has no {paper_name!r} row")
+        if stat == "all":
+            out[ours] = [float(c) for c in crs]
+        elif stat == "range":
+            out[ours] = sorted({float(crs[0]), float(np.median(crs).round(1)), float(crs[-1])})
+        else:
+            raise ValueError(f"unknown stat {stat!r}; choose one of: all, range")
     return out
 
 
@@ -120,9 +192,12 @@ def variant_name(spec: Mapping[str, Any]) -> str:
     m = spec["method"]
     if m == "fixed_prune":
         return f"{m}-level{spec['level']:g}-{spec.get('scope', 'global')}"
+    grid = f"-{spec.get('granularity', DEFAULT_GRANULARITY)}-" \
+           f"{spec.get('levels', DEFAULT_LEVELS).replace('^', '')}"
     if m == "fixed_quant":
-        return f"{m}-{spec['bits']}bit"
-    return f"{m}-{spec['importance']}-cr{spec['budget']:g}"
+        return f"{m}-{spec['bits']}bit{grid}"
+    cr = "cr" if spec.get("budget_cr", "paper") == "paper" else "ourcr"
+    return f"{m}-{spec['importance']}-{cr}{spec['budget']:g}{'' if m == 'lap' else grid}"
 
 
 def apply_variant(model: nn.Module, spec: Mapping[str, Any],
@@ -178,7 +253,9 @@ def evaluate_variants(model: nn.Module, variants: list[dict[str, Any]], test_loa
                       artefact_dir: str | os.PathLike,
                       importance: Mapping[str, Mapping[str, float]] | None = None,
                       max_images: int = 0, model_name: str = "",
-                      device: str = "cpu", check_images: int = 0) -> pd.DataFrame:
+                      device: str = "cpu", check_images: int = 0,
+                      finetune: Mapping[str, tuple[int, float]] | None = None,
+                      train_loader: Iterable | None = None) -> pd.DataFrame:
     """Compress, save, reload and evaluate every variant: the study's results table.
 
     For the fp32 baseline and each variant: top-1 accuracy (%) of the simulated model,
@@ -187,6 +264,11 @@ def evaluate_variants(model: nn.Module, variants: list[dict[str, Any]], test_loa
     and load time, and ``artefact_match``: True when the reloaded artefact has bit-identical
     weights and predicts exactly the same labels as the simulated model on the first
     ``check_images`` evaluated test images (0: all of them; ``n_checked`` records how many).
+    Both CRs are on every row: ``cr_paper`` (paper A's 32/b, 1/(1-s), their product) and
+    ``cr`` (ours: every mask, scale and fp32 tensor counted), beside the measured ``cr_disk``.
+    ``finetune`` maps variant names to ``(steps, lr)``: those variants are also fine-tuned
+    (:func:`~lcc_utils.compression.finetune_compressed`, on ``train_loader``) and get a row
+    of their own, ``<variant>+ft`` with method ``<method>+ft`` (beyond the paper).
     Compression runs on the CPU; predictions on ``device``.
     """
     if not isinstance(check_images, int) or check_images < 0:
@@ -200,13 +282,20 @@ def evaluate_variants(model: nn.Module, variants: list[dict[str, Any]], test_loa
     base_pred, y = _predicted_labels(copy.deepcopy(model), test_loader, max_images,
                                      desc="fp32", device=device)
     rows.append({"variant": "fp32", "method": "none", "accuracy": 100 * float((base_pred == y)
-                 .mean()), "cr": 1.0, "cr_sparsity_bits_only": 1.0, "cr_disk": 1.0,
+                 .mean()), "cr_paper": 1.0, "cr": 1.0, "cr_sparsity_bits_only": 1.0,
+                 "cr_disk": 1.0,
                  "size_bytes": fp32_bytes, "params": n_params,
                  "nonzero_params": n_params, "sparsity": analyze(model).sparsity,
                  "mean_bits": 32.0, "artefact_match": True, "n_checked": 0, "n_test": len(y)})
-    for spec in tqdm(variants, desc="variants"):
-        name = variant_name(spec)
-        cmodel, report = apply_variant(model, spec, importance)
+    finetune = dict(finetune or {})
+    unknown = set(finetune) - {variant_name(v) for v in variants}
+    if unknown:
+        raise ValueError(f"finetune names no variant of this study: {sorted(unknown)}")
+    if finetune and train_loader is None:
+        raise ValueError("finetune needs train_loader (batches of the training split)")
+
+    def row(name: str, spec: Mapping[str, Any], cmodel: nn.Module,
+            report: CompressionReport) -> dict[str, Any]:
         t0 = time.perf_counter()
         path = save_compressed(cmodel, report, artefact_dir / f"{name}{ARTEFACT_SUFFIX}",
                                model_name=model_name)
@@ -223,16 +312,29 @@ def evaluate_variants(model: nn.Module, variants: list[dict[str, Any]], test_loa
                      zip(cmodel.state_dict().values(), reloaded.state_dict().values(),
                          strict=True))
         size = path.stat().st_size
-        cr = compression_ratio(report)
         nnz = sum(int(torch.count_nonzero(p)) for p in cmodel.parameters())
-        rows.append({"variant": name, **spec, "accuracy": 100 * float((pred == y).mean()),
-                     "cr": cr, "cr_sparsity_bits_only": compression_ratio(report, overhead=False),
-                     "cr_disk": fp32_bytes / size, "size_bytes": size, "params": n_params,
-                     "nonzero_params": nnz, "sparsity": report.sparsity,
-                     "mean_bits": report.mean_bits,
-                     "artefact_match": bool(same_w and np.array_equal(pred[:n_check], pred_r)),
-                     "n_checked": n_check,
-                     "save_s": t1 - t0, "load_s": t2 - t1, "n_test": len(y)})
+        return {"variant": name, **spec, "accuracy": 100 * float((pred == y).mean()),
+                "cr_paper": paper_compression_ratio(report), "cr": compression_ratio(report),
+                "cr_sparsity_bits_only": compression_ratio(report, overhead=False),
+                "cr_disk": fp32_bytes / size, "size_bytes": size, "params": n_params,
+                "nonzero_params": nnz, "sparsity": report.sparsity,
+                "mean_bits": report.mean_bits,
+                "artefact_match": bool(same_w and np.array_equal(pred[:n_check], pred_r)),
+                "n_checked": n_check, "save_s": t1 - t0, "load_s": t2 - t1, "n_test": len(y)}
+
+    for spec in tqdm(variants, desc="variants"):
+        name = variant_name(spec)
+        cmodel, report = apply_variant(model, spec, importance)
+        rows.append({**row(name, spec, cmodel, report), "finetuned": False})
+        if name in finetune:
+            steps, lr = finetune[name]
+            t0 = time.perf_counter()
+            fmodel, freport = finetune_compressed(cmodel, report, train_loader, steps=steps,
+                                                  lr=lr)
+            ft_s = time.perf_counter() - t0
+            ft_spec = {**spec, "method": f"{spec['method']}+ft"}
+            rows.append({**row(f"{name}+ft", ft_spec, fmodel, freport), "finetuned": True,
+                         "finetune_steps": steps, "finetune_lr": lr, "finetune_s": ft_s})
     df = pd.DataFrame(rows)
     df["cr_gap"] = df["cr_disk"] / df["cr"] - 1.0
     return df
