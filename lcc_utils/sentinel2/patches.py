@@ -355,6 +355,9 @@ def extract_patches(
                          f"({product.width}x{product.height} px)")
     if bs < ps_ or bs % ps_:
         raise ValueError(f"block_size={bs} must be a multiple of patch_size={ps_}")
+    if bs > max(product.height, product.width):
+        raise ValueError(f"block_size={bs} px is larger than the scene ({product.width}x{product.height} px): "
+                         "one block cannot be split into train/val/test; use a smaller block_size")
     if int(n_per_class) < 1:
         raise ValueError(f"n_per_class must be >= 1, got {n_per_class}")
     if not 0 < min_purity <= 1:
