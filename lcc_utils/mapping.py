@@ -458,7 +458,7 @@ def scl_agreement(map_path: str | os.PathLike, product: L2AProduct, window_size:
     Returns:
         (confusion table: rows ``SCL 4 vegetation`` / ``SCL 5 not vegetated``, columns the
         map's classes, pixel counts), and ``{"oa", "reference_pixels", "other_scl_pixels",
-        "clear_pixels", "map_vegetation_share", "scl_vegetation_share"}``.
+        "clear_pixels", "map_vegetation_share", "reference_vegetation_share"}``.
 
     Raises:
         ValueError: the map is not a binary vegetation map, is on another grid, or the
@@ -498,7 +498,7 @@ def scl_agreement(map_path: str | os.PathLike, product: L2AProduct, window_size:
         "oa": float(sum(cm[r, ref_idx[r]] for r in range(2)) / n) if n else float("nan"),
         "reference_pixels": n, "other_scl_pixels": other, "clear_pixels": clear,
         "map_vegetation_share": float(cm[:, veg].sum() / n) if n else float("nan"),
-        "scl_vegetation_share": float(cm[0].sum() / n) if n else float("nan"),
+        "reference_vegetation_share": float(cm[0].sum() / n) if n else float("nan"),
     }
 
 
