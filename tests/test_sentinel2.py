@@ -157,7 +157,7 @@ def test_missing_band_file_is_named(products, tmp_path):
 def test_misaligned_bands_raise(tmp_path):
     d = fx.make_cog_product(tmp_path / "crs", 32)
     fx._write(d / "B12.tif", np.ones((16, 16), np.uint16), 20.0, crs="EPSG:32633")
-    with pytest.raises(ValueError, match="band B12.*CRS"):
+    with pytest.raises(ValueError, match=r"band\(s\) B12 .*CRS"):
         s2.open_l2a(d)
     d2 = fx.make_cog_product(tmp_path / "ext", 32)
     fx._write(d2 / "B11.tif", np.ones((16, 16), np.uint16), 20.0, origin=(300500.0, 5000000.0))
@@ -509,3 +509,18 @@ def test_nir_falls_back_to_b8a_and_no_nir_is_named():
     np.testing.assert_allclose(with_b8a, baselines.patch_ndvi(x, ["B03", "B04", "B08"]))
     f = baselines.spectral_features(x, ["B03", "B04", "B8A"])
     assert "ndvi" in f and "ndwi" in f and f.attrs["skipped_indices"] == ["ndbi"]  # no B11
+
+
+def test_eurosat_image_without_georeference_is_named():
+    ds = _fake_eurosat()
+    ds.geo.loc[3, "crs"] = ""  # what data.load_dataset records for a GeoTIFF without a CRS
+    with pytest.raises(ValueError, match="no georeference .* f3.tif"):
+        s2.eurosat_ms_patchset(ds, "binary")
+
+
+def test_the_band_in_another_crs_is_blamed_even_when_finest(tmp_path):
+    # B11 reprojected by hand to another zone at 10 m: it is the finest band, but the odd one out
+    d = fx.make_cog_product(tmp_path / "reproj", 32)
+    fx._write(d / "B11.tif", np.ones((32, 32), np.uint16), 10.0, crs="EPSG:32633")
+    with pytest.raises(ValueError, match=r"band\(s\) B11 \(.*B11.tif: CRS EPSG:32633\) differ from the CRS"):
+        s2.open_l2a(d)

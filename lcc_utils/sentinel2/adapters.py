@@ -107,6 +107,13 @@ def eurosat_ms_patchset(
     else:
         y_img, classes = np.asarray(ds.labels, np.int64), src_classes
     geo = ds.geo.reset_index(drop=True)
+    # a GeoTIFF without georeference has no CRS and a pixel-unit "centre": it would land in a
+    # made-up spatial block, so the split could not keep it apart from its neighbours
+    no_crs = geo["crs"].fillna("").astype(str).str.strip() == ""
+    if no_crs.any():
+        files = [str(f) for f, bad in zip(ds.files, no_crs, strict=True) if bad]
+        raise ValueError(f"{len(files)} EuroSAT MS file(s) have no georeference (no CRS), needed for the "
+                         f"spatial split: {', '.join(files[:5])}{' ...' if len(files) > 5 else ''}")
     if not block_size_m > 0:
         raise ValueError(f"block_size_m={block_size_m} must be > 0 metres")
     blocks_img = spatial_block_names(geo, block_size_m)
