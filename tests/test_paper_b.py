@@ -237,3 +237,52 @@ def test_real_rebuild_without_checkpoint_is_identical(tmp_path):
     assert len((mdir / "history.csv").read_text().strip().splitlines()) == 2  # header + the one epoch
     assert info["params"]["seed"] == 0
     assert np.array_equal(p0, p1)
+
+
+def _quick_run(notebook: str, monkeypatch, entry: int = 0) -> Path:
+    """The committed run of entry ``entry`` of ``notebook``'s quick profile, or skip."""
+    from lcc_utils import runs, study
+
+    monkeypatch.setenv("LCC_RUNS_DIR", str(Path(__file__).resolve().parents[1] / "runs"))
+    params = [p for _, p in study.study_plan("quick", [notebook[:2]])]
+    try:
+        return runs.find_run(notebook, params[entry])
+    except FileNotFoundError as e:
+        pytest.skip(f"no committed quick run: {e}")
+
+
+def test_committed_evaluation_run_answers_every_claim_at_the_right_unit(monkeypatch):
+    import json
+
+    import pandas as pd
+
+    papers = DATA.parent / "papers"
+    if not (papers / paper_b.PAPER_B_RESULTS_CSV).is_file():
+        pytest.skip(f"paper B's results CSV not found in {papers}")
+    d = _quick_run("06_evaluation", monkeypatch, 0)  # the binary task
+    claims = pd.read_csv(d / "claims.csv")
+    paper = paper_b.paper_results(papers)
+    assert list(claims["claim"]) == list(paper["quantity"])  # every row of the CSV, in order
+    assert claims["supported"].isin(paper_b.VERDICTS).all()
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["lightweight_cnn_n_seeds"] >= 3 and m["resnet18_n_seeds"] >= 3
+    tests = pd.read_csv(d / "model_tests.csv")
+    assert (tests["unit"] == "image").all() and len(tests) == 10
+    assert (tests["n_clusters"] == m["n_test"] // 4).all()  # four quadrants per source image
+    assert (tests["sign_p_holm"] >= tests["sign_p"] - 1e-12).all()
+    ne = pd.read_csv(d / "ndvi_errors.csv")
+    assert {0.15, 0.25} <= set(ne["lo"]) and {"ci95_lo", "ci95_hi", "n_clusters"} <= set(ne.columns)
+
+
+def test_committed_map_is_made_by_a_committed_evaluation_run_and_validated(monkeypatch):
+    import json
+
+    d = _quick_run("08_mapping", monkeypatch, 0)
+    m = json.loads((d / "metrics.json").read_text())
+    params = json.loads((d / "params.json").read_text())["params"]
+    model = Path(__file__).resolve().parents[1] / m["model_source"]  # runs/evaluation/<run>/models/<net>
+    assert (model / "params.json").is_file(), m["model_source"]
+    assert (model.parent.parent / "metrics.json").is_file()  # a finished, committed 06 run
+    assert params["evaluation_run"] and params["network"].endswith("-seed0")
+    assert 0.0 <= m["scl_oa"] <= 1.0 and m["scl_reference_pixels"] > 0
+    assert m["cog_class_overviews"] >= 1
