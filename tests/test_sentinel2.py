@@ -309,6 +309,10 @@ def test_extract_patches_geojson_and_raster_labels(products, tmp_path):
     # the label raster also covers the clouds: 4 bare and 1 vegetation cell are dropped
     assert per["bare"]["dropped_masked"] == 4 and per["veg"]["dropped_masked"] == 1
     assert per["bare"]["labelled_cells"] == 32
+    # a class of the label file that never falls on the scene is named (SCL's may be absent)
+    with pytest.raises(ValueError, match=r"class\(es\) \['water'\] of label raster .*lab.tif.* no labelled"):
+        s2.extract_patches(p, rf, classes={1: "veg", 2: "bare", 3: "water"}, patch_size=8, n_per_class=5,
+                           block_size=16, progress=False)
     # labels outside the scene
     gj["features"] = gj["features"][:2]
     for ft in gj["features"]:

@@ -431,6 +431,12 @@ def extract_patches(
         if len(pool) < int(n_per_class):
             warnings.warn(f"class {name!r}: only {len(pool)} eligible patches for n_per_class="
                           f"{n_per_class}; all are used", stacklevel=2)
+    absent = [st["class"] for st in stats if st["labelled_cells"] == 0]
+    if absent and not src.description.startswith("SCL"):
+        # a user's label file naming classes that never fall on the scene is a wrong file or
+        # a wrong class list, not a shortfall (SCL's classes may be absent: the desert tile)
+        raise ValueError(f"labels: class(es) {absent} of {src.description} have no labelled {ps_}x{ps_} "
+                         f"cell on the scene {product.path.name}; check the label file and its classes")
     flat = np.concatenate([t for t, _ in chosen]).astype(np.int64)
     if len(flat) == 0:
         raise ValueError(f"{product.path}: no eligible patch left after masking/screening "
