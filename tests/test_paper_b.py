@@ -260,7 +260,7 @@ def test_committed_evaluation_run_answers_every_claim_at_the_right_unit(monkeypa
     if not (papers / paper_b.PAPER_B_RESULTS_CSV).is_file():
         pytest.skip(f"paper B's results CSV not found in {papers}")
     d = _quick_run("06_evaluation", monkeypatch, 0)  # the binary task
-    claims = pd.read_csv(d / "claims.csv")
+    claims = pd.read_csv(d / "claims.csv", keep_default_na=False)  # "n/a" is a verdict, not NaN
     paper = paper_b.paper_results(papers)
     assert list(claims["claim"]) == list(paper["quantity"])  # every row of the CSV, in order
     assert claims["supported"].isin(paper_b.VERDICTS).all()
