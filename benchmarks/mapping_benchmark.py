@@ -15,16 +15,26 @@ result; a full 10980 x 10980 tile time is extrapolated from the fcn rate (the pa
 >= 1 Mpx/s, i.e. under 2 minutes a tile). The machine load is recorded: on a shared machine
 absolute numbers move with it, the ratio much less.
 
+Memory (``--memory-sizes 1024 4096``): for each scene size a fresh child process maps the
+scene (fcn) and writes the class and probability COGs, and reports its peak resident memory
+(``ru_maxrss``); flat memory means the peak barely moves while the scene grows 16x. Results in
+``benchmarks/results/mapping_memory.csv``.
+
 Usage: python benchmarks/mapping_benchmark.py [--size 4096] [--patch-crop 1024]
        [--naive-crop 256] [--threads 2] [--out benchmarks/results/mapping_benchmark.csv]
+       python benchmarks/mapping_benchmark.py --memory-sizes 1024 4096 [--tmp /dev/shm]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import platform
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +50,8 @@ from lcc_utils import sentinel2 as s2
 from lcc_utils.models import create_model
 
 BANDS = ("B02", "B03", "B04", "B08", "B11", "B12")
+#: GDAL block cache of the memory benchmark's children (MB).
+GDAL_CACHEMAX_MB = "32"
 
 
 def make_scene(path: Path, size: int, seed: int = 0) -> Path:
@@ -83,8 +95,53 @@ def crop(src: Path, dst: Path, size: int) -> Path:
     return dst
 
 
+def memory_child(scene: str, out_dir: str, window_size: int) -> None:
+    """Map ``scene`` and write its COGs in this (fresh) process; print the peak RSS as JSON."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = create_model("lightweight_cnn", 2, in_chans=6).eval()
+    product = s2.open_l2a(scene)
+    out = Path(out_dir)
+    t0 = time.perf_counter()
+    mp.classify_scene(product, model, out / "map.tif", 32, 16, mean=[0.1] * 6, std=[0.05] * 6,
+                      classes=["non_vegetation", "vegetation"], window_size=window_size, progress=False)
+    peak_map = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    mp.write_map_cogs(out / "map.tif", out / "class.tif", out / "prob.tif")
+    print(json.dumps({"seconds": round(time.perf_counter() - t0, 2), "peak_rss_after_map_mb": round(peak_map, 1),
+                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+
+
+def memory_benchmark(sizes: list[int], tmp_root: str | None, window_size: int, out: Path) -> None:
+    """Peak memory of map + COGs at several scene sizes, each in a fresh process."""
+    rows = []
+    for size in sizes:
+        with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
+            scene = make_scene(Path(tmp) / "scene.tif", size)
+            # GDAL's block cache grows with what is read up to GDAL_CACHEMAX (default 5 % of RAM):
+            # pinned here so the peak measures the mapper, not the cache's budget
+            res = subprocess.run([sys.executable, __file__, "--memory-child", str(scene), tmp,
+                                  "--window-size", str(window_size)], check=True, capture_output=True,
+                                 text=True, env={**os.environ, "GDAL_CACHEMAX": GDAL_CACHEMAX_MB})
+            r = json.loads(res.stdout.strip().splitlines()[-1])
+        rows.append({"scene_px": size, "pixels": size * size, "window_size": window_size,
+                     "gdal_cachemax_mb": GDAL_CACHEMAX_MB, **r,
+                     "load_avg_1min": round(os.getloadavg()[0], 2), "date": time.strftime("%Y-%m-%d %H:%M")})
+        print(f"{size}x{size}: peak RSS {r['peak_rss_after_map_mb']:.0f} MB after the map, "
+              f"{r['peak_rss_mb']:.0f} MB after the COGs ({r['seconds']:.1f} s)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"peak memory ratio {rows[-1]['peak_rss_mb'] / rows[0]['peak_rss_mb']:.2f} for "
+          f"{rows[-1]['pixels'] / rows[0]['pixels']:.0f}x the pixels; wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--memory-sizes", type=int, nargs="*", help="only measure peak memory at these scene sizes")
+    ap.add_argument("--memory-child", nargs=2, metavar=("SCENE", "OUT_DIR"), help=argparse.SUPPRESS)
+    ap.add_argument("--tmp", default=None, help="folder for the synthetic scenes (e.g. /dev/shm)")
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--patch-crop", type=int, default=1024)
     ap.add_argument("--naive-crop", type=int, default=256)
@@ -95,6 +152,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" /
                                          "mapping_benchmark.csv"))
     args = ap.parse_args()
+    if args.memory_child:
+        return memory_child(*args.memory_child, args.window_size)
+    if args.memory_sizes:
+        return memory_benchmark(args.memory_sizes, args.tmp, args.window_size,
+                                Path(__file__).parent / "results" / "mapping_memory.csv")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = create_model("lightweight_cnn", 2, in_chans=6).eval()

@@ -17,7 +17,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from lcc_utils.spectral import normalized_difference
+from lcc_utils.spectral import nir_band, normalized_difference
 
 #: Precision of the baselines' indices: float64, as the committed baselines were fitted. On the
 #: EuroSAT MS patch sets float32 would move patch NDVI by at most 7e-8; float64 keeps them exact.
@@ -25,7 +25,8 @@ _INDEX_DTYPE = np.float64
 
 #: Normalised-difference indices used as features: name -> (band a, band b), (a - b) / (a + b).
 #: NDVI (Rouse 1974): NIR vs red. NDWI (McFeeters 1996): green vs NIR. NDBI (Zha 2003): SWIR1
-#: vs NIR. Paper B names "spectral features" without a list; this set is our choice.
+#: vs NIR. Paper B names "spectral features" without a list; this set is our choice. "B08"
+#: stands for the NIR band: B8A where a product has no B08 (:func:`lcc_utils.spectral.nir_band`).
 SPECTRAL_INDICES: dict[str, tuple[str, str]] = {
     "ndvi": ("B08", "B04"),
     "ndwi": ("B03", "B08"),
@@ -61,8 +62,8 @@ def patch_ndvi(x: np.ndarray, bands: Sequence[str]) -> np.ndarray:
     (possible after offset removal) an index can leave [-1, 1], so we clip.
     """
     arr = _check_patches(x, bands)
-    nir, red = SPECTRAL_INDICES["ndvi"]
-    v = normalized_difference(arr, bands, nir, red, dtype=_INDEX_DTYPE, name="ndvi").mean(axis=(1, 2))
+    _, red = SPECTRAL_INDICES["ndvi"]
+    v = normalized_difference(arr, bands, nir_band(bands), red, dtype=_INDEX_DTYPE, name="ndvi").mean(axis=(1, 2))
     return np.clip(v, -1.0, 1.0)
 
 
@@ -88,8 +89,14 @@ def spectral_features(x: np.ndarray, bands: Sequence[str]) -> pd.DataFrame:
         cols[f"{b}_mean"] = arr[..., i].mean(axis=(1, 2))
         cols[f"{b}_std"] = arr[..., i].std(axis=(1, 2))
     skipped = []
+    names = list(bands)
+    try:
+        nir = nir_band(names)
+    except ValueError:
+        nir = "B08"  # absent: the indices needing it are skipped (and named) below
     for name, (a, b) in SPECTRAL_INDICES.items():
-        if a in bands and b in bands:
+        a, b = (nir if v == "B08" else v for v in (a, b))
+        if a in names and b in names:
             cols[name] = normalized_difference(arr, bands, a, b, dtype=_INDEX_DTYPE,
                                                name=name).mean(axis=(1, 2))
         else:

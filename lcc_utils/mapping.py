@@ -439,3 +439,182 @@ def map_agreement(path_a: str | os.PathLike, path_b: str | os.PathLike) -> float
             valid += int(ok.sum())
             same += int((x[ok] == y[ok]).sum())
     return same / max(valid, 1)
+
+
+# --------------------------------------------------------------------------- validation against SCL
+#: SCL classes that serve as the (weak, independent) reference of a binary vegetation map:
+#: 4 = vegetation, 5 = not vegetated (``constants.SCL_VEGETATION_LABELS``).
+SCL_REFERENCE = {4: "vegetation", 5: "non_vegetation"}
+
+
+def scl_agreement(map_path: str | os.PathLike, product: L2AProduct, window_size: int = 1024
+                  ) -> tuple[Any, dict[str, Any]]:
+    """Agreement of a binary vegetation map with SCL's vegetation (4) / not-vegetated (5) classes.
+
+    Only clear pixels count (not nodata in the map, i.e. not masked by SCL) whose SCL class
+    is 4 or 5; other SCL classes (water, dark, unclassified...) have no reference and are
+    counted in ``other_scl_pixels``. SCL is ESA's automatic scene classification, not
+    ground truth: the agreement is a weak but independent check. Streams window by window.
+
+    Returns:
+        (confusion table: rows ``SCL 4 vegetation`` / ``SCL 5 not vegetated``, columns the
+        map's classes, pixel counts), and ``{"oa", "reference_pixels", "other_scl_pixels",
+        "clear_pixels", "map_vegetation_share", "reference_vegetation_share"}``.
+
+    Raises:
+        ValueError: the map is not a binary vegetation map, is on another grid, or the
+            product has no SCL.
+
+    """
+    import pandas as pd
+
+    if product.scl is None:
+        raise ValueError(f"{product.path}: no SCL band, nothing to validate the map against")
+    with rasterio.open(map_path) as src:
+        names = json.loads(src.tags().get("CLASSES", "{}"))
+        classes = [names[str(i)] for i in range(len(names))]
+        if sorted(classes) != sorted(SCL_REFERENCE.values()):
+            raise ValueError(f"{map_path}: classes {classes} are not the binary vegetation classes "
+                             f"{sorted(SCL_REFERENCE.values())}; SCL agreement needs a binary map")
+        if (src.height, src.width) != product.shape or not src.transform.almost_equals(product.transform):
+            raise ValueError(f"{map_path} is not on the 10 m grid of {product.path.name}")
+        cm = np.zeros((2, len(classes)), np.int64)
+        other = clear = 0
+        with ProductReader(product) as reader:
+            for win in grid_windows(product.height, product.width, int(window_size)):
+                m = src.read(1, window=win)
+                scl = reader.read(win).scl
+                ok = m != MAP_NODATA
+                clear += int(ok.sum())
+                for r, code in enumerate(SCL_REFERENCE):
+                    sel = ok & (scl == code)
+                    cm[r] += np.bincount(m[sel], minlength=len(classes))[: len(classes)]
+                other += int((ok & ~np.isin(scl, list(SCL_REFERENCE))).sum())
+    rows = [f"SCL {c} {'vegetation' if c == 4 else 'not vegetated'}" for c in SCL_REFERENCE]
+    table = pd.DataFrame(cm, index=pd.Index(rows, name="reference"), columns=pd.Index(classes, name="map"))
+    ref_idx = [classes.index(n) for n in SCL_REFERENCE.values()]
+    n = int(cm.sum())
+    veg = classes.index("vegetation")
+    return table, {
+        "oa": float(sum(cm[r, ref_idx[r]] for r in range(2)) / n) if n else float("nan"),
+        "reference_pixels": n, "other_scl_pixels": other, "clear_pixels": clear,
+        "map_vegetation_share": float(cm[:, veg].sum() / n) if n else float("nan"),
+        "reference_vegetation_share": float(cm[0].sum() / n) if n else float("nan"),
+    }
+
+
+# --------------------------------------------------------------------------- GIS-ready output
+#: RGBA colours of the class COG's colour table: binary maps soil tan / vegetation green,
+#: other maps a ten-colour qualitative palette; nodata (255) is transparent.
+BINARY_COLORS = {"non_vegetation": (217, 178, 111, 255), "vegetation": (44, 162, 95, 255)}
+PALETTE = ((44, 162, 95), (217, 95, 14), (49, 130, 189), (117, 107, 177), (231, 41, 138),
+           (102, 166, 30), (230, 171, 2), (166, 118, 29), (27, 158, 119), (102, 102, 102))
+
+
+def class_colors(classes: Sequence[str]) -> dict[int, tuple[int, int, int, int]]:
+    """Colour table of a class map: class index -> RGBA, plus transparent nodata."""
+    if set(classes) == set(BINARY_COLORS):
+        cmap = {i: BINARY_COLORS[c] for i, c in enumerate(classes)}
+    else:
+        if len(classes) > len(PALETTE):
+            raise ValueError(f"{len(classes)} classes but only {len(PALETTE)} palette colours")
+        cmap = {i: (*PALETTE[i], 255) for i in range(len(classes))}
+    cmap[MAP_NODATA] = (0, 0, 0, 0)
+    return cmap
+
+
+def _category_xml(classes: Sequence[str]) -> str:
+    """GDAL PAM sidecar (``.aux.xml``) naming the categories of band 1 (read by GDAL and QGIS)."""
+    from xml.sax.saxutils import escape
+
+    cats = "".join(f"      <Category>{escape(c)}</Category>\n" for c in classes)
+    return ("<PAMDataset>\n  <PAMRasterBand band=\"1\">\n    <CategoryNames>\n" + cats
+            + "    </CategoryNames>\n  </PAMRasterBand>\n</PAMDataset>\n")
+
+
+def write_map_cogs(map_path: str | os.PathLike, class_path: str | os.PathLike,
+                   prob_path: str | os.PathLike, blocksize: int = 512) -> dict[str, Any]:
+    """Cloud-Optimized GeoTIFFs of a :func:`classify_scene` map: one for classes, one for probability.
+
+    * class COG: uint8, nodata 255, an embedded colour table (:func:`class_colors`), the class
+      names as GDAL category names (a ``.aux.xml`` sidecar, the place GDAL keeps them for
+      GeoTIFF; QGIS shows them as the legend) and in the ``CLASSES`` tag, overviews built with
+      **mode** resampling (a class is never averaged);
+    * probability COG: uint8 percent of the predicted class, nodata 255, overviews by average.
+
+    Both are written through GDAL's ``COG`` driver (tiled, DEFLATE, internal overviews before
+    the full-resolution tiles), streamed block by block, each to a temporary name renamed
+    only when complete: a failure leaves no half-written COG.
+    """
+    import tempfile
+
+    from rasterio.shutil import copy as rio_copy
+
+    from lcc_utils.paths import atomic_write
+
+    class_path, prob_path = Path(class_path), Path(prob_path)
+    with rasterio.open(map_path) as src:
+        if src.count != 2 or src.descriptions[0] != "class":
+            raise ValueError(f"{map_path}: not a classification map written by classify_scene")
+        names = json.loads(src.tags().get("CLASSES", "{}"))
+        classes = [names[str(i)] for i in range(len(names))]
+        tags = src.tags()
+        base = {k: src.profile[k] for k in ("width", "height", "crs", "transform")}
+        with tempfile.TemporaryDirectory(dir=class_path.parent, prefix=".cog-") as tmpd:
+            work = {}
+            for band, name in ((1, "class"), (2, "probability_percent")):
+                p = Path(tmpd) / f"{name}.tif"
+                with rasterio.open(p, "w", driver="GTiff", count=1, dtype="uint8", nodata=MAP_NODATA,
+                                   tiled=True, blockxsize=256, blockysize=256, **base) as dst:
+                    dst.set_band_description(1, name)
+                    if band == 1:
+                        dst.write_colormap(1, class_colors(classes))
+                        dst.update_tags(CLASSES=tags.get("CLASSES", "{}"))
+                    keep = ("MODE", "STRIDE", "PATCH_SIZE", "SOURCE")
+                    dst.update_tags(**{k: v for k, v in tags.items() if k in keep})
+                    for _, win in src.block_windows(band):
+                        dst.write(src.read(band, window=win), 1, window=win)
+                work[name] = p
+            for name, out, resampling in (("class", class_path, "MODE"),
+                                          ("probability_percent", prob_path, "AVERAGE")):
+                with atomic_path(out) as tmp:
+                    rio_copy(work[name], tmp, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=int(blocksize),
+                             OVERVIEW_RESAMPLING=resampling, OVERVIEWS="AUTO")
+    atomic_write(class_path.with_name(class_path.name + ".aux.xml"), _category_xml(classes))
+    return {"class_cog": str(class_path), "probability_cog": str(prob_path), "classes": classes}
+
+
+def check_cog(path: str | os.PathLike) -> dict[str, Any]:
+    """What a GIS user gets from a COG, read back with rasterio (GDAL): layout, overviews, colours, categories."""
+    import xml.etree.ElementTree as ET
+
+    path = Path(path)
+    with rasterio.open(path) as src:
+        aux = path.with_name(path.name + ".aux.xml")
+        cats = []
+        if aux.is_file():
+            cats = [c.text or "" for c in ET.parse(aux).getroot().iter("Category")]
+        names = json.loads(src.tags().get("CLASSES", "{}"))
+        try:
+            cmap = src.colormap(1)
+        except ValueError:
+            cmap = None
+        return {
+            "driver": src.driver, "layout": src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT"),
+            "dtype": src.dtypes[0], "nodata": src.nodata, "overviews": src.overviews(1),
+            "blocksize": src.block_shapes[0],
+            "colormap": None if cmap is None else {k: cmap[k] for k in [*range(len(names)), MAP_NODATA]},
+            "category_names": cats, "gdal_sees_sidecar": any(str(f).endswith(".aux.xml") for f in src.files),
+            "crs": src.crs.to_string(),
+        }
+
+
+def check_model_bands(model_bands: Sequence[str], scene_bands: Sequence[str], model_source: str = "the model",
+                      scene: str = "the scene") -> None:
+    """A map needs the model's bands in the model's order: else a ValueError naming both lists."""
+    if list(model_bands) != list(scene_bands):
+        missing = [b for b in model_bands if b not in scene_bands]
+        hint = (f"the scene lacks {missing}" if missing else "same bands, another order: open the "
+                "product with the model's band order (sentinel2.open_l2a(path, bands))")
+        raise ValueError(f"bands of {model_source} {list(model_bands)} differ from the bands of {scene} "
+                         f"{list(scene_bands)}: {hint}")

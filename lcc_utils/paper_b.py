@@ -99,7 +99,8 @@ def patchset_file(name: str, content_hash: str) -> Path:
 
 
 def build_eurosat_patchsets(
-    ds: Any, tasks: Sequence[str], *, patch_size: int, bands: Sequence[str], seed: int, block_size_m: float
+    ds: Any, tasks: Sequence[str], *, patch_size: int, bands: Sequence[str], seed: int, block_size_m: float,
+    buffer_m: float = 0.0,
 ) -> dict[str, tuple[Any, Path]]:
     """Notebook 02: cut EuroSAT MS into paper B's patch sets, one per task, and store each by content hash."""
     from lcc_utils import sentinel2
@@ -107,7 +108,7 @@ def build_eurosat_patchsets(
     out = {}
     for task in tasks:
         ps = sentinel2.eurosat_ms_patchset(ds, task, patch_size=patch_size, bands=tuple(bands), seed=seed,
-                                           block_size_m=block_size_m)
+                                           block_size_m=block_size_m, buffer_m=buffer_m)
         path = patchset_file(f"eurosat_ms-{task}-p{patch_size}-seed{seed}", ps.hash)
         sentinel2.save_patchset(ps, path)
         out[task] = (ps, path)
@@ -141,7 +142,8 @@ def load_eurosat_patchset(sentinel2_run: Mapping[str, Any], task: str, data_dir:
     except FileNotFoundError:
         ds = data.load_dataset("eurosat_ms", data_dir or None)
         ps = build_eurosat_patchsets(ds, [task], patch_size=params["patch_size"], bands=params["bands"],
-                                     seed=params["seed"], block_size_m=params["eurosat_block_size_m"])[task][0]
+                                     seed=params["seed"], block_size_m=params["eurosat_block_size_m"],
+                                     buffer_m=params.get("eurosat_buffer_m", 0.0))[task][0]
     if ps.hash != want:
         raise ValueError(f"EuroSAT MS {task} patch set rebuilt with hash {ps.hash}, but the 02 run {d.name} "
                          f"recorded {want}: the data or the code differ")
@@ -201,6 +203,7 @@ def run_neural(
     run_dir: str | os.PathLike | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     latency_batch: int = 64,
+    folder: str | None = None,
 ) -> ModelResult:
     """Train a neural model with recipe ``paper_b`` on ``ps`` and predict its test split.
 
@@ -215,6 +218,8 @@ def run_neural(
             ``normalization.json``) so ``trained.reopen_trained`` can reopen it.
         model_kwargs: Extra ``create_model`` options (``depth``, ``filters``, ``kernel_size``).
         latency_batch: Batch size of the CPU latency measurement.
+        folder: Name of the sub-folder under ``<run_dir>/models/`` (default ``key``;
+            notebook 06 uses ``<key>-seed<k>``, one per training seed).
 
     """
     from lcc_utils import models, sentinel2, training
@@ -233,10 +238,10 @@ def run_neural(
         # how to rebuild the patch set (retrain_model): EuroSAT MS, task, tiles, split
         "dataset": "eurosat_ms", "task": ps.meta.get("task"),
         "patch_size": ps.meta.get("patch_size", size), "split_seed": ps.meta.get("seed"),
-        "block_size_m": ps.meta.get("block_size_m"),
+        "block_size_m": ps.meta.get("block_size_m"), "buffer_m": ps.meta.get("buffer_m", 0.0),
         **{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()},
     }
-    mdir = _model_run_dir(run_dir, key, sub_params)
+    mdir = _model_run_dir(run_dir, folder or key, sub_params)
     if mdir is not None:
         mean, std = sentinel2.band_stats(ps, "train")
         atomic_write(mdir / "normalization.json", json.dumps(
@@ -288,6 +293,7 @@ def retrain_model(model_dir: str | os.PathLike, data_dir: str | None = None,
     params = dict(json.loads((model_dir / "params.json").read_text())["params"])
     arch = {k: params[k] for k in training.ARCH_KEYS if k in params}
     spec = {k: params.get(k) for k in ("task", "patch_size", "split_seed", "block_size_m")}
+    buffer_m = float(params.get("buffer_m") or 0.0)
     if any(v is None for v in spec.values()):
         # folders written before these keys were recorded: the enclosing evaluation run
         outer = json.loads((model_dir.parent.parent / "params.json").read_text())["params"]
@@ -297,12 +303,12 @@ def retrain_model(model_dir: str | os.PathLike, data_dir: str | None = None,
     ds = data.load_dataset("eurosat_ms", data_dir=data_dir or None)
     ps = sentinel2.eurosat_ms_patchset(ds, task=spec["task"], patch_size=int(spec["patch_size"]),
                                        bands=tuple(params["bands"]), seed=int(spec["split_seed"]),
-                                       block_size_m=float(spec["block_size_m"]))
+                                       block_size_m=float(spec["block_size_m"]), buffer_m=buffer_m)
     if ps.hash != params["patchset_hash"]:
         raise ValueError(f"rebuilt patch set has hash {ps.hash}, the run used "
                          f"{params['patchset_hash']}: the data differ, cannot rebuild {model_dir}")
     run_neural(params["model"], ps, seed=int(params["seed"]), epochs=params.get("epochs"),
-               device=params.get("device", "cpu"), run_dir=out, model_kwargs=arch)
+               device=params.get("device", "cpu"), run_dir=out, model_kwargs=arch, folder=model_dir.name)
     return out / "models" / model_dir.name
 
 
@@ -358,110 +364,501 @@ def run_baseline(key: str, ps: Any, seed: int = 0) -> ModelResult:
     )
 
 
+def model_folder(key: str, seed: int) -> str:
+    """Sub-folder of a network of notebook 06 under ``<run>/models/``: ``<key>-seed<seed>``."""
+    return f"{key}-seed{int(seed)}"
+
+
 def run_models(
     keys: Sequence[str],
     ps: Any,
-    seed: int = 0,
+    seeds: Sequence[int] = (0, 1, 2),
     epochs: int | None = None,
     device: str = "cpu",
     run_dir: str | os.PathLike | None = None,
-) -> dict[str, ModelResult]:
-    """Run every model in ``keys`` on the same split of ``ps`` (paper B's comparison).
+) -> dict[str, list[ModelResult]]:
+    """Run every model in ``keys`` once per training seed on the same split of ``ps``.
 
-    Returns ``{key: ModelResult}`` in ``keys`` order; all share the same test patches.
+    The split is the patch set's (fixed); a seed changes a network's initial weights,
+    shuffling, augmentation and dropout, and the random forest's trees. The NDVI threshold
+    and the SVM are deterministic given the split: they are run per seed too, so every
+    model has one prediction row per seed and the tables pair them seed by seed.
+    Networks train in ``<run_dir>/models/<key>-seed<k>/``.
+
+    Returns ``{key: [ModelResult per seed]}`` in ``keys`` order; all share the test patches.
     """
     keys = list(keys)
+    seeds = [int(s) for s in seeds]
     if not keys:
         raise ValueError("keys is empty: name at least one model")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be a non-empty list of distinct seeds, got {seeds}")
     for k in keys:
         get_model_name(k)
     if len(set(keys)) != len(keys):
         raise ValueError(f"keys has duplicates: {keys}")
-    out: dict[str, ModelResult] = {}
-    for k in tqdm(keys, desc="paper B models", unit="model"):
+    out: dict[str, list[ModelResult]] = {k: [] for k in keys}
+    jobs = [(k, s) for k in keys for s in seeds]
+    for k, s in tqdm(jobs, desc="paper B models x seeds", unit="model"):
         if k in NEURAL_MODELS:
-            out[k] = run_neural(k, ps, seed=seed, epochs=epochs, device=device, run_dir=run_dir)
+            out[k].append(run_neural(k, ps, seed=s, epochs=epochs, device=device, run_dir=run_dir,
+                                     folder=model_folder(k, s)))
         else:
-            out[k] = run_baseline(k, ps, seed=seed)
+            out[k].append(run_baseline(k, ps, seed=s))
+        out[k][-1].details["seed"] = s
     return out
 
 
 # --------------------------------------------------------------------------- tables
-def _check_same_test(results: Mapping[str, ModelResult]) -> np.ndarray:
+#: The independent unit of the paired tests. EuroSAT MS test patches are the four 32 px
+#: quadrants of 64 px images, so the source image is the smallest independent unit
+#: ("image"); "block" uses the spatial block of the split instead (coarser, fewer units).
+CLUSTERS = ("image", "block")
+
+
+def _as_seeds(results: Mapping[str, Any]) -> dict[str, list[ModelResult]]:
+    """``{key: [ModelResult, ...]}`` (a single ModelResult is one seed)."""
     if not results:
         raise ValueError("results is empty")
-    first = next(iter(results.values()))
-    for r in results.values():
-        if not np.array_equal(r.test_indices, first.test_indices):
-            raise ValueError(f"{r.name} was scored on other test patches than {first.name}: "
-                             "paired tests need the same patches in the same order")
+    return {k: (list(v) if isinstance(v, (list, tuple)) else [v]) for k, v in results.items()}
+
+
+def _check_same_test(results: Mapping[str, Any]) -> np.ndarray:
+    res = _as_seeds(results)
+    first = next(iter(res.values()))[0]
+    for rs in res.values():
+        for r in rs:
+            if not np.array_equal(r.test_indices, first.test_indices):
+                raise ValueError(f"{r.name} was scored on other test patches than {first.name}: "
+                                 "paired tests need the same patches in the same order")
     return first.y_true
 
 
-def summary(results: Mapping[str, ModelResult]) -> pd.DataFrame:
-    """Our numbers beside paper B's (``metrics.summary_table``), one row per model."""
+def _preds(rs: Sequence[ModelResult]) -> np.ndarray:
+    return np.stack([r.y_pred for r in rs])
+
+
+def clusters_of(ps: Any, indices: np.ndarray, cluster: str = "image") -> np.ndarray:
+    """Cluster id (the independent unit) of each test patch: its source image or spatial block."""
+    if cluster not in CLUSTERS:
+        raise ValueError(f"unknown cluster {cluster!r}; choose one of: {', '.join(CLUSTERS)}")
+    idx = np.asarray(indices)
+    if cluster == "block":
+        return np.asarray(ps.block)[idx]
+    files = ps.meta.get("file")
+    if files is None or len(files) != len(ps):
+        raise ValueError("the patch set records no source image per patch (meta['file']); "
+                         "use cluster='block'")
+    return np.asarray(files, dtype=object)[idx].astype(str)
+
+
+def summary(results: Mapping[str, Any]) -> pd.DataFrame:
+    """Our numbers (mean and std over seeds) beside paper B's, one row per model."""
     _check_same_test(results)
-    return metrics.summary_table({r.name: {**r.metrics, **r.cost} for r in results.values()})
+    res = _as_seeds(results)
+    means = {}
+    rows_std = {}
+    for rs in res.values():
+        ms = ("oa", "kappa", "macro_precision", "macro_recall", "macro_f1")
+        vals = {m: np.array([r.metrics[m] for r in rs], dtype=float) for m in ms}
+        means[rs[0].name] = {**{m: v.mean() for m, v in vals.items()}, **rs[0].cost,
+                             "cpu_ms_per_patch": float(np.median([r.cost["cpu_ms_per_patch"] for r in rs]))}
+        rows_std[rs[0].name] = {"oa_std_pp": 100 * vals["oa"].std(ddof=1) if len(rs) > 1 else np.nan,
+                                "kappa_std": vals["kappa"].std(ddof=1) if len(rs) > 1 else np.nan,
+                                "macro_f1_std": vals["macro_f1"].std(ddof=1) if len(rs) > 1 else np.nan,
+                                "n_seeds": len(rs)}
+    out = metrics.summary_table(means)
+    std = pd.DataFrame(rows_std).T
+    out.insert(out.columns.get_loc("oa_%") + 1, "oa_std_pp", std["oa_std_pp"].astype(float))
+    out.insert(out.columns.get_loc("kappa") + 1, "kappa_std", std["kappa_std"].astype(float))
+    out.insert(out.columns.get_loc("macro_f1") + 1, "macro_f1_std", std["macro_f1_std"].astype(float))
+    out["n_seeds"] = std["n_seeds"].astype(int)
+    return out
 
 
-def per_class(results: Mapping[str, ModelResult]) -> pd.DataFrame:
-    """Long table of per-class precision / recall / F1 / support for every model."""
+def per_class(results: Mapping[str, Any]) -> pd.DataFrame:
+    """Long table of per-class precision / recall / F1 / support for every model and seed."""
     frames = []
-    for r in results.values():
-        t = metrics.per_class_table(r.metrics).reset_index()
-        t.insert(0, "model", r.name)
-        frames.append(t)
+    for rs in _as_seeds(results).values():
+        for r in rs:
+            t = metrics.per_class_table(r.metrics).reset_index()
+            t.insert(0, "seed", r.details.get("seed", 0))
+            t.insert(0, "model", r.name)
+            frames.append(t)
     return pd.concat(frames, ignore_index=True)
 
 
-def mcnemar_table(results: Mapping[str, ModelResult]) -> pd.DataFrame:
-    """McNemar's test for every pair of models on the shared test patches."""
+def accuracy_intervals(ps: Any, results: Mapping[str, Any], cluster: str = "image",
+                       n_boot: int = 2000) -> pd.DataFrame:
+    """Each model's OA, kappa, macro P / R / F1: seed mean, seed std, cluster-bootstrap 95 % CI."""
     y = _check_same_test(results)
-    return metrics.pairwise_mcnemar(y, {r.name: r.y_pred for r in results.values()})
+    res = _as_seeds(results)
+    first = next(iter(res.values()))[0]
+    cl = clusters_of(ps, first.test_indices, cluster)
+    frames = []
+    for rs in res.values():
+        t = metrics.cluster_bootstrap(y, _preds(rs), cl, len(ps.classes), n_boot=n_boot).reset_index()
+        t.insert(0, "model", rs[0].name)
+        frames.append(t)
+    out = pd.concat(frames, ignore_index=True)
+    out["cluster"] = cluster
+    return out
 
 
-def predictions(ps: Any, results: Mapping[str, ModelResult]) -> pd.DataFrame:
-    """One row per test patch: index, reference class, NDVI and each model's prediction."""
+def model_tests(ps: Any, results: Mapping[str, Any], cluster: str = "image", alpha: float = 0.05,
+                n_boot: int = 2000) -> pd.DataFrame:
+    """Every pair of models tested at the independent unit, Holm-corrected over the pairs.
+
+    :func:`lcc_utils.metrics.pairwise_cluster_tests` with the test patches' source images
+    (``cluster="image"``) or spatial blocks as the unit, predictions averaged over seeds: a
+    sign test over the clusters, a cluster-bootstrap 95 % CI of the OA difference and,
+    labelled ``patch_level_mcnemar_p``, the (optimistic) patch-level McNemar p-value.
+    """
     y = _check_same_test(results)
-    first = next(iter(results.values()))
+    res = _as_seeds(results)
+    first = next(iter(res.values()))[0]
+    cl = clusters_of(ps, first.test_indices, cluster)
+    out = metrics.pairwise_cluster_tests(y, {rs[0].name: _preds(rs) for rs in res.values()}, cl,
+                                         alpha=alpha, n_boot=n_boot)
+    out.insert(2, "unit", cluster)
+    out.insert(3, "n_seeds", min(len(rs) for rs in res.values()))
+    return out
+
+
+def mcnemar_table(results: Mapping[str, Any]) -> pd.DataFrame:
+    """PATCH-LEVEL McNemar's test for every pair of models, seed by seed (long table).
+
+    Patches of one source image are correlated, so these p-values are too small; they are
+    kept beside :func:`model_tests` only to show what paper B's unit would give.
+    """
+    y = _check_same_test(results)
+    res = _as_seeds(results)
+    n = min(len(rs) for rs in res.values())
+    frames = []
+    for i in range(n):
+        t = metrics.pairwise_mcnemar(y, {rs[0].name: rs[i].y_pred for rs in res.values()})
+        t.insert(0, "seed", next(iter(res.values()))[i].details.get("seed", i))
+        frames.append(t)
+    out = pd.concat(frames, ignore_index=True)
+    out.insert(1, "unit", "patch")
+    return out
+
+
+def predictions(ps: Any, results: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per test patch: index, source image, reference class, NDVI, each model's prediction per seed."""
+    y = _check_same_test(results)
+    res = _as_seeds(results)
+    first = next(iter(res.values()))[0]
     df = pd.DataFrame({"index": first.test_indices, "y_true": y,
                        "ndvi": patch_ndvi(ps, first.test_indices)})
-    for r in results.values():
-        df[f"pred_{r.key}"] = r.y_pred
+    if ps.meta.get("file") is not None and len(ps.meta["file"]) == len(ps):
+        df.insert(1, "image", [Path(str(f)).name for f in clusters_of(ps, first.test_indices, "image")])
+    for rs in res.values():
+        for r in rs:
+            df[f"pred_{r.key}_seed{r.details.get('seed', 0)}"] = r.y_pred
     return df
 
 
-def ndvi_errors(ps: Any, results: Mapping[str, ModelResult],
-                bins: Sequence[float] | int | None = None) -> pd.DataFrame:
-    """NDVI-binned error rates of every model (long table: ``model`` + bin columns)."""
-    _check_same_test(results)
-    first = next(iter(results.values()))
+def ndvi_errors(ps: Any, results: Mapping[str, Any], bins: Sequence[float] | None = None,
+                cluster: str = "image", n_boot: int = 2000) -> pd.DataFrame:
+    """NDVI-binned error rates of every model (seed mean) with cluster-bootstrap 95 % CIs.
+
+    Bins default to ``constants.PAPER_B_NDVI_BINS`` (edges at 0.15 and 0.25, paper B's
+    transitional range). Long table: ``model`` + :func:`metrics.binned_error_rates` columns.
+    """
+    from lcc_utils.constants import PAPER_B_NDVI_BINS
+
+    y = _check_same_test(results)
+    res = _as_seeds(results)
+    first = next(iter(res.values()))[0]
     v = patch_ndvi(ps, first.test_indices)
+    cl = clusters_of(ps, first.test_indices, cluster)
     frames = []
-    for r in results.values():
-        kw = {} if bins is None else {"bins": bins}
-        t = metrics.ndvi_binned_errors(v, r.y_true, r.y_pred, **kw)
-        t.insert(0, "model", r.name)
+    for rs in res.values():
+        t = metrics.binned_error_rates(v, y, _preds(rs), cl, bins=PAPER_B_NDVI_BINS if bins is None else bins,
+                                       n_boot=n_boot)
+        t.insert(0, "model", rs[0].name)
         frames.append(t)
     return pd.concat(frames, ignore_index=True)
 
 
-def flat_metrics(results: Mapping[str, ModelResult]) -> dict[str, float]:
-    """Scalar metrics per model for ``metrics.json`` (``<key>_oa``, ``<key>_kappa``...)."""
+def flat_metrics(results: Mapping[str, Any]) -> dict[str, float]:
+    """Scalar metrics per model for ``metrics.json``: ``<key>_oa`` (seed mean), ``<key>_oa_std``..."""
     out: dict[str, float] = {}
-    for r in results.values():
+    for rs in _as_seeds(results).values():
+        r0 = rs[0]
         for m in ("oa", "kappa", "macro_precision", "macro_recall", "macro_f1"):
-            out[f"{r.key}_{m}"] = round(float(r.metrics[m]), 6)
+            v = np.array([r.metrics[m] for r in rs], dtype=float)
+            out[f"{r0.key}_{m}"] = round(float(v.mean()), 6)
+            if m in ("oa", "kappa") and len(v) > 1:
+                out[f"{r0.key}_{m}_std"] = round(float(v.std(ddof=1)), 6)
         for c in ("params", "flops"):
-            v = r.cost[c]
+            v = r0.cost[c]
             if not (isinstance(v, float) and np.isnan(v)):
-                out[f"{r.key}_{c}"] = int(v)
-        if "best_epoch" in r.details:
-            out[f"{r.key}_best_epoch"] = int(r.details["best_epoch"])
-        if "threshold" in r.details:
-            out[f"{r.key}_threshold"] = round(float(r.details["threshold"]), 6)
-    out["n_test"] = int(len(next(iter(results.values())).y_true))
+                out[f"{r0.key}_{c}"] = int(v)
+        if "best_epoch" in r0.details:
+            out[f"{r0.key}_best_epoch_mean"] = round(float(np.mean([r.details["best_epoch"] for r in rs])), 3)
+        if "threshold" in r0.details:
+            out[f"{r0.key}_threshold"] = round(float(r0.details["threshold"]), 6)
+        out[f"{r0.key}_n_seeds"] = len(rs)
+    out["n_test"] = int(len(_check_same_test(results)))
     return out
+
+
+# --------------------------------------------------------------------------- claims
+#: Paper B's own numbers, with its wording, beside the papers' texts (read, never retyped).
+PAPER_B_RESULTS_CSV = "paper_b_results.csv"
+#: Verdicts of the claims table. A threshold claim is "yes" when our 95 % CI lies on its
+#: side, "no" when it lies on the other, "undecided" when it spans the threshold; a point
+#: claim (a published OA) is "yes" when our CI contains it. Protocol rows say whether our
+#: protocol matches; "not testable" where we have no data for it.
+VERDICTS = ("yes", "no", "undecided", "same protocol", "differs", "not testable", "n/a")
+#: "Stabilized near X %": within this many points of X (our reading of "near").
+NEAR_PP = 2.0
+
+
+def paper_results(papers_dir: str | os.PathLike) -> pd.DataFrame:
+    """Paper B's results as transcribed (``quantity``, ``value``, ``note``), one row per claim."""
+    path = Path(papers_dir) / PAPER_B_RESULTS_CSV
+    if not path.is_file():
+        raise FileNotFoundError(f"paper B's results not found: {path} (the papers folder beside "
+                                "the data root, ../shared/papers)")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    need = {"quantity", "value", "note"}
+    if not need <= set(df.columns):
+        raise ValueError(f"{path}: expected columns {sorted(need)}, found {list(df.columns)}")
+    return df
+
+
+def load_ablation(ablation_run: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
+    """Notebook 07's tables (``ablation_summary``, ``ablation_tests``) of the run named by its parameters."""
+    from lcc_utils import runs
+
+    d = runs.find_run("07", dict(ablation_run))
+    out = {}
+    for name in ("ablation_summary", "ablation_tests"):
+        f = d / f"{name}.csv"
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} is missing: the 07 run {d.name} predates the cluster-level "
+                                    "tests; run notebook 07 again")
+        out[name] = pd.read_csv(f)
+    out["run"] = d.name  # type: ignore[assignment]
+    return out
+
+
+def _num(v: str) -> float:
+    return float(str(v).strip().rstrip("%"))
+
+
+def _point(est: float, lo: float, hi: float, claim: float) -> str:
+    return "yes" if lo <= claim <= hi else "no"
+
+
+def _above(lo: float, hi: float, t: float) -> str:
+    return "yes" if lo > t else "no" if hi < t else "undecided"
+
+
+def _below(lo: float, hi: float, t: float) -> str:
+    return "yes" if hi < t else "no" if lo > t else "undecided"
+
+
+def claims_table(
+    paper: pd.DataFrame,
+    ps: Any,
+    results: Mapping[str, Any],
+    ablation: Mapping[str, Any] | None = None,
+    cluster: str = "image",
+    n_boot: int = 2000,
+) -> pd.DataFrame:
+    """One row per row of paper B's results CSV: claim | paper B | ours | supported?
+
+    Every "ours" comes from this run's models (all seeds) with its uncertainty: seed std and
+    a 95 % cluster-bootstrap CI at the ``cluster`` unit (source image), tests Holm-corrected
+    over all model pairs (:func:`model_tests`). The ablation row reads notebook 07's run
+    (:func:`load_ablation`). The verdict rules are :data:`VERDICTS`.
+    """
+    res = _as_seeds(results)
+    names = {k: rs[0].name for k, rs in res.items()}
+    iv = accuracy_intervals(ps, results, cluster=cluster, n_boot=n_boot).set_index(["model", "measure"])
+    tests = model_tests(ps, results, cluster=cluster, n_boot=n_boot) if len(res) > 1 else None
+    y = _check_same_test(results)
+    first = next(iter(res.values()))[0]
+    unit = f"{cluster}-cluster bootstrap 95 % CI, {len(res[next(iter(res))])} seeds"
+
+    def acc(key: str, measure: str, scale: float = 100.0) -> tuple[float, float, float, float] | None:
+        if key not in res:
+            return None
+        r = iv.loc[(names[key], measure)]
+        return (scale * r["estimate"], scale * r["seed_std"], scale * r["ci95_lo"], scale * r["ci95_hi"])
+
+    def fmt(a: tuple[float, float, float, float], d: int = 1) -> str:
+        return f"{a[0]:.{d}f} ± {a[1]:.{d}f} (CI {a[2]:.{d}f}-{a[3]:.{d}f})"
+
+    def missing(key: str) -> tuple[str, str, str]:
+        return (f"{get_model_name(key)} not in this run's models", "", "n/a")
+
+    def oa_claim(key: str, value: str) -> tuple[str, str, str]:
+        a = acc(key, "oa")
+        if a is None:
+            return missing(key)
+        return fmt(a) + " %", unit, _point(*a[:1], a[2], a[3], _num(value))
+
+    def kappa_claim(value: str) -> tuple[str, str, str]:
+        a = acc("lightweight_cnn", "kappa", 1.0)
+        if a is None:
+            return missing("lightweight_cnn")
+        return fmt(a, 3), unit, _point(a[0], a[2], a[3], _num(value))
+
+    def prf_claim(value: str) -> tuple[str, str, str]:
+        if "lightweight_cnn" not in res:
+            return missing("lightweight_cnn")
+        vals = {m: acc("lightweight_cnn", m, 1.0) for m in ("macro_precision", "macro_recall", "macro_f1")}
+        worst = min(vals, key=lambda m: vals[m][0])
+        a = vals[worst]
+        txt = "; ".join(f"{m.split('_')[1]} {v[0]:.3f}" for m, v in vals.items())
+        return (f"{txt}; lowest {worst.split('_')[1]} {fmt(a, 3)}", unit, _above(a[2], a[3], _num(value)))
+
+    def params_claim(value: str) -> tuple[str, str, str]:
+        if "lightweight_cnn" not in res:
+            return missing("lightweight_cnn")
+        n = int(res["lightweight_cnn"][0].cost["params"])
+        return f"{n:,} parameters", "exact (count)", "yes" if n < _num(value) else "no"
+
+    def ndvi_oa(value: str) -> tuple[str, str, str]:
+        if "ndvi_threshold" not in res:
+            return ("NDVI threshold not run (binary task only)", "", "n/a")
+        return oa_claim("ndvi_threshold", value)
+
+    def rf_svm(value: str) -> tuple[str, str, str]:
+        lo, hi = (float(v) for v in str(value).split("-"))
+        parts, verdicts = [], []
+        for key in ("random_forest", "svm"):
+            a = acc(key, "oa")
+            if a is None:
+                continue
+            parts.append(f"{names[key]} {fmt(a)} %")
+            verdicts.append("yes" if lo <= a[0] <= hi else "no" if (a[3] < lo or a[2] > hi) else "undecided")
+        if not parts:
+            return ("RF / SVM not in this run's models", "", "n/a")
+        v = "yes" if all(x == "yes" for x in verdicts) else "no" if "no" in verdicts else "undecided"
+        return "; ".join(parts) + " (paper B cites, does not run them)", unit, v
+
+    def mcnemar_claim(value: str) -> tuple[str, str, str]:
+        if tests is None or not {"lightweight_cnn", "resnet18"} <= set(res):
+            return ("needs both networks in this run", "", "n/a")
+        row = tests[((tests.model_a == names["lightweight_cnn"]) & (tests.model_b == names["resnet18"]))
+                    | ((tests.model_b == names["lightweight_cnn"]) & (tests.model_a == names["resnet18"]))].iloc[0]
+        sign = 1 if row.model_a == names["lightweight_cnn"] else -1
+        d, lo_, hi_ = sign * row.diff_pp, *sorted((sign * row.ci95_lo_pp, sign * row.ci95_hi_pp))
+        txt = (f"image-level sign test p = {row.sign_p:.3g} (Holm over {len(tests)} pairs: {row.sign_p_holm:.3g}); "
+               f"OA CNN - ResNet-18 = {d:+.1f} pp (CI {lo_:+.1f} to {hi_:+.1f}); "
+               f"patch-level McNemar p = {row.patch_level_mcnemar_p:.3g} (not independent)")
+        return txt, f"sign test over {int(row.n_clusters)} source images, Holm", \
+            "yes" if row.sign_p_holm > 0.05 else "no"
+
+    def ndvi_range(value: str) -> tuple[str, str, str]:
+        if "lightweight_cnn" not in res:
+            return missing("lightweight_cnn")
+        lo, hi = (float(v) for v in str(value).split("-"))
+        c = metrics.range_error_contrast(patch_ndvi(ps, first.test_indices), y, _preds(res["lightweight_cnn"]),
+                                         clusters_of(ps, first.test_indices, cluster), lo, hi, n_boot=n_boot)
+        if not np.isfinite(c["diff_pp"]):
+            return (f"{c['n_in']} test patches in [{lo}, {hi})", "", "not testable")
+        txt = (f"CNN error rate in [{lo}, {hi}) {100 * c['rate_in']:.1f} % (n={c['n_in']}) vs "
+               f"{100 * c['rate_out']:.1f} % elsewhere: {c['diff_pp']:+.1f} pp (CI {c['ci95_lo_pp']:+.1f} to "
+               f"{c['ci95_hi_pp']:+.1f}); {100 * c['share_of_errors_in']:.0f} % of errors, "
+               f"{100 * c['share_of_patches_in']:.0f} % of patches")
+        return txt, unit, _above(c["ci95_lo_pp"], c["ci95_hi_pp"], 0.0)
+
+    def curve(value: str, epoch: int, near: bool) -> tuple[str, str, str]:
+        hs = [r.history for r in res.get("lightweight_cnn", []) if r.history is not None]
+        if not hs:
+            return ("no training history (CNN not run)", "", "n/a")
+        if near:  # validation accuracy at the last epoch run up to `epoch`
+            acc_ = np.array([100 * h[h.epoch <= epoch].val_accuracy.iloc[-1] for h in hs])
+            last = [int(h[h.epoch <= epoch].epoch.iloc[-1]) for h in hs]
+            v = "yes" if np.all(np.abs(acc_ - _num(value)) <= NEAR_PP) else (
+                "no" if np.all(np.abs(acc_ - _num(value)) > NEAR_PP) else "undecided")
+            return (f"CNN val. accuracy at epoch {'/'.join(map(str, last))} (last run <= {epoch}): "
+                    f"{acc_.mean():.1f} ± {acc_.std(ddof=1) if len(acc_) > 1 else 0:.1f} %",
+                    f"per seed; 'near' = within {NEAR_PP:g} pp", v)
+        acc_ = np.array([100 * h[h.epoch <= epoch].val_accuracy.max() for h in hs])
+        v = "yes" if np.all(acc_ > _num(value)) else "no" if np.all(acc_ <= _num(value)) else "undecided"
+        return (f"CNN best val. accuracy in epochs 1-{epoch}: {acc_.mean():.1f} ± "
+                f"{acc_.std(ddof=1) if len(acc_) > 1 else 0:.1f} % (min {acc_.min():.1f})", "per seed", v)
+
+    def val_loss(value: str) -> tuple[str, str, str]:
+        rs = res.get("lightweight_cnn", [])
+        if not rs:
+            return missing("lightweight_cnn")
+        be = [int(r.details["best_epoch"]) for r in rs]
+        t = _num(value)
+        v = "yes" if all(b <= t for b in be) else "no" if all(b > t for b in be) else "undecided"
+        return (f"CNN lowest validation loss at epoch {', '.join(map(str, be))} (early stopping, patience 5)",
+                "per seed", v)
+
+    def ablation_claim(value: str) -> tuple[str, str, str]:
+        if ablation is None:
+            return ("not evaluated here: needs notebook 07's run (ablation_run)", "", "n/a")
+        t = ablation["ablation_tests"]
+        sel = t[(t.model_a == "A4") & (t.model_b == "A2")]
+        if sel.empty:
+            return (f"the 07 run {ablation['run']} has no A4-vs-A2 test (variants {sorted(set(t.model_a))})",
+                    "", "n/a")
+        row = sel.iloc[0]
+        sm = ablation["ablation_summary"].set_index("variant")
+        ratio = sm.loc["A4", "params"] / sm.loc["A2", "params"]
+        txt = (f"A4 - A2 OA {row.diff_pp:+.2f} pp (CI {row.ci95_lo_pp:+.2f} to {row.ci95_hi_pp:+.2f}; "
+               f"sign test p = {row.sign_p:.3g}, Holm {row.sign_p_holm:.3g}) at {100 * (ratio - 1):.0f} % more "
+               f"parameters ({int(sm.loc['A4', 'params']):,} vs {int(sm.loc['A2', 'params']):,}); "
+               f"07 run {ablation['run']}")
+        v = _below(row.ci95_lo_pp, row.ci95_hi_pp, _num(value))
+        return txt, f"{row.unit}-cluster bootstrap 95 % CI, {int(row.n_seeds)} seeds", v if ratio > 1.4 else "no"
+
+    def per_class_n(value: str) -> tuple[str, str, str]:
+        c = ps.counts()["total"]
+        return (", ".join(f"{k} {int(v)}" for k, v in c.items()) + " patches", "count", "differs")
+
+    def patch_size(value: str) -> tuple[str, str, str]:
+        p = int(ps.x.shape[1])
+        return f"{p} px", "", "same protocol" if p == int(_num(value)) else "differs"
+
+    def split(value: str) -> tuple[str, str, str]:
+        f = pd.Series(ps.split).value_counts(normalize=True)
+        txt = "/".join(f"{100 * f.get(s_, 0):.0f}" for s_ in ("train", "val", "test"))
+        return (f"{txt} (whole spatial blocks of {ps.meta.get('block_size_m', '?')} m; EuroSAT, not tiles)",
+                "patch shares", "same protocol")
+
+    handlers = {
+        "lightweight_cnn_oa": lambda v: oa_claim("lightweight_cnn", v),
+        "lightweight_cnn_kappa": kappa_claim,
+        "lightweight_cnn_macro_precision_recall_f1_min": prf_claim,
+        "lightweight_cnn_params_max": params_claim,
+        "resnet18_oa": lambda v: oa_claim("resnet18", v),
+        "ndvi_threshold_oa": ndvi_oa,
+        "rf_svm_literature_oa_range": rf_svm,
+        "mcnemar_cnn_vs_resnet18": mcnemar_claim,
+        "error_ndvi_range": ndvi_range,
+        "curve_epoch10_acc": lambda v: curve(v, 10, near=False),
+        "curve_epoch25_acc": lambda v: curve(v, 25, near=True),
+        "val_loss_stable_after_epoch": val_loss,
+        "ablation_A4_vs_A2_oa_gain_max": ablation_claim,
+        "patches_per_class": per_class_n,
+        "interoperator_kappa": lambda v: ("one label source (EuroSAT's scene classes), no second analyst",
+                                          "", "not testable"),
+        "patch_size_px": patch_size,
+        "split": split,
+    }
+    rows = []
+    for rec in paper.to_dict("records"):
+        q = rec["quantity"]
+        if q not in handlers:
+            raise ValueError(f"paper B claim {q!r} (in {PAPER_B_RESULTS_CSV}) has no test here; "
+                             f"known: {', '.join(handlers)}")
+        ours, uncertainty, verdict = handlers[q](rec["value"])
+        rows.append({"claim": q, "paper_b": rec["value"], "paper_b_note": rec["note"], "ours": ours,
+                     "uncertainty": uncertainty, "supported": verdict})
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------- ablation
@@ -478,7 +875,8 @@ def run_ablation(
 
     The split is fixed (the patch set's); ``seed`` varies the initial weights, the
     shuffling, augmentation and dropout. Each variant is compared with ``reference`` (A2,
-    the three-block 3x3 baseline) by McNemar's test on the same test patches, per seed.
+    the three-block 3x3 baseline) by the patch-level McNemar test per seed (kept for
+    reference; the tests at the independent unit are :func:`ablation_tests`).
 
     Returns:
         A table with one row per (variant, seed): architecture, ``params``, ``flops``,
@@ -530,7 +928,32 @@ def ablation_summary(table: pd.DataFrame, reference: str = "A2") -> pd.DataFrame
     pcol = f"mcnemar_p_vs_{reference}"
     sig = table.groupby("variant")[pcol].agg(lambda p: int((p < 0.05).sum()))
     out = first.join(ms)
-    out[f"seeds_p<0.05_vs_{reference}"] = sig
+    out[f"patch_level_seeds_p<0.05_vs_{reference}"] = sig
+    return out
+
+
+def ablation_tests(ps: Any, results: Mapping[tuple[str, int], ModelResult], reference: str = "A2",
+                   cluster: str = "image", n_boot: int = 2000) -> pd.DataFrame:
+    """Each ablation variant against ``reference`` at the independent unit, Holm over the variants.
+
+    The same tests as notebook 06 (:func:`lcc_utils.metrics.pairwise_cluster_tests`): predictions
+    averaged over the seeds, a sign test over the test patches' source images, a cluster-bootstrap
+    95 % CI of the OA difference (variant - reference), and the patch-level McNemar p beside them.
+    """
+    variants = sorted({v for v, _ in results})
+    if reference not in variants:
+        raise ValueError(f"reference variant {reference!r} is not among the results ({variants})")
+    per_variant = {v: [results[k] for k in sorted(results) if k[0] == v] for v in variants}
+    seeds = {v: [k[1] for k in sorted(results) if k[0] == v] for v in variants}
+    if len({tuple(x) for x in seeds.values()}) != 1:
+        raise ValueError(f"variants ran with different seeds ({seeds}): the tests pair them seed by seed")
+    y = _check_same_test(per_variant)
+    first = per_variant[reference][0]
+    cl = clusters_of(ps, first.test_indices, cluster)
+    out = metrics.pairwise_cluster_tests(y, {v: _preds(rs) for v, rs in per_variant.items()}, cl,
+                                         n_boot=n_boot, pairs=[(v, reference) for v in variants if v != reference])
+    out.insert(2, "unit", cluster)
+    out.insert(3, "n_seeds", len(seeds[reference]))
     return out
 
 

@@ -105,11 +105,27 @@ def normalized_difference(x: np.ndarray, bands: Sequence[str], a: str, b: str, a
         return np.where(den > 0, (xa - xb) / np.where(den > 0, den, 1.0), 0.0).astype(dtype)
 
 
+#: Near-infrared bands in order of preference: B08 (10 m, broad NIR, paper B's band), else
+#: B8A (20 m, narrow NIR), which products carrying only 20/60 m bands (e.g. a 60 m-only L2A
+#: SAFE) have. Both sit on the vegetation red-edge plateau, so NDVI from either is comparable.
+NIR_BANDS: tuple[str, ...] = ("B08", "B8A")
+
+
+def nir_band(bands: Sequence[str], where: str = "the input") -> str:
+    """The NIR band to use among ``bands``: B08, else B8A; a ValueError naming ``where`` if neither."""
+    names = [normalize_band_name(b) for b in bands]
+    for b in NIR_BANDS:
+        if b in names:
+            return b
+    raise ValueError(f"{where} has no near-infrared band ({' or '.join(NIR_BANDS)}); bands are {names}: "
+                     "NDVI and the spectral features need one")
+
+
 def ndvi(x: np.ndarray, bands: Sequence[str], axis: int = -1,
          dtype: DTypeLike = np.float32) -> np.ndarray:
-    """NDVI = (NIR - red) / (NIR + red) from B08 and B04 of reflectance array ``x``.
+    """NDVI = (NIR - red) / (NIR + red) from B08 (else B8A, :func:`nir_band`) and B04 of ``x``.
 
     ``axis`` is the band axis (-1 for channels-last patch sets, 0 for (C, H, W) windows).
     Pixels with NIR + red <= 0 get NDVI 0 (see :func:`normalized_difference`).
     """
-    return normalized_difference(x, bands, "B08", "B04", axis=axis, dtype=dtype, name="ndvi")
+    return normalized_difference(x, bands, nir_band(bands), "B04", axis=axis, dtype=dtype, name="ndvi")

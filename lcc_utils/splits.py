@@ -235,3 +235,66 @@ def get_split(
                                    "seed": seed, "hash": h, "train": train.tolist(),
                                    "val": val.tolist(), "test": test.tolist()}))
     return Split(train, val, test, seed, kind, h)
+
+
+# --------------------------------------------------------------------------- distances between splits
+def split_distances(x: np.ndarray, y: np.ndarray, zone: np.ndarray, split: np.ndarray,
+                    reference: str = "train") -> pd.DataFrame:
+    """Minimum distance (m) from each split's patches to the nearest ``reference`` patch.
+
+    ``x``, ``y`` are patch centres in metres of their UTM ``zone``; distances are measured
+    within a zone only (patches of two zones are hundreds of km apart at least, and their
+    coordinates are not comparable), so a split with no zone shared with ``reference``
+    gets NaN. Returns one row per split other than ``reference``: ``min_distance_m``,
+    ``median_nearest_m`` (median over the split's patches of the nearest-reference distance)
+    and ``n``.
+    """
+    from scipy.spatial import cKDTree
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    zone, split = np.asarray(zone).astype(str), np.asarray(split).astype(str)
+    if not (len(x) == len(y) == len(zone) == len(split)):
+        raise ValueError("x, y, zone and split must have one entry per patch")
+    rows = []
+    for s in [s for s in SPLITS if s != reference]:
+        nearest = np.full(int((split == s).sum()), np.nan)
+        pos = np.flatnonzero(split == s)
+        for z in np.unique(zone[pos]):
+            ref = (split == reference) & (zone == z)
+            if not ref.any():
+                continue
+            tree = cKDTree(np.c_[x[ref], y[ref]])
+            here = zone[pos] == z
+            nearest[here] = tree.query(np.c_[x[pos[here]], y[pos[here]]])[0]
+        ok = np.isfinite(nearest)
+        rows.append({"split": s, "n": len(pos),
+                     "min_distance_m": float(nearest[ok].min()) if ok.any() else float("nan"),
+                     "median_nearest_m": float(np.median(nearest[ok])) if ok.any() else float("nan")})
+    return pd.DataFrame(rows).set_index("split")
+
+
+def buffer_drop(x: np.ndarray, y: np.ndarray, zone: np.ndarray, split: np.ndarray,
+                buffer_m: float, reference: str = "train") -> np.ndarray:
+    """Boolean mask of ``reference`` patches closer than ``buffer_m`` to a val/test patch (to drop).
+
+    A buffer between the splits: training patches next to an evaluation patch are left out, so
+    no training patch lies within ``buffer_m`` of one (same-zone distances, as
+    :func:`split_distances`). ``buffer_m = 0`` drops nothing.
+    """
+    from scipy.spatial import cKDTree
+
+    if buffer_m < 0:
+        raise ValueError(f"buffer_m={buffer_m} must be >= 0 metres")
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    zone, split = np.asarray(zone).astype(str), np.asarray(split).astype(str)
+    drop = np.zeros(len(x), bool)
+    if buffer_m == 0:
+        return drop
+    for z in np.unique(zone):
+        ev = (split != reference) & (zone == z)
+        tr = np.flatnonzero((split == reference) & (zone == z))
+        if not ev.any() or not len(tr):
+            continue
+        d = cKDTree(np.c_[x[ev], y[ev]]).query(np.c_[x[tr], y[tr]])[0]
+        drop[tr[d < buffer_m]] = True
+    return drop

@@ -129,7 +129,7 @@ def prepare_data(data_dir: str | None = None, names: tuple[str, ...] = ("eurosat
 READS: dict[str, tuple[str, ...]] = {
     "04": ("03",),  # coreset scores: 03 computes them into the shared cache
     "05": ("04",),  # train_run
-    "06": ("02",),  # sentinel2_run
+    "06": ("02", "07"),  # sentinel2_run; ablation_run (paper B's ablation claim in the claims table)
     "07": ("02",),  # sentinel2_run
     "08": ("06",),  # evaluation_run
     "09": ("04",),  # Table 1 over the profile's 04 grid
@@ -147,8 +147,19 @@ def execute_run(notebook: str, params: dict, data_dir: str, env: dict[str, str],
 
 
 def study_plan(profile: str, only: list[str] | None = None) -> list[tuple[Path, dict]]:
-    """The runs of ``profile`` (optionally of the stages in ``only``), in notebook order."""
-    books = [nb for nb in notebooks() if not only or nb.stem in only or nb.stem[:2] in only]
+    """The runs of ``profile`` (optionally of the stages in ``only``), in notebook order.
+
+    A stage that reads a later-numbered one (06 reads 07's ablation) moves after it, so the
+    serial study never runs a stage before the runs it reads.
+    """
+    pending = [nb for nb in notebooks() if not only or nb.stem in only or nb.stem[:2] in only]
+    books = []
+    while pending:
+        stages = {b.stem[:2] for b in pending}
+        nb = next((b for b in pending if not (set(READS.get(b.stem[:2], ())) - {b.stem[:2]}) & stages),
+                  pending[0])  # a cycle (none today) falls back to notebook order
+        books.append(nb)
+        pending.remove(nb)
     return [(nb, p) for nb in books for p in profile_runs(nb, profile)]
 
 

@@ -163,3 +163,71 @@ def test_plot_map_has_legend(product, tmp_path):
     fig = mp.plot_map(out, title="t")
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels[:2] == ["non_vegetation", "vegetation"] and "masked" in labels[2]
+
+
+def _ndvi_net() -> nn.Module:
+    """The hand-set 1x1 'NDVI' network of test_trained_like_model_maps_the_vegetation_half."""
+    m = LightweightCNN(6, 2, depth=1, filters=(2,), kernel_size=1).eval()
+    with torch.no_grad():
+        m.features[0].weight.zero_()
+        m.features[0].bias.zero_()
+        m.features[0].weight[0, 3] = 1.0
+        m.features[0].weight[0, 2] = -1.0
+        m.classifier.weight.copy_(torch.tensor([[0.0, 0.0], [20.0, 0.0]]))
+        m.classifier.bias.copy_(torch.tensor([1.0, 0.0]))
+    return m
+
+
+def test_scl_agreement_of_a_good_map(product, tmp_path):
+    out = tmp_path / "ndvi.tif"
+    mp.classify_scene(product, _ndvi_net(), out, patch_size=16, stride=8, progress=False,
+                      classes=["non_vegetation", "vegetation"])
+    cm, s = mp.scl_agreement(out, product, window_size=24)
+    mask = s2.read_window(product).mask
+    # the fixture's clear pixels are all SCL 4 (left half) or 5 (right half)
+    assert s["reference_pixels"] == int((~mask).sum()) == int(cm.to_numpy().sum())
+    assert s["other_scl_pixels"] == 0
+    assert list(cm.index) == ["SCL 4 vegetation", "SCL 5 not vegetated"]
+    assert s["oa"] > 0.85  # only the stride blocks straddling the border disagree
+    assert cm.loc["SCL 4 vegetation", "vegetation"] > 10 * cm.loc["SCL 4 vegetation", "non_vegetation"]
+    # a map whose classes are not the binary vegetation classes cannot be compared
+    mp.classify_scene(product, _ndvi_net(), tmp_path / "ab.tif", patch_size=16, stride=8, progress=False,
+                      classes=["a", "b"])
+    with pytest.raises(ValueError, match="SCL agreement needs a binary map"):
+        mp.scl_agreement(tmp_path / "ab.tif", product)
+
+
+def test_class_and_probability_cogs_are_gis_ready(product, tmp_path):
+    out = tmp_path / "map.tif"
+    mp.classify_scene(product, _ndvi_net(), out, patch_size=16, stride=8, progress=False,
+                      classes=["non_vegetation", "vegetation"])
+    cogs = mp.write_map_cogs(out, tmp_path / "class.tif", tmp_path / "prob.tif", blocksize=16)
+    c = mp.check_cog(cogs["class_cog"])
+    assert c["layout"] == "COG" and c["dtype"] == "uint8" and c["nodata"] == mp.MAP_NODATA
+    assert c["overviews"] == [2, 4]  # 64 px at 16 px blocks: overviews down to one block
+    assert c["colormap"][1] == mp.BINARY_COLORS["vegetation"] and c["colormap"][mp.MAP_NODATA][3] == 0
+    assert c["category_names"] == ["non_vegetation", "vegetation"] and c["gdal_sees_sidecar"]
+    p = mp.check_cog(cogs["probability_cog"])
+    assert p["layout"] == "COG" and p["overviews"] == [2, 4] and p["category_names"] == []
+    with rasterio.open(out) as a, rasterio.open(cogs["class_cog"]) as b, rasterio.open(cogs["probability_cog"]) as q:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+        np.testing.assert_array_equal(a.read(2), q.read(1))
+        assert b.crs == a.crs and b.transform == a.transform
+        # mode overviews keep class codes: no value that is neither a class nor nodata
+        assert set(np.unique(b.read(1, out_shape=(32, 32)))) <= {0, 1, mp.MAP_NODATA}
+
+
+def test_failed_cog_leaves_nothing(product, tmp_path):
+    not_a_map = tmp_path / "aligned.tif"
+    s2.write_aligned(product, not_a_map, window_size=32, progress=False)
+    with pytest.raises(ValueError, match="not a classification map"):
+        mp.write_map_cogs(not_a_map, tmp_path / "class.tif", tmp_path / "prob.tif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aligned.tif"]
+
+
+def test_model_bands_must_match_the_scene():
+    mp.check_model_bands(["B02", "B03"], ["B02", "B03"])
+    with pytest.raises(ValueError, match=r"model.tif \['B02', 'B8A'\] differ .* lacks \['B8A'\]"):
+        mp.check_model_bands(["B02", "B8A"], ["B02", "B08"], model_source="model.tif")
+    with pytest.raises(ValueError, match="another order"):
+        mp.check_model_bands(["B03", "B02"], ["B02", "B03"])

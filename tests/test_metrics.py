@@ -148,3 +148,78 @@ def test_model_cost_helpers():
     assert model.training  # the caller's model is untouched
     with pytest.raises(ValueError, match="input_shape"):
         metrics.count_flops(model, (8, 8))
+
+
+def test_ndvi_binned_errors_wilson_interval_and_default_edges():
+    t = metrics.ndvi_binned_errors([0.16, 0.17, 0.2, 0.3], [0, 0, 0, 0], [1, 0, 0, 0])
+    # paper B's transitional range 0.15-0.25 is two bins of the default edges
+    assert {0.15, 0.2, 0.25} <= set(t["lo"])
+    row = t[t["lo"] == 0.15].iloc[0]
+    assert (row["n"], row["n_wrong"]) == (2, 1)
+    assert row["ci95_lo"] == pytest.approx(0.0945, abs=1e-3)  # Wilson 1/2
+    assert row["ci95_hi"] == pytest.approx(0.9055, abs=1e-3)
+
+
+def _clustered(n_img=100, per=4, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n_img * per)
+    return y, np.repeat(np.arange(n_img), per)
+
+
+def test_cluster_bootstrap_matches_sklearn_and_widens_with_clusters():
+    from sklearn.metrics import cohen_kappa_score, f1_score
+
+    y, cl = _clustered()
+    rng = np.random.default_rng(1)
+    preds = np.where(rng.random((3, len(y))) < 0.9, y, 1 - y)
+    t = metrics.cluster_bootstrap(y, preds, cl, n_classes=2, n_boot=500)
+    assert t.loc["oa", "estimate"] == pytest.approx(np.mean([np.mean(p == y) for p in preds]))
+    assert t.loc["kappa", "estimate"] == pytest.approx(np.mean([cohen_kappa_score(y, p) for p in preds]))
+    assert t.loc["macro_f1", "estimate"] == pytest.approx(np.mean([f1_score(y, p, average="macro") for p in preds]))
+    assert t.loc["oa", "ci95_lo"] < t.loc["oa", "estimate"] < t.loc["oa", "ci95_hi"]
+    assert t.loc["oa", "n_clusters"] == 100
+    # the same errors with whole images wrong together: fewer independent units, a wider interval
+    img_wrong = np.repeat(rng.random(100) < 0.1, 4)
+    together = np.where(img_wrong, 1 - y, y)
+    spread = np.where(rng.permutation(img_wrong), 1 - y, y)
+    w_img = metrics.cluster_bootstrap(y, together, cl, 2, n_boot=500).loc["oa"]
+    w_patch = metrics.cluster_bootstrap(y, spread, cl, 2, n_boot=500).loc["oa"]
+    assert (w_img.ci95_hi - w_img.ci95_lo) > 1.3 * (w_patch.ci95_hi - w_patch.ci95_lo)
+    with pytest.raises(ValueError, match="one cluster id per test patch"):
+        metrics.cluster_bootstrap(y, preds, cl[:-1], 2)
+
+
+def test_cluster_paired_test_counts_images_not_patches():
+    # the case: discordant patches concentrated in few images
+    y, cl = _clustered(n_img=130)
+    a = y.copy()
+    b = y.copy()
+    b[: 4 * 11] = 1 - y[: 4 * 11]  # B wrong on all 4 quadrants of 11 images
+    a[4 * 11: 4 * 14] = 1 - y[4 * 11: 4 * 14]  # A wrong on 3 images
+    r = metrics.cluster_paired_test(y, a, b, cl, n_boot=1000)
+    assert (r["clusters_a_better"], r["clusters_b_better"]) == (11, 3)
+    assert r["sign_p"] == pytest.approx(0.0574, abs=1e-3)  # exact binomial 11 vs 3
+    assert metrics.mcnemar(y, a, b)["p_value"] < 0.001  # 44 vs 12 patches: the patch level overstates
+    assert r["diff_pp"] == pytest.approx(100 * 32 / 520)
+    assert r["ci95_lo_pp"] < r["diff_pp"] < r["ci95_hi_pp"]
+    df = metrics.pairwise_cluster_tests(y, {"a": a, "b": b, "c": y}, cl, n_boot=200)
+    assert len(df) == 3
+    assert df["sign_p_holm"].tolist() == pytest.approx(list(metrics.holm(df["sign_p"])))
+    assert "patch_level_mcnemar_p" in df
+    with pytest.raises(ValueError, match="not in preds"):
+        metrics.pairwise_cluster_tests(y, {"a": a, "b": b}, cl, pairs=[("a", "z")])
+
+
+def test_binned_error_rates_and_range_contrast():
+    y, cl = _clustered(n_img=50)
+    v = np.repeat(np.linspace(-0.2, 0.8, 50), 4)
+    inside = (v >= 0.15) & (v < 0.25)
+    p = np.where(inside, 1 - y, y)  # every error inside the range
+    t = metrics.binned_error_rates(v, y, p, cl, n_boot=200)
+    assert t["n"].sum() == len(y)
+    assert t.loc[t["lo"].isin([0.15, 0.2]), "error_rate"].eq(1.0).all()
+    assert t.loc[~t["lo"].isin([0.15, 0.2]) & (t["n"] > 0), "error_rate"].eq(0.0).all()
+    assert t["share_of_errors"].sum() == pytest.approx(1.0)
+    c = metrics.range_error_contrast(v, y, p, cl, 0.15, 0.25, n_boot=200)
+    assert c["rate_in"] == 1.0 and c["rate_out"] == 0.0 and c["ci95_lo_pp"] > 0
+    assert c["share_of_errors_in"] == 1.0

@@ -26,9 +26,11 @@ def _patchset(n: int = 60, size: int = 8, seed: int = 0, classes=("non_vegetatio
     x[..., red] *= (1 - 0.5 * y / max(k - 1, 1))[:, None, None]
     split = np.array(["train"] * (n * 6 // 10) + ["val"] * (n * 2 // 10)
                      + ["test"] * (n - n * 6 // 10 - n * 2 // 10))
+    # two patches per source image (consecutive), as EuroSAT quadrants share theirs
     return PatchSet(x=x, y=y, classes=list(classes), bands=PAPER_B_BANDS,
                     crs=np.array(["EPSG:32631"] * n, dtype=object),
-                    bounds=np.zeros((n, 4)), split=split, block=np.arange(n).astype(str))
+                    bounds=np.zeros((n, 4)), split=split, block=np.arange(n).astype(str),
+                    meta={"file": [f"img{i // 2}.tif" for i in range(n)]})
 
 
 def test_registry_and_variants():
@@ -54,30 +56,78 @@ def test_loaders_use_train_stats_only():
 def test_run_models_deterministic_and_tables(tmp_path):
     ps = _patchset()
     keys = ["lightweight_cnn", "ndvi_threshold", "random_forest", "svm"]
-    res = paper_b.run_models(keys, ps, seed=0, epochs=2, run_dir=tmp_path)
+    res = paper_b.run_models(keys, ps, seeds=[0, 1], epochs=2, run_dir=tmp_path)
     again = paper_b.run_neural("lightweight_cnn", ps, seed=0, epochs=2)
-    assert np.array_equal(res["lightweight_cnn"].probs, again.probs)  # same seed, same result
+    assert np.array_equal(res["lightweight_cnn"][0].probs, again.probs)  # same seed, same result
+    assert not np.array_equal(res["lightweight_cnn"][1].probs, again.probs)  # another seed differs
     n_test = len(ps.indices("test"))
-    for r in res.values():
-        assert len(r.y_pred) == n_test
-        assert 0 <= r.metrics["oa"] <= 1
+    for rs in res.values():
+        assert len(rs) == 2
+        for r in rs:
+            assert len(r.y_pred) == n_test
+            assert 0 <= r.metrics["oa"] <= 1
     # the synthetic classes are separable by NDVI: the index baseline must find it
-    assert res["ndvi_threshold"].metrics["oa"] == 1.0
-    cnn = res["lightweight_cnn"]
+    assert res["ndvi_threshold"][0].metrics["oa"] == 1.0
+    cnn = res["lightweight_cnn"][0]
     assert cnn.cost["params"] < 150_000 and cnn.cost["flops"] > 0
-    assert (tmp_path / "models" / "lightweight_cnn" / "checkpoints" / "best.pt").is_file()
-    assert (tmp_path / "models" / "lightweight_cnn" / "normalization.json").is_file()
+    for s_ in (0, 1):  # one folder per network and seed, reopenable by notebook 08
+        assert (tmp_path / "models" / f"lightweight_cnn-seed{s_}" / "checkpoints" / "best.pt").is_file()
+        assert (tmp_path / "models" / f"lightweight_cnn-seed{s_}" / "normalization.json").is_file()
     s = paper_b.summary(res)
     assert list(s.index) == ["LightweightCNN", "NDVI threshold", "Random forest", "SVM (RBF)"]
     assert s.loc["NDVI threshold", "paper_oa_%"] == 78.0
-    mc = paper_b.mcnemar_table(res)
-    assert len(mc) == 6 and mc["p_value"].between(0, 1).all()
-    ne = paper_b.ndvi_errors(ps, res)
+    assert s.loc["NDVI threshold", "oa_std_pp"] == 0.0  # deterministic given the split
+    assert (s["n_seeds"] == 2).all()
+    mc = paper_b.mcnemar_table(res)  # patch level, per seed
+    assert len(mc) == 2 * 6 and mc["p_value"].between(0, 1).all() and (mc["unit"] == "patch").all()
+    tests = paper_b.model_tests(ps, res, n_boot=200)
+    assert len(tests) == 6 and (tests["unit"] == "image").all()
+    assert (tests["sign_p_holm"] >= tests["sign_p"]).all()  # Holm never lowers a p-value
+    assert (tests["n_clusters"] == n_test // 2).all()  # two test patches per source image
+    assert (tests["ci95_lo_pp"] <= tests["diff_pp"] + 1e-9).all()
+    assert (tests["diff_pp"] <= tests["ci95_hi_pp"] + 1e-9).all()
+    ne = paper_b.ndvi_errors(ps, res, n_boot=200)
     assert ne.groupby("model")["n"].sum().eq(n_test).all()
+    assert {0.15, 0.25} <= set(ne["lo"]) | set(ne["hi"])  # paper B's range on bin edges
     flat = paper_b.flat_metrics(res)
-    assert flat["n_test"] == n_test and "svm_oa" in flat
-    assert len(paper_b.per_class(res)) == 4 * 2
-    assert len(paper_b.predictions(ps, res)) == n_test
+    assert flat["n_test"] == n_test and "svm_oa" in flat and flat["lightweight_cnn_n_seeds"] == 2
+    assert len(paper_b.per_class(res)) == 4 * 2 * 2
+    preds = paper_b.predictions(ps, res)
+    assert len(preds) == n_test and "pred_lightweight_cnn_seed1" in preds and preds["image"].nunique() == n_test // 2
+
+
+def test_claims_table_answers_every_row_of_the_csv(tmp_path):
+    import pandas as pd
+
+    ps = _patchset()
+    res = paper_b.run_models(["lightweight_cnn", "ndvi_threshold", "random_forest"], ps, seeds=[0, 1],
+                             epochs=2)
+    papers = tmp_path / "papers"
+    papers.mkdir()
+    rows = [("lightweight_cnn_oa", "91.2", ""), ("lightweight_cnn_params_max", "150000", ""),
+            ("mcnemar_cnn_vs_resnet18", "p > 0.05", ""), ("error_ndvi_range", "0.15-0.25", ""),
+            ("ndvi_threshold_oa", "78.0", ""), ("curve_epoch10_acc", "85", ""),
+            ("ablation_A4_vs_A2_oa_gain_max", "0.3", ""), ("interoperator_kappa", "0.86", "")]
+    pd.DataFrame(rows, columns=["quantity", "value", "note"]).to_csv(papers / "paper_b_results.csv", index=False)
+    paper = paper_b.paper_results(papers)
+    abl = {"run": "toy", "ablation_summary": pd.DataFrame({"variant": ["A2", "A4"], "params": [94370, 389794]}),
+           "ablation_tests": pd.DataFrame([{"model_a": "A4", "model_b": "A2", "unit": "image", "n_seeds": 3,
+                                            "diff_pp": 0.1, "ci95_lo_pp": -0.5, "ci95_hi_pp": 0.2,
+                                            "sign_p": 0.5, "sign_p_holm": 1.0}])}
+    claims = paper_b.claims_table(paper, ps, res, ablation=abl, n_boot=200)
+    assert list(claims["claim"]) == [r[0] for r in rows]  # every row, in the CSV's order
+    assert set(claims["supported"]) <= set(paper_b.VERDICTS)
+    v = claims.set_index("claim")["supported"]
+    assert v["lightweight_cnn_params_max"] == "yes"  # the CNN has < 150k parameters
+    assert v["ndvi_threshold_oa"] == "no"  # separable toy data: OA 100 %, CI excludes 78
+    assert v["mcnemar_cnn_vs_resnet18"] == "n/a"  # no ResNet-18 in this run
+    assert v["ablation_A4_vs_A2_oa_gain_max"] == "yes"  # CI upper bound 0.2 < 0.3 at +313 % params
+    assert v["interoperator_kappa"] == "not testable"
+    bad = pd.DataFrame([("new_claim", "1", "")], columns=["quantity", "value", "note"])
+    with pytest.raises(ValueError, match="'new_claim'.*has no test here"):
+        paper_b.claims_table(bad, ps, res, n_boot=200)
+    with pytest.raises(FileNotFoundError, match="paper_b_results.csv"):
+        paper_b.paper_results(tmp_path)
 
 
 def test_reopen_trained_reopens_cnn(tmp_path):
@@ -126,6 +176,9 @@ def test_ablation_table(tmp_path):
     assert len(table) == 4 and len(res) == 4
     ref = table[table.variant == "A2"]
     assert ref["mcnemar_p_vs_A2"].isna().all()
+    tests = paper_b.ablation_tests(ps, res, n_boot=200)
+    assert list(tests["model_a"]) == ["A1"] and tests["model_b"].iloc[0] == "A2"
+    assert tests["sign_p_holm"].between(0, 1).all() and tests["n_seeds"].iloc[0] == 2
     assert table[table.variant == "A1"]["mcnemar_p_vs_A2"].between(0, 1).all()
     a1, a2 = (table[table.variant == v]["params"].iloc[0] for v in ("A1", "A2"))
     assert a1 < a2
@@ -148,12 +201,15 @@ def test_real_eurosat_ms_baselines():
 
     ds = data.load_dataset("eurosat_ms", data_dir=str(DATA), download=False)
     ps = sentinel2.eurosat_ms_patchset(ds, task="binary")
-    res = paper_b.run_models(["ndvi_threshold", "random_forest"], ps, seed=0)
+    res = paper_b.run_models(["ndvi_threshold", "random_forest"], ps, seeds=[0])
     # Our grouping is hard for one NDVI threshold (EuroSAT Highway / Residential / River
     # patches are half green; measured 0.67 OA): still clearly above the 0.5 of chance.
-    assert res["ndvi_threshold"].metrics["oa"] > 0.6
-    assert -0.3 < res["ndvi_threshold"].details["threshold"] < 0.6
-    assert res["random_forest"].metrics["oa"] > 0.85
+    assert res["ndvi_threshold"][0].metrics["oa"] > 0.6
+    assert -0.3 < res["ndvi_threshold"][0].details["threshold"] < 0.6
+    assert res["random_forest"][0].metrics["oa"] > 0.85
+    # the test patches are quadrants of 64 px images: about a quarter as many independent images
+    cl = paper_b.clusters_of(ps, ps.indices("test"), "image")
+    assert len(set(cl)) * 4 == len(cl)
 
 
 @pytest.mark.integration
@@ -168,8 +224,9 @@ def test_real_rebuild_without_checkpoint_is_identical(tmp_path):
     ds = data.load_dataset("eurosat_ms", data_dir=str(DATA), download=False)
     ps = sentinel2.eurosat_ms_patchset(ds, task="binary")
     torch.set_num_threads(1)
-    paper_b.run_neural("lightweight_cnn", ps, seed=0, epochs=1, run_dir=tmp_path)
-    mdir = tmp_path / "models" / "lightweight_cnn"
+    paper_b.run_neural("lightweight_cnn", ps, seed=0, epochs=1, run_dir=tmp_path,
+                       folder=paper_b.model_folder("lightweight_cnn", 0))  # as notebook 06 names it
+    mdir = tmp_path / "models" / "lightweight_cnn-seed0"
     before, _ = reopen_trained(mdir, rebuild=False)
     for f in (mdir / "checkpoints").iterdir():
         f.unlink()
@@ -180,3 +237,52 @@ def test_real_rebuild_without_checkpoint_is_identical(tmp_path):
     assert len((mdir / "history.csv").read_text().strip().splitlines()) == 2  # header + the one epoch
     assert info["params"]["seed"] == 0
     assert np.array_equal(p0, p1)
+
+
+def _quick_run(notebook: str, monkeypatch, entry: int = 0) -> Path:
+    """The committed run of entry ``entry`` of ``notebook``'s quick profile, or skip."""
+    from lcc_utils import runs, study
+
+    monkeypatch.setenv("LCC_RUNS_DIR", str(Path(__file__).resolve().parents[1] / "runs"))
+    params = [p for _, p in study.study_plan("quick", [notebook[:2]])]
+    try:
+        return runs.find_run(notebook, params[entry])
+    except FileNotFoundError as e:
+        pytest.skip(f"no committed quick run: {e}")
+
+
+def test_committed_evaluation_run_answers_every_claim_at_the_right_unit(monkeypatch):
+    import json
+
+    import pandas as pd
+
+    papers = DATA.parent / "papers"
+    if not (papers / paper_b.PAPER_B_RESULTS_CSV).is_file():
+        pytest.skip(f"paper B's results CSV not found in {papers}")
+    d = _quick_run("06_evaluation", monkeypatch, 0)  # the binary task
+    claims = pd.read_csv(d / "claims.csv", keep_default_na=False)  # "n/a" is a verdict, not NaN
+    paper = paper_b.paper_results(papers)
+    assert list(claims["claim"]) == list(paper["quantity"])  # every row of the CSV, in order
+    assert claims["supported"].isin(paper_b.VERDICTS).all()
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["lightweight_cnn_n_seeds"] >= 3 and m["resnet18_n_seeds"] >= 3
+    tests = pd.read_csv(d / "model_tests.csv")
+    assert (tests["unit"] == "image").all() and len(tests) == 10
+    assert (tests["n_clusters"] == m["n_test"] // 4).all()  # four quadrants per source image
+    assert (tests["sign_p_holm"] >= tests["sign_p"] - 1e-12).all()
+    ne = pd.read_csv(d / "ndvi_errors.csv")
+    assert {0.15, 0.25} <= set(ne["lo"]) and {"ci95_lo", "ci95_hi", "n_clusters"} <= set(ne.columns)
+
+
+def test_committed_map_is_made_by_a_committed_evaluation_run_and_validated(monkeypatch):
+    import json
+
+    d = _quick_run("08_mapping", monkeypatch, 0)
+    m = json.loads((d / "metrics.json").read_text())
+    params = json.loads((d / "params.json").read_text())["params"]
+    model = Path(__file__).resolve().parents[1] / m["model_source"]  # runs/evaluation/<run>/models/<net>
+    assert (model / "params.json").is_file(), m["model_source"]
+    assert (model.parent.parent / "metrics.json").is_file()  # a finished, committed 06 run
+    assert params["evaluation_run"] and params["network"].endswith("-seed0")
+    assert 0.0 <= m["scl_oa"] <= 1.0 and m["scl_reference_pixels"] > 0
+    assert m["cog_class_overviews"] >= 1

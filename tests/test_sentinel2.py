@@ -157,7 +157,7 @@ def test_missing_band_file_is_named(products, tmp_path):
 def test_misaligned_bands_raise(tmp_path):
     d = fx.make_cog_product(tmp_path / "crs", 32)
     fx._write(d / "B12.tif", np.ones((16, 16), np.uint16), 20.0, crs="EPSG:32633")
-    with pytest.raises(ValueError, match="band B12.*CRS"):
+    with pytest.raises(ValueError, match=r"band\(s\) B12 .*CRS"):
         s2.open_l2a(d)
     d2 = fx.make_cog_product(tmp_path / "ext", 32)
     fx._write(d2 / "B11.tif", np.ones((16, 16), np.uint16), 20.0, origin=(300500.0, 5000000.0))
@@ -309,6 +309,10 @@ def test_extract_patches_geojson_and_raster_labels(products, tmp_path):
     # the label raster also covers the clouds: 4 bare and 1 vegetation cell are dropped
     assert per["bare"]["dropped_masked"] == 4 and per["veg"]["dropped_masked"] == 1
     assert per["bare"]["labelled_cells"] == 32
+    # a class of the label file that never falls on the scene is named (SCL's may be absent)
+    with pytest.raises(ValueError, match=r"class\(es\) \['water'\] of label raster .*lab.tif.* no labelled"):
+        s2.extract_patches(p, rf, classes={1: "veg", 2: "bare", 3: "water"}, patch_size=8, n_per_class=5,
+                           block_size=16, progress=False)
     # labels outside the scene
     gj["features"] = gj["features"][:2]
     for ft in gj["features"]:
@@ -463,3 +467,64 @@ def test_bigearthnet_example_patches_read():
     assert p.shape == (120, 120) and p.resolution == 10.0
     wd = s2.read_window(p)
     assert 0 < float(np.median(wd.x[3])) < 1.0
+
+
+def test_eurosat_blocks_buffer_and_distances():
+    ds = _fake_eurosat(n_per_class=10)
+    ps = s2.eurosat_ms_patchset(ds, "binary", block_size_m=50000)
+    d = ps.meta["split_distances"]
+    assert set(d) == {"val", "test"} and d["test"]["min_distance_m"] > 0
+    buf = s2.eurosat_ms_patchset(ds, "binary", block_size_m=50000, buffer_m=60000)
+    assert buf.meta["dropped_buffer_images"] > 0
+    assert len(buf) == len(ps) - 4 * buf.meta["dropped_buffer_images"]
+    for s in ("val", "test"):  # no training image within the buffer any more
+        assert buf.meta["split_distances"][s]["min_distance_m"] >= 60000
+    with pytest.raises(ValueError, match="block_size_m=1e\\+07 leaves 2 spatial block"):
+        s2.eurosat_ms_patchset(ds, "binary", block_size_m=1e7)
+    with pytest.raises(ValueError, match="buffer_m=-1"):
+        s2.eurosat_ms_patchset(ds, "binary", buffer_m=-1)
+
+
+def test_aligned_geotiff_has_overviews_and_float_predictor(tmp_path):
+    p = s2.open_l2a(fx.make_cog_product(tmp_path / "big", 600))
+    out = tmp_path / "aligned.tif"
+    rep = s2.write_aligned(p, out, window_size=512, progress=False)
+    with rasterio.open(out) as src:
+        assert src.overviews(1) == [2] == rep["overviews"]  # down to >= 256 px
+        assert src.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR") == "3"
+
+
+def test_block_size_larger_than_scene_is_named(products):
+    p = s2.open_l2a(products["cogs"])
+    with pytest.raises(ValueError, match="block_size=4096 px is larger than the scene"):
+        s2.extract_patches(p, "scl", patch_size=16, n_per_class=5, block_size=4096)
+
+
+def test_nir_falls_back_to_b8a_and_no_nir_is_named():
+    from lcc_utils import baselines, spectral
+
+    assert spectral.nir_band(["B02", "B04", "B08", "B8A"]) == "B08"
+    assert spectral.nir_band(["B02", "B04", "B8A"]) == "B8A"
+    with pytest.raises(ValueError, match=r"S2_60m.SAFE has no near-infrared band \(B08 or B8A\)"):
+        spectral.nir_band(["B02", "B04", "B11"], where="S2_60m.SAFE")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.05, 0.4, (3, 4, 4, 3)).astype(np.float32)
+    with_b8a = baselines.patch_ndvi(x, ["B03", "B04", "B8A"])
+    np.testing.assert_allclose(with_b8a, baselines.patch_ndvi(x, ["B03", "B04", "B08"]))
+    f = baselines.spectral_features(x, ["B03", "B04", "B8A"])
+    assert "ndvi" in f and "ndwi" in f and f.attrs["skipped_indices"] == ["ndbi"]  # no B11
+
+
+def test_eurosat_image_without_georeference_is_named():
+    ds = _fake_eurosat()
+    ds.geo.loc[3, "crs"] = ""  # what data.load_dataset records for a GeoTIFF without a CRS
+    with pytest.raises(ValueError, match="no georeference .* f3.tif"):
+        s2.eurosat_ms_patchset(ds, "binary")
+
+
+def test_the_band_in_another_crs_is_blamed_even_when_finest(tmp_path):
+    # B11 reprojected by hand to another zone at 10 m: it is the finest band, but the odd one out
+    d = fx.make_cog_product(tmp_path / "reproj", 32)
+    fx._write(d / "B11.tif", np.ones((32, 32), np.uint16), 10.0, crs="EPSG:32633")
+    with pytest.raises(ValueError, match=r"band\(s\) B11 \(.*B11.tif: CRS EPSG:32633\) differ from the CRS"):
+        s2.open_l2a(d)

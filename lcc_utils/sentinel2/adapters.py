@@ -25,7 +25,7 @@ import numpy as np
 from lcc_utils.constants import EUROSAT_VEGETATION_CLASSES, PAPER_B_BANDS
 from lcc_utils.sentinel2.patches import PatchSet
 from lcc_utils.spectral import check_bands, normalize_band_name
-from lcc_utils.splits import spatial_block_names, spatial_split
+from lcc_utils.splits import buffer_drop, spatial_block_names, spatial_split, split_distances
 
 from ..progress import tqdm
 
@@ -43,7 +43,8 @@ def eurosat_ms_patchset(
     patch_size: int = 32,
     bands: Sequence[str] = PAPER_B_BANDS,
     seed: int = 0,
-    block_size_m: float = 5000.0,
+    block_size_m: float = 50000.0,
+    buffer_m: float = 0.0,
 ) -> PatchSet:
     """Paper B-style patch set from EuroSAT MS (``data.load_dataset("eurosat_ms")``).
 
@@ -62,7 +63,14 @@ def eurosat_ms_patchset(
         patch_size: Tile side; must divide 64 (32 -> four quadrants per image).
         bands: Bands to keep, from the 13 of ``EUROSAT_MS_BANDS``.
         seed: Seed of the block split.
-        block_size_m: Spatial block side in metres (UTM, per zone).
+        block_size_m: Spatial block side in metres (UTM, per zone). Paper B splits by
+            Sentinel-2 tile (~110 km); EuroSAT MS has no tile ids, so square blocks of
+            the image centres stand in (default 50 km: 361 blocks on the 910-image sample).
+        buffer_m: Optional buffer between the splits: training images whose centre lies
+            closer than this to a val/test image are dropped (counted in ``meta``).
+
+    The minimum (and median nearest) distance from val / test images to the training
+    images is recorded in ``meta["split_distances"]``.
 
     """
     tasks = ("binary", "multiclass")
@@ -100,8 +108,24 @@ def eurosat_ms_patchset(
     else:
         y_img, classes = np.asarray(ds.labels, np.int64), src_classes
     geo = ds.geo.reset_index(drop=True)
+    # a GeoTIFF without georeference has no CRS and a pixel-unit "centre": it would land in a
+    # made-up spatial block, so the split could not keep it apart from its neighbours
+    no_crs = geo["crs"].fillna("").astype(str).str.strip() == ""
+    if no_crs.any():
+        files = [str(f) for f, bad in zip(ds.files, no_crs, strict=True) if bad]
+        raise ValueError(f"{len(files)} EuroSAT MS file(s) have no georeference (no CRS), needed for the "
+                         f"spatial split: {', '.join(files[:5])}{' ...' if len(files) > 5 else ''}")
+    if not block_size_m > 0:
+        raise ValueError(f"block_size_m={block_size_m} must be > 0 metres")
     blocks_img = spatial_block_names(geo, block_size_m)
+    if len(np.unique(blocks_img)) < 3:
+        raise ValueError(f"block_size_m={block_size_m:g} leaves {len(np.unique(blocks_img))} spatial block(s) "
+                         f"for {len(geo)} images: train/val/test need at least 3; use smaller blocks")
     split_img = spatial_split(blocks_img, y_img, seed=seed)
+    in_buffer = buffer_drop(geo["x"], geo["y"], geo["crs"], split_img, buffer_m)
+    keep_img = ~in_buffer
+    distances = split_distances(geo["x"][keep_img], geo["y"][keep_img], geo["crs"][keep_img],
+                                split_img[keep_img])
     rep = t * t
     # Bounds of each tile from the image bounds (row-major tiles, row 0 at the top).
     L, B, R, T = (geo[k].to_numpy() for k in ("left", "bottom", "right", "top"))
@@ -115,13 +139,16 @@ def eurosat_ms_patchset(
     if zero.any():  # DN 0 in every band = nodata; report and drop, never silently
         warnings.warn(f"{int(zero.sum())} EuroSAT MS tiles hold nodata pixels and are dropped",
                       stacklevel=2)
-    keep = ~zero
+    keep = ~zero & np.repeat(keep_img, rep)
     y = np.repeat(y_img, rep)
     meta = {
         "source": f"EuroSAT MS ({ds.name}, hash {ds.hash}), L1C TOA reflectance = DN/10000",
         "task": task, "patch_size": ps_, "tiles_per_image": rep, "images": int(n),
         "block_size_m": float(block_size_m), "n_blocks": int(len(np.unique(blocks_img))),
         "seed": int(seed), "dropped_nodata": int(zero.sum()),
+        "buffer_m": float(buffer_m), "dropped_buffer_images": int(in_buffer.sum()),
+        "split_distances": {k: {c: round(float(v), 1) for c, v in r.items()}
+                            for k, r in distances.to_dict("index").items()},
         "file": list(np.repeat(np.asarray(ds.files, dtype=object), rep)[keep]),
     }
     if task == "binary":

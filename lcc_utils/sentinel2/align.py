@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
+from rasterio.enums import Resampling
 
 from lcc_utils.constants import SCL_CLASSES, SCL_MASK_CLASSES
 from lcc_utils.paths import atomic_path
@@ -58,32 +59,50 @@ def write_aligned(product: L2AProduct, out_path: str | os.PathLike, window_size:
         "driver": "GTiff", "dtype": "float32", "count": len(product.bands),
         "width": product.width, "height": product.height, "crs": product.crs,
         "transform": product.transform, "nodata": ALIGNED_NODATA, "compress": "deflate",
+        # floating-point predictor: DEFLATE on reflectance compresses far better with it
+        "predictor": 3,
         "tiled": True, "blockxsize": 256, "blockysize": 256, "BIGTIFF": "IF_SAFER",
     }
-    n = n_mask = n_scl = n_nod = 0
-    scl_counts = np.zeros(256, np.int64)
-    with atomic_path(out_path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-        dst.descriptions = product.bands
-        dst.update_tags(BOA_ADD_OFFSET=0, QUANTIFICATION_VALUE=1,
-                        SOURCE=str(product.path), SOURCE_OFFSET=product.offset_source,
-                        DATETIME=product.date or "")
-        for wd in iter_windows(product, window_size, progress=progress):
-            x = wd.x.copy()
-            x[:, wd.mask] = ALIGNED_NODATA
-            dst.write(x, window=wd.window)
-            n += wd.mask.size
-            n_mask += int(wd.mask.sum())
-            n_nod += int(wd.nodata_mask.sum())
-            if wd.scl is not None:
-                n_scl += int(np.isin(wd.scl, SCL_MASK_CLASSES).sum())
-                scl_counts += np.bincount(wd.scl.ravel(), minlength=256)
+    counts: dict[str, Any] = {}
+    with atomic_path(out_path) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            _write_aligned_bands(product, dst, window_size, progress, counts)
+        n, n_mask, n_nod, n_scl, scl_counts = (counts[k] for k in ("n", "mask", "nod", "scl", "scl_counts"))
+        # internal overviews (x2, x4, ... down to ~256 px, averaged; nodata stays out of the means)
+        # so a GIS opens the whole scene fast; written before the rename, so never half-built
+        factors = [2 ** k for k in range(1, 12) if min(product.width, product.height) / 2 ** k >= 256]
+        if factors:
+            with rasterio.open(tmp, "r+") as dst:
+                dst.build_overviews(factors, Resampling.average)
+                dst.update_tags(ns="rio_overview", resampling="average")
     return {
         "path": str(out_path), "width": product.width, "height": product.height,
         "bands": list(product.bands), "pixels": n, "masked_pixels": n_mask,
         "masked_fraction": n_mask / n, "scl_masked_fraction": n_scl / n if product.scl else None,
-        "nodata_fraction": n_nod / n,
+        "nodata_fraction": n_nod / n, "overviews": factors,
         "scl_pixels": {SCL_CLASSES.get(k, str(k)): int(v) for k, v in enumerate(scl_counts) if v},
     }
+
+
+def _write_aligned_bands(product: L2AProduct, dst: Any, window_size: int, progress: bool,
+                         counts: dict[str, Any]) -> None:
+    n = n_mask = n_scl = n_nod = 0
+    scl_counts = np.zeros(256, np.int64)
+    dst.descriptions = product.bands
+    dst.update_tags(BOA_ADD_OFFSET=0, QUANTIFICATION_VALUE=1,
+                    SOURCE=str(product.path), SOURCE_OFFSET=product.offset_source,
+                    DATETIME=product.date or "")
+    for wd in iter_windows(product, window_size, progress=progress):
+        x = wd.x.copy()
+        x[:, wd.mask] = ALIGNED_NODATA
+        dst.write(x, window=wd.window)
+        n += wd.mask.size
+        n_mask += int(wd.mask.sum())
+        n_nod += int(wd.nodata_mask.sum())
+        if wd.scl is not None:
+            n_scl += int(np.isin(wd.scl, SCL_MASK_CLASSES).sum())
+            scl_counts += np.bincount(wd.scl.ravel(), minlength=256)
+    counts.update(n=n, mask=n_mask, nod=n_nod, scl=n_scl, scl_counts=scl_counts)
 
 
 def raster_masked_fraction(path: str | os.PathLike) -> float:

@@ -30,7 +30,7 @@ from lcc_utils.constants import SCL_CLASSES, SCL_MASK_CLASSES, SCL_VEGETATION_LA
 from lcc_utils.paths import atomic_path, atomic_write
 from lcc_utils.sentinel2.product import L2AProduct
 from lcc_utils.sentinel2.windows import WindowData, grid_windows, iter_windows
-from lcc_utils.spectral import ndvi
+from lcc_utils.spectral import NIR_BANDS, ndvi
 from lcc_utils.splits import SPLITS, spatial_split
 
 
@@ -363,9 +363,11 @@ def extract_patches(
         lo, hi = (float(v) for v in ndvi_ambiguous)
         if not -1 <= lo < hi <= 1:
             raise ValueError(f"ndvi_ambiguous={ndvi_ambiguous} must be (lo, hi), -1 <= lo < hi <= 1")
-    if "B04" not in product.bands or "B08" not in product.bands:
-        if ndvi_ambiguous is not None:
-            raise ValueError("ndvi_ambiguous needs bands B04 and B08 in the product")
+    nir = next((b for b in NIR_BANDS if b in product.bands), None)  # B08, else B8A
+    has_ndvi = "B04" in product.bands and nir is not None
+    if not has_ndvi and ndvi_ambiguous is not None:
+        raise ValueError(f"ndvi_ambiguous needs band B04 and a NIR band ({' or '.join(NIR_BANDS)}) in "
+                         f"{product.path.name}; its bands are {list(product.bands)}")
     ws = max(ps_, (int(window_size) // ps_) * ps_)
     ch, cw = product.height // ps_, product.width // ps_
     src = _LabelSource(product, labels, label_field, classes)
@@ -394,7 +396,7 @@ def extract_patches(
             lab[r0:r0 + nh, c0:c0 + nw] = np.where(tot > 0, best, -1)
             purity[r0:r0 + nh, c0:c0 + nw] = pur
             masked[r0:r0 + nh, c0:c0 + nw] = cells(wd.mask.astype(np.int32))
-            if "B04" in product.bands and "B08" in product.bands:
+            if has_ndvi:
                 nd = ndvi(wd.x, product.bands, axis=0)
                 mean_ndvi[r0:r0 + nh, c0:c0 + nw] = cells(nd) / (ps_ * ps_)
     finally:
@@ -429,6 +431,12 @@ def extract_patches(
         if len(pool) < int(n_per_class):
             warnings.warn(f"class {name!r}: only {len(pool)} eligible patches for n_per_class="
                           f"{n_per_class}; all are used", stacklevel=2)
+    absent = [st["class"] for st in stats if st["labelled_cells"] == 0]
+    if absent and not src.description.startswith("SCL"):
+        # a user's label file naming classes that never fall on the scene is a wrong file or
+        # a wrong class list, not a shortfall (SCL's classes may be absent: the desert tile)
+        raise ValueError(f"labels: class(es) {absent} of {src.description} have no labelled {ps_}x{ps_} "
+                         f"cell on the scene {product.path.name}; check the label file and its classes")
     flat = np.concatenate([t for t, _ in chosen]).astype(np.int64)
     if len(flat) == 0:
         raise ValueError(f"{product.path}: no eligible patch left after masking/screening "
@@ -457,6 +465,9 @@ def extract_patches(
     top = tr.f + rows * ps_ * res_y
     bounds = np.stack([left, top + ps_ * res_y, left + ps_ * res_x, top], axis=1)
     bpc = bs // ps_
+    if bs > max(product.height, product.width):
+        raise ValueError(f"block_size={bs} px is larger than the scene ({product.width}x{product.height} px): "
+                         "one block cannot be split into train/val/test; use a smaller block_size")
     block = np.array([f"{r // bpc}:{c // bpc}" for r, c in zip(rows, cols, strict=True)])
     split = spatial_split(block, y, seed=seed)
     meta = {
@@ -464,6 +475,7 @@ def extract_patches(
         "offset_source": product.offset_source, "patch_size": ps_, "block_size": bs,
         "n_per_class": int(n_per_class), "seed": int(seed), "min_purity": float(min_purity),
         "ndvi_ambiguous": list(ndvi_ambiguous) if ndvi_ambiguous is not None else None,
+        "nir_band": nir,
         "grid_cells": int(ch * cw), "masked_cells": int((masked > 0).sum()),
         "per_class": stats, "n_blocks": int(len(np.unique(block))),
     }

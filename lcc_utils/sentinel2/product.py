@@ -17,6 +17,7 @@ import json
 import os
 import re
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -371,6 +372,15 @@ def open_l2a(
                 info[b] = (src.crs, src.transform, src.width, src.height, src.nodata)
         except rasterio.errors.RasterioIOError as e:
             raise ValueError(f"band {b}: cannot read {p} ({e})") from e
+    # The CRS most bands share is the product's: a band in another CRS (e.g. one reprojected
+    # by hand) is the odd one out and is named, even when it is the finest band.
+    votes = Counter(str(info[b][0]) for b in bands)
+    major = max(votes, key=lambda c: (votes[c], -min(bands.index(b) for b in bands if str(info[b][0]) == c)))
+    odd = [b for b in bands if str(info[b][0]) != major]
+    if odd:
+        raise ValueError("band(s) " + ", ".join(f"{b} ({sources[b][0]}: CRS {info[b][0]})" for b in odd)
+                         + f" differ from the CRS {major} of the other {votes[major]} band(s); "
+                         "bands in different CRS cannot be aligned")
     ref = min(bands, key=lambda b: (abs(info[b][1].a), bands.index(b)))
     crs, tr, w, h, _ = info[ref]
     if crs is None:
