@@ -580,6 +580,10 @@ def publishing() -> bool:
     return os.environ.get("LCC_PUBLISH_FIGURES", "") == "1"
 
 
+#: The temporary file IPython gives a cell's code (``/tmp/ipykernel_31098/949251715.py``), which
+#: warnings and tracebacks name.
+_KERNEL_CELL_FILE = re.compile(r"(?:/tmp|/var/folders/[^/\"]+/[^/\"]+/T|[A-Za-z]:\\\\[^\"]*?Temp)"
+                               r"[/\\]+ipykernel_\d+[/\\]+\d+\.py")
 #: ANSI escape sequences (cursor moves, colours) that terminal progress bars write.
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
 
@@ -639,6 +643,8 @@ def tidy_executed_notebook(path: str | os.PathLike, max_px: int = 700) -> int:
         if "outputs" in cell:
             cell["outputs"] = [o for o in outputs if o.get("output_type") != "stream" or o["text"].strip()]
     text = nbformat.writes(nb)
+    # a warning raised in a cell names the kernel's temporary file of that cell
+    text = _KERNEL_CELL_FILE.sub("<cell>", text)
     root = project_root().resolve()
     for prefix, relative in ((root, ""), (root.parent, "../")):
         if len(prefix.parts) > 1:  # never rewrite a bare "/"
@@ -681,6 +687,7 @@ def execute_notebook(
     params: dict[str, Any] | None = None,
     kernel: str | None = None,
     force: bool = False,
+    refresh: bool = False,
 ) -> tuple[Path, bool]:
     """Execute ``notebook`` with ``params`` through papermill into its run folder.
 
@@ -688,6 +695,14 @@ def execute_notebook(
     whose ``metrics.json`` exists is skipped (never recomputed, never overwritten); with
     ``force`` it is executed again as a check, into its staging folder :func:`rerun_dir`
     (the executed copy too), and the committed folder is left as it was.
+
+    ``refresh`` re-renders the executed notebook of a finished run: it is executed again like
+    ``force`` (into the staging folder, continuing the run's checkpoints when they are at hand,
+    so nothing trains again), and only when every result equals the committed one
+    (:meth:`Run.log_metrics` raises otherwise) the fresh executed copy replaces the folder's;
+    no other file of the folder changes. This is how the committed executed notebooks are
+    brought up to the current code's presentation (``python -m lcc_utils.study
+    --refresh-notebooks``).
 
     A run that fails (an error in a cell, a refused parameter, no ``metrics.json``) leaves no
     run folder behind when it made the folder: the folder moves to
@@ -707,7 +722,7 @@ def execute_notebook(
     if (d / "params.json").is_file():  # made on this data, or on other data with the same parameters?
         d = _for_data(d, _current_data_hash(full))
     finished = (d / "metrics.json").exists()
-    if finished and not force:
+    if finished and not (force or refresh):
         return d, False
     existed = d.exists()
     target = (rerun_dir(d) if finished else d) / notebook.name
@@ -723,6 +738,9 @@ def execute_notebook(
         if not (d / "metrics.json").exists():
             raise RuntimeError(f"{notebook.name} finished but wrote no metrics.json in {d}: "
                                "the notebook must call run.log_metrics(...) last")
+        if finished and refresh:  # the same results: the study means this one write
+            with atomic_path(d / notebook.name) as tmp:
+                shutil.copy2(target, tmp)
     except Exception as err:
         if existed:
             raise

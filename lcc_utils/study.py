@@ -136,12 +136,18 @@ READS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: Set to 1 by ``--refresh-notebooks``: finished runs re-render their executed notebook
+#: (:func:`lcc_utils.runs.execute_notebook` with ``refresh``); workers inherit it.
+REFRESH_ENV = "LCC_REFRESH_NOTEBOOKS"
+
+
 def execute_run(notebook: str, params: dict, data_dir: str, env: dict[str, str], *after) -> dict:
     """Execute one run (a Dask task; ``after`` are the finished runs it waits for, unused)."""
     os.environ.update(env)  # a batch worker does not inherit the driver's LCC_* settings
     nb = Path(notebook)
     t0 = time.perf_counter()
-    d, executed = execute_notebook(nb, {**params, "data_dir": data_dir})
+    d, executed = execute_notebook(nb, {**params, "data_dir": data_dir},
+                                   refresh=os.environ.get(REFRESH_ENV) == "1")
     return {"notebook": nb.stem, "params": json.dumps(params, sort_keys=True), "run_dir": str(d),
             "executed": executed, "seconds": round(time.perf_counter() - t0, 1)}
 
@@ -271,7 +277,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="where the workers run (default: $LCC_CLUSTER or local; see lcc_utils.cluster)")
     ap.add_argument("--scheduler", default=os.environ.get("LCC_SCHEDULER") or None,
                     help="address of a running Dask scheduler to use instead (tcp://host:8786)")
+    ap.add_argument("--refresh-notebooks", action="store_true",
+                    help="re-render the executed notebooks of finished runs: executed again (continuing "
+                         "their checkpoints), the copy replaced only where every metric is unchanged")
     args = ap.parse_args(argv)
+    if args.refresh_notebooks:
+        os.environ[REFRESH_ENV] = "1"
     prepare_data(args.data_dir)
     if args.prepare_only:
         return 0

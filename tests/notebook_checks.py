@@ -16,6 +16,7 @@ UNREADABLE = {
                               r"\b(SelectionSlider|IntProgress|FloatProgress)\(value="),
     "machine path": re.compile(r"(?<![\w.~])/(work|tmp|home|root|Users|var/folders)/"),
     "bare Figure repr": re.compile(r"<Figure size \d+x\d+ with \d+ Axes>"),
+    "progress bar": re.compile(r"\d+%\|"),
 }
 
 

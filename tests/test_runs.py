@@ -384,3 +384,22 @@ def test_reopening_a_finished_run_continues_its_checkpoints_in_the_staging_folde
     (again.out / "checkpoints" / "last.pt").write_bytes(b"newer")  # the staging folder's own are kept
     runs.start_run({"x": 1}, data_hash="abc", stage="toy")
     assert (again.out / "checkpoints" / "last.pt").read_bytes() == b"newer"
+
+
+def test_refresh_rerenders_a_finished_notebook_only_when_its_results_are_unchanged(tmp_path, tmp_cache, monkeypatch):
+    body = ("import os\nimport pandas as pd\nvalue += int(os.environ.get('LCC_TOY_SHIFT', '0'))\n"
+            "print(os.environ.get('LCC_TOY_NOTE', 'first'))\nrun.save_table(pd.DataFrame({'v': [value]}), 'table')")
+    nb = _tiny_notebook(tmp_path / "09_toy.ipynb", body)
+    d, _ = runs.execute_notebook(nb, {"value": 5})
+    before = _snapshot(d)
+    monkeypatch.setenv("LCC_TOY_NOTE", "refreshed")  # the presentation changes, the results do not
+    d2, executed = runs.execute_notebook(nb, {"value": 5}, refresh=True)
+    after = _snapshot(d)
+    assert d2 == d and executed and "refreshed" in (d / "09_toy.ipynb").read_text()
+    assert {k: v for k, v in after.items() if str(k) != "09_toy.ipynb"} == {
+        k: v for k, v in before.items() if str(k) != "09_toy.ipynb"}
+    monkeypatch.setenv("LCC_TOY_SHIFT", "1")  # other results: refused, the folder untouched
+    monkeypatch.setenv("LCC_TOY_NOTE", "shifted")
+    with pytest.raises(Exception, match="different metrics"):
+        runs.execute_notebook(nb, {"value": 5}, refresh=True)
+    assert _snapshot(d) == after
