@@ -646,9 +646,15 @@ def tidy_executed_notebook(path: str | os.PathLike, max_px: int = 700) -> int:
     # a warning raised in a cell names the kernel's temporary file of that cell
     text = _KERNEL_CELL_FILE.sub("<cell>", text)
     root = project_root().resolve()
-    for prefix, relative in ((root, ""), (root.parent, "../")):
+    # the runs and cache roots first: set elsewhere (LCC_RUNS_DIR, LCC_CACHE_DIR: the tests' temporary
+    # folders) they are still shown as runs/... and cache/...
+    prefixes = [(runs_root().resolve(), "runs/"), (cache_dir().resolve(), "cache/"), (root, ""), (root.parent, "../")]
+    for prefix, relative in sorted(prefixes, key=lambda pr: -len(str(pr[0]))):
         if len(prefix.parts) > 1:  # never rewrite a bare "/"
             text = text.replace(json.dumps(str(prefix) + "/")[1:-1], relative)
+            # the folder itself, where it ends a string or a word (a Path shown, a printed folder)
+            text = re.sub(re.escape(json.dumps(str(prefix))[1:-1]) + r"(?=[\\\"'\s,)\]]|$)",
+                          relative.rstrip("/") or ".", text)
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text if text.endswith("\n") else text + "\n")
     return before - path.stat().st_size

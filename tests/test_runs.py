@@ -227,6 +227,23 @@ def test_tidy_executed_notebook_names_no_machine_path(tmp_path):
     assert str(root) not in path.read_text()
 
 
+def test_tidy_shows_a_runs_folder_elsewhere_as_runs(tmp_path, monkeypatch):
+    """The tests' runs root (a temporary folder) is written runs/..., as the project's would be."""
+    import nbformat
+
+    from lcc_utils.runs import runs_root, tidy_executed_notebook
+
+    elsewhere = runs_root().resolve()
+    cell = nbformat.v4.new_code_cell("x")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"model {elsewhere}/evaluation/b-1/m\n"
+                                                                         f"root {elsewhere}\nother {elsewhere}2/z\n")]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell]), str(path))
+    tidy_executed_notebook(path)
+    text = nbformat.read(str(path), as_version=4).cells[0].outputs[0]["text"]
+    assert text == f"model runs/evaluation/b-1/m\nroot runs\nother {elsewhere}2/z\n"
+
+
 def test_papermill_with_a_misspelled_parameter_fails_naming_it(tmp_path):
     """``papermill 04_train.ipynb o.ipynb -p epoch 5`` stops at the parameters, suggesting ``epochs``."""
     import papermill as pm
