@@ -47,8 +47,10 @@ SLUG_KEYS = ("run", "dataset", "task", "model", "coreset", "fraction", "method",
 #: (here and in :mod:`lcc_utils.reproduce`).
 TIMING_METRICS = r"seconds|_s$|^s_|time|throughput|latency|speed|mpx|peak_mem|memory|cost_ratio|estimate"
 #: Metric names that say where a run kept a local file (e.g. ``scores_file``, a cache path named by
-#: the data's hash): a location, not a result.
-LOCATION_METRICS = r"(_file|_path|_dir)$"
+#: the data's hash) or which folder it read (08's ``model_source``: ``runs/smoke/evaluation/...`` in
+#: the committed smoke run, ``runs/evaluation/...`` in a reproduction's scratch root): a location,
+#: not a result.
+LOCATION_METRICS = r"(_file|_path|_dir|_source)$"
 NOT_COMPARED = re.compile(f"{TIMING_METRICS}|{LOCATION_METRICS}")
 
 

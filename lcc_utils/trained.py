@@ -105,11 +105,10 @@ def reopen_trained(
             else:
                 raise ValueError(f"{d}: not a trained folder of notebook 04 or 06") from None
         net, params = training.load_checkpoint(staged)
-    try:
-        shown = str(d.resolve().relative_to(project_root()))
-    except ValueError:
-        shown = str(d)
-    info: dict[str, Any] = {"params": params, "source": shown}
+    # relative to the project, or runs/... for a runs folder elsewhere (the tests' temporary
+    # roots): no machine's path in a metric; a folder outside both stays as given
+    inside = any(d.resolve().is_relative_to(r.resolve()) for r in (runs.runs_root(), project_root()))
+    info: dict[str, Any] = {"params": params, "source": runs.shown_path(d) if inside else str(d)}
     if (d / "normalization.json").is_file():
         info["normalization"] = json.loads((d / "normalization.json").read_text())
     return net, info

@@ -71,7 +71,8 @@ def test_a_rerun_skips_the_metrics_that_make_reproduce_skips():
     from lcc_utils import reproduce
 
     names = {"train_seconds": True, "scores_file": True, "cost_ratio": True, "throughput_img_s": True,
-             "test_accuracy": False, "n_test": False, "best_epoch": False, "split_hash": False}
+             "test_accuracy": False, "n_test": False, "best_epoch": False, "split_hash": False,
+             "model_source": True}
     for name, skipped in names.items():
         assert bool(runs.NOT_COMPARED.search(name)) is skipped, name
         assert (reproduce.metric_kind(name, 1.0)[1] is None) is skipped, name
