@@ -289,12 +289,17 @@ PAPER_A_METHODS = ("random", "forgetting", "margin")
 
 def paper_table1(papers_dir: str | os.PathLike) -> pd.DataFrame:
     """Paper A's published Table 1 (model, coreset, dataset, fraction, accuracy) from its CSV."""
-    path = Path(papers_dir) / PAPER_A_TABLE1_CSV
+    return _read_paper_csv(papers_dir, PAPER_A_TABLE1_CSV, "Table 1",
+                           {"model", "coreset", "dataset", "fraction", "accuracy"})
+
+
+def _read_paper_csv(papers_dir: str | os.PathLike, name: str, table: str, need: set[str]) -> pd.DataFrame:
+    """One of paper A's published tables from its CSV; a missing file or column is an error naming it."""
+    path = Path(papers_dir) / name
     if not path.is_file():
-        raise FileNotFoundError(f"paper A's Table 1 not found: {path} (the papers folder beside "
+        raise FileNotFoundError(f"paper A's {table} not found: {path} (the papers folder beside "
                                 "the data root, ../shared/papers)")
     df = pd.read_csv(path)
-    need = {"model", "coreset", "dataset", "fraction", "accuracy"}
     if not need <= set(df.columns):
         raise ValueError(f"{path}: expected columns {sorted(need)}, found {list(df.columns)}")
     return df
@@ -476,15 +481,8 @@ PAPER_A_TABLE2_CSV = "paper_a_table2.csv"
 
 def paper_table2(papers_dir: str | os.PathLike) -> pd.DataFrame:
     """Paper A's published Table 2 (ConvNeXt-T, UC Merced): coreset x fraction x method."""
-    path = Path(papers_dir) / PAPER_A_TABLE2_CSV
-    if not path.is_file():
-        raise FileNotFoundError(f"paper A's Table 2 not found: {path} (the papers folder beside "
-                                "the data root, ../shared/papers)")
-    df = pd.read_csv(path)
-    need = {"model", "dataset", "coreset", "fraction", "method", "accuracy", "cr"}
-    if not need <= set(df.columns):
-        raise ValueError(f"{path}: expected columns {sorted(need)}, found {list(df.columns)}")
-    return df
+    return _read_paper_csv(papers_dir, PAPER_A_TABLE2_CSV, "Table 2",
+                           {"model", "dataset", "coreset", "fraction", "method", "accuracy", "cr"})
 
 
 def paper_method(row: Mapping[str, Any]) -> str:
