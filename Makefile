@@ -73,11 +73,19 @@ test-browser: setup
 lint: setup
 	$(VENV)/bin/ruff check lcc_utils tests benchmarks
 
+# The trained runs the compression benchmarks load (their checkpoints are rebuilt into cache/rerun/
+# from params.json when absent, as on a fresh clone: minutes for the CNN, about an hour for ResNet-18).
+PLAIN_RUN := runs/train/eurosat-plain-cnn-random-1.0-0-306d86f6
+RESNET_RUN := runs/train/eurosat-resnet18-random-1.0-0-60d460f6
 benchmarks: setup
 	$(PY) benchmarks/data_pipeline.py
 	$(PY) benchmarks/data_cache.py
 	$(PY) benchmarks/train_throughput.py
-	$(PY) benchmarks/compression_benchmark.py
+	$(PY) benchmarks/compression_benchmark.py --run $(RESNET_RUN)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/deploy_benchmark.py --run $(PLAIN_RUN) --out benchmarks/results/deploy_benchmark.csv
+	OMP_NUM_THREADS=1 $(PY) benchmarks/deploy_benchmark.py --run $(RESNET_RUN) --out benchmarks/results/deploy_benchmark_resnet18.csv
+	$(PY) benchmarks/quantizer_options.py --run $(PLAIN_RUN) --out benchmarks/results/quantizer_options.csv
+	$(PY) benchmarks/quantizer_options.py --run $(RESNET_RUN) --out benchmarks/results/quantizer_options_resnet18.csv
 	$(PY) benchmarks/mapping_benchmark.py
 	$(PY) benchmarks/paper_b_models.py
 

@@ -49,7 +49,7 @@ def build_model(args: argparse.Namespace) -> tuple[torch.nn.Module, str, int, in
     if args.run:
         from lcc_utils.trained import reopen_trained
 
-        model, info = reopen_trained(args.run, rebuild=False)
+        model, info = reopen_trained(args.run)  # retrained into cache/rerun/ if no checkpoint
         params = info["params"]
         in_chans = next(m for m in C.prunable_layers(model).values()).weight.shape[1]
         return model, f"{params['model']} ({args.run})", in_chans, int(params.get("image_size")

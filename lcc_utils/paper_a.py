@@ -438,13 +438,43 @@ def plot_table1(table: pd.DataFrame, model: str | None = None) -> Figure:
     return fig
 
 
-def runs_hash(runs_df: pd.DataFrame) -> str:
-    """Content hash of a set of collected runs (folders and their metrics): the data of a table."""
+def runs_hash(runs_df: pd.DataFrame, compression: pd.DataFrame | None = None) -> str:
+    """Content hash of a set of collected runs (folders and their metrics): the data of a table.
+
+    ``compression`` (:func:`collect_results`) adds the compression runs' variants and accuracies.
+    """
     import hashlib
 
     cols = [c for c in ("run_dir", "test_accuracy") if c in runs_df.columns]
     text = runs_df[cols].sort_values(cols[:1]).to_csv(index=False) if cols else ""
+    if compression is not None and not compression.empty:
+        ccols = ["compression_run", "variant", "accuracy"]
+        text += compression[ccols].sort_values(ccols[:2]).to_csv(index=False)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def table2_seed_metrics(table: pd.DataFrame, min_cr: float = 9.0) -> dict[str, Any]:
+    """Metrics of Table 2 over seeds (:func:`table2_over_seeds`).
+
+    Per dataset/model/coreset/fraction: the fp32 mean and the most accurate setting whose mean
+    on-disk CR is >= ``min_cr`` (mean, paired difference to fp32, its 95 % interval over seeds).
+    """
+    out: dict[str, Any] = {}
+    for (ds, model, coreset, frac), g in table.groupby(
+            ["dataset", "model", "coreset", "fraction"], sort=True):
+        key = f"t2_{ds}_{model}_{coreset}_{frac:g}"
+        fp32 = g[g["method"] == "none"]
+        out[f"{key}_n_seeds"] = int(fp32["n_seeds"].iloc[0]) if not fp32.empty else 0
+        if not fp32.empty:
+            out[f"{key}_fp32_mean"] = round(float(fp32["mean"].iloc[0]), 4)
+        ok = g[(g["method"] != "none") & (g["cr_disk"] >= min_cr)]
+        if ok.empty:
+            continue
+        best = ok.sort_values(["mean", "cr_disk"], ascending=False).iloc[0]
+        out[f"{key}_best_cr{min_cr:g}"] = f"{best['method']}: {best['setting']}"
+        for col in ("mean", "diff_vs_fp32", "ci_low", "ci_high"):
+            out[f"{key}_best_cr{min_cr:g}_{col}"] = round(float(best[col]), 4)
+    return out
 
 
 def table1_metrics(table: pd.DataFrame, runs_found: int, expected: int) -> dict[str, Any]:
@@ -572,16 +602,63 @@ def table2(results: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.DataF
     if dup.any():
         first = df.loc[dup, keys].iloc[0].to_dict()
         raise ValueError(f"two results for one Table 2 cell {first}: refusing to average them")
-    cols = keys + ["accuracy", "cr_paper", "cr", "cr_disk", "size_bytes", "paper_method",
-                   "paper_accuracy", "paper_cr"]
+    cols = keys + ["accuracy"] + [c for c in PAIRED_COLUMNS if c in df]
+    cols += ["cr_paper", "cr", "cr_disk", "size_bytes", "paper_method", "paper_accuracy",
+             "paper_cr"]
     cols += [c for c in ("paper_model", "paper_dataset") if c in df]
-    order = {m: i for i, m in enumerate(["none", "fixed_prune", "fixed_quant", "lap", "laq",
-                                         "pq"])}
-    df["_order"] = [order.get(m.split("+")[0], 9) + (0.5 if "+ft" in m else 0)
-                    for m in df["method"]]
-    df = df.sort_values(["dataset", "model", "coreset", "fraction", "seed", "_order"],
-                        kind="stable")
+    df = _method_order(df).sort_values(
+        ["dataset", "model", "coreset", "fraction", "seed", "_order"], kind="stable")
     return df[cols].reset_index(drop=True)
+
+
+#: Columns of a variant's image-level comparison with fp32 (``evaluate_variants``).
+PAIRED_COLUMNS = ("diff_vs_fp32", "diff_ci_low", "diff_ci_high", "mcnemar_p_holm")
+_METHOD_ORDER = {m: i for i, m in enumerate(["none", "fixed_prune", "fixed_quant", "lap", "laq",
+                                             "pq"])}
+
+
+def _method_order(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    df["_order"] = [_METHOD_ORDER.get(m.split("+")[0], 9) + (0.5 if "+ft" in m else 0)
+                    for m in df["method"]]
+    return df
+
+
+def table2_over_seeds(results: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Table 2 over training seeds: one row per dataset, model, coreset, fraction and setting.
+
+    The unit is the seed: each seed is one training run (split, initialisation, coreset
+    tie-breaks) compressed with the same settings. ``mean``/``std`` are the accuracy over
+    ``n_seeds`` seeds; ``diff_vs_fp32`` is the mean paired difference to that seed's own fp32
+    model (points, negative = worse) with its 95 % t-interval over seeds (``ci_low``/
+    ``ci_high``; NaN below 2 seeds) and ``p_holm``, the paired t-test Holm-adjusted over the
+    settings of one dataset/model/coreset/fraction. CRs are means over seeds (they differ a
+    little: each seed's weights are pruned and quantized on their own). The paper's
+    accuracy and CR stand beside, as in :func:`table2`. Nothing is averaged across datasets,
+    models, coresets or fractions.
+    """
+    t2 = table2(results, paper)
+    group = ["dataset", "model", "coreset", "fraction"]
+    base = t2[t2["method"] == "none"].set_index(group + ["seed"])["accuracy"]
+    rows = []
+    for key, g in t2.groupby(group + ["method", "setting"], sort=False):
+        fp32 = base.reindex([(*key[:4], s) for s in g["seed"]]).to_numpy()
+        mean_d, low, high, p = metrics.paired_difference(g["accuracy"].to_numpy() - fp32)
+        first = g.iloc[0]
+        rows.append({**dict(zip(group + ["method", "setting"], key, strict=True)),
+                     "n_seeds": len(g), "seeds": " ".join(str(s) for s in sorted(g["seed"])),
+                     "mean": g["accuracy"].mean(), "std": g["accuracy"].std(ddof=1),
+                     "diff_vs_fp32": mean_d, "ci_low": low, "ci_high": high,
+                     "p": p if key[4] != "none" else np.nan,
+                     "cr_paper": g["cr_paper"].mean(), "cr": g["cr"].mean(),
+                     "cr_disk": g["cr_disk"].mean(),
+                     **{c: first[c] for c in ("paper_accuracy", "paper_cr") if c in g}})
+    out = pd.DataFrame(rows)
+    out["p_holm"] = np.nan
+    for _, g in out.groupby(group, sort=False):
+        out.loc[g.index, "p_holm"] = metrics.holm(g["p"].to_numpy(dtype=float))
+    out = _method_order(out).sort_values(group + ["_order"], kind="stable")
+    return out.drop(columns=["_order", "p"]).reset_index(drop=True)
 
 
 def table3(results: pd.DataFrame, model_name: str) -> pd.DataFrame:
@@ -620,6 +697,8 @@ def results_summary(results: pd.DataFrame, min_cr: float = 9.0) -> dict[str, Any
         f"best_cr_cr{min_cr:g}": float("nan") if best is None else float(best["cr_disk"]),
         f"fp32_minus_best_cr{min_cr:g}": (float("nan") if best is None or base.empty else
                                           float(base["accuracy"].iloc[0] - best["accuracy"])),
+        **({f"best_cr{min_cr:g}_{c}": float(best[c]) for c in PAIRED_COLUMNS}
+           if best is not None and "diff_vs_fp32" in best else {}),
         "max_cr_gap": float(comp["cr_gap"].abs().max()) if not comp.empty else 0.0,
         "all_artefacts_match": bool(comp["artefact_match"].all()),
         "n_variants": int(len(comp)),
@@ -689,14 +768,19 @@ def prepare_compression(run_dir: str | os.PathLike, model: nn.Module, data_dir: 
                             str(params["model"]), float(params.get("fraction", 1.0)))
 
 
-def collect_results(root: str | os.PathLike | None = None) -> pd.DataFrame:
-    """Every finished compression run's ``results.csv``, with its dataset, model and fraction.
+def collect_results(root: str | os.PathLike | None = None,
+                    folders: list[Path] | None = None) -> pd.DataFrame:
+    """Finished compression runs' ``results.csv``, with their dataset, model and fraction.
 
-    Feed it to :func:`table2` for the study-wide Table 2 (one column group per fraction).
+    Every run under ``root`` (default ``runs/compression``), or only ``folders`` (the runs a
+    profile's grid names; unfinished ones are left out: count them with ``metrics.json``).
+    Feed it to :func:`table2` (one row per run and setting) or :func:`table2_over_seeds`.
     """
     root = Path(root) if root else runs_root() / "compression"
     frames = []
-    for res in sorted(root.glob("*/results.csv")):
+    files = [Path(f) / "results.csv" for f in folders] if folders is not None else \
+        sorted(root.glob("*/results.csv"))
+    for res in files:
         if not (res.parent / "metrics.json").is_file():
             continue
         df = pd.read_csv(res)

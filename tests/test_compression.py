@@ -398,6 +398,13 @@ def test_make_variants_and_evaluate(tmp_path):
     q4 = df[df["variant"] == "fixed_quant-4bit-tensor-2b-1"].iloc[0]
     assert q4["cr_paper"] == pytest.approx(8.0) and q4["cr"] < 8.0
     assert q4["cr_disk"] == pytest.approx(C.state_dict_file_size(model) / q4["size_bytes"])
+    # each variant against fp32 on the same images: the paired difference is the accuracy gap
+    assert np.allclose(df["diff_vs_fp32"], df["accuracy"] - df.loc[0, "accuracy"])
+    assert (df["diff_ci_low"] <= df["diff_vs_fp32"] + 1e-9).all()
+    assert (df["diff_vs_fp32"] <= df["diff_ci_high"] + 1e-9).all()
+    comp = df.iloc[1:]
+    assert comp["mcnemar_p"].between(0, 1).all() and (comp["mcnemar_p_holm"] >= comp["mcnemar_p"]).all()
+    assert np.isnan(df.loc[0, "mcnemar_p_holm"])
     df2 = C.evaluate_variants(model, specs, batches(n=2), tmp_path, importance=imp)
     cols = ["accuracy", "cr", "size_bytes"]
     assert np.array_equal(df[cols].to_numpy(), df2[cols].to_numpy())
@@ -431,6 +438,46 @@ def test_make_variants_and_evaluate(tmp_path):
     summary = PA.results_summary(df, min_cr=4.0)
     assert summary["all_artefacts_match"] and summary["n_variants"] == 4
     assert summary["best_cr_cr4"] >= 4.0
+
+
+def test_paired_comparison_with_fp32_counts_discordant_images():
+    from lcc_utils.compression.variants import _paired_vs_fp32
+
+    y = np.zeros(200, dtype=int)
+    base = np.zeros(200, dtype=int)          # fp32 right everywhere
+    pred = base.copy()
+    pred[:10] = 1                            # the variant loses 10 images, gains none
+    r = _paired_vs_fp32(y, base, pred)
+    assert r["diff_vs_fp32"] == pytest.approx(-5.0) and r["discordant"] == 10
+    assert r["diff_ci_low"] < -5.0 < r["diff_ci_high"] < 0  # the interval excludes no loss
+    assert r["mcnemar_p"] == pytest.approx(2 * 0.5 ** 10)  # exact binomial, 10 of 10 one way
+
+
+def test_table2_over_seeds_pairs_each_seed_with_its_own_fp32():
+    rows = []
+    for seed, (fp32, q4) in enumerate([(80.0, 70.0), (82.0, 74.0), (78.0, 66.0)]):
+        for method, acc, bits in (("none", fp32, np.nan), ("fixed_quant", q4, 4)):
+            rows.append({"dataset": "eurosat", "model": "cnn", "coreset": "random",
+                         "fraction": 0.1, "seed": seed, "method": method, "accuracy": acc,
+                         "bits": bits, "granularity": "tensor", "levels": "2^b-1",
+                         "cr_paper": 1.0 if method == "none" else 8.0, "cr": 1.0, "cr_disk": 1.0,
+                         "size_bytes": 100})
+    df = pd.DataFrame(rows)
+    other = df.assign(model="resnet18", accuracy=df["accuracy"] + 10)
+    t = PA.table2_over_seeds(pd.concat([df, other], ignore_index=True))
+    assert len(t) == 4 and list(t["n_seeds"]) == [3, 3, 3, 3]  # models never pooled
+    q = t[(t["model"] == "cnn") & (t["method"] == "fixed_quant")].iloc[0]
+    assert q["mean"] == pytest.approx(70.0) and q["std"] == pytest.approx(4.0)
+    # paired differences -10, -8, -12: mean -10, sd 2, t(2) 95 % half-width 4.303 * 2 / sqrt(3)
+    assert q["diff_vs_fp32"] == pytest.approx(-10.0)
+    assert q["ci_high"] - q["diff_vs_fp32"] == pytest.approx(4.3027 * 2 / np.sqrt(3), rel=1e-4)
+    assert q["setting"] == "4 bit (tensor, 2^b-1)" and q["cr_paper"] == 8.0
+    assert q["p_holm"] < 0.05
+    fp = t[(t["model"] == "cnn") & (t["method"] == "none")].iloc[0]
+    assert fp["diff_vs_fp32"] == 0 and np.isnan(fp["p_holm"])
+    m = PA.table2_seed_metrics(t, min_cr=4.0)
+    assert m["t2_eurosat_cnn_random_0.1_fp32_mean"] == 80.0
+    assert "t2_eurosat_cnn_random_0.1_best_cr4" not in m  # cr_disk 1: nothing at CR >= 4
 
 
 def test_check_images_limits_the_reloaded_pass(tmp_path):
