@@ -466,14 +466,16 @@ def table2_seed_metrics(table: pd.DataFrame, min_cr: float = 9.0) -> dict[str, A
         fp32 = g[g["method"] == "none"]
         out[f"{key}_n_seeds"] = int(fp32["n_seeds"].iloc[0]) if not fp32.empty else 0
         if not fp32.empty:
-            out[f"{key}_fp32_mean"] = round(float(fp32["mean"].iloc[0]), 4)
+            out[f"{key}_fp32_acc_mean"] = round(float(fp32["mean"].iloc[0]), 4)
         ok = g[(g["method"] != "none") & (g["cr_disk"] >= min_cr)]
         if ok.empty:
             continue
         best = ok.sort_values(["mean", "cr_disk"], ascending=False).iloc[0]
         out[f"{key}_best_cr{min_cr:g}"] = f"{best['method']}: {best['setting']}"
-        for col in ("mean", "diff_vs_fp32", "ci_low", "ci_high"):
-            out[f"{key}_best_cr{min_cr:g}_{col}"] = round(float(best[col]), 4)
+        for col, name in (("mean", "acc_mean"), ("diff_vs_fp32", "diff_vs_fp32"),
+                          ("ci_low", "ci_low"), ("ci_high", "ci_high")):
+            if pd.notna(best[col]):  # one seed has no interval: left out, not NaN (strict JSON)
+                out[f"{key}_best_cr{min_cr:g}_{name}"] = round(float(best[col]), 4)
     return out
 
 

@@ -64,7 +64,7 @@ TIMING, LOCATION = TIMING_METRICS, LOCATION_METRICS
 #: strings, booleans and lists are ``exact`` unless named in :data:`TRAJECTORY`.
 TOLERANCES: list[tuple[str, str, float]] = [
     (r"(^|_)(p|p_holm|pvalue|p_value|mcnemar_p)$", "pvalue", 0.25),
-    (r"acc_mean|acc_std|diff_vs_random|ci_low|ci_high|(^|_)accuracy_cr|fp32_accuracy|best_accuracy",
+    (r"acc_mean|acc_std|diff_vs_random|diff_vs_fp32|ci_low|ci_high|(^|_)accuracy_cr|fp32_accuracy|best_accuracy",
      "points", 3.0),
     (r"^best_val_", "selection", 0.08),
     (r"acc|kappa|f1|precision|recall|(^|_)oa($|_)|agreement|share|rate|iou|margin|aum|loss|mean|std",

@@ -476,7 +476,7 @@ def test_table2_over_seeds_pairs_each_seed_with_its_own_fp32():
     fp = t[(t["model"] == "cnn") & (t["method"] == "none")].iloc[0]
     assert fp["diff_vs_fp32"] == 0 and np.isnan(fp["p_holm"])
     m = PA.table2_seed_metrics(t, min_cr=4.0)
-    assert m["t2_eurosat_cnn_random_0.1_fp32_mean"] == 80.0
+    assert m["t2_eurosat_cnn_random_0.1_fp32_acc_mean"] == 80.0
     assert "t2_eurosat_cnn_random_0.1_best_cr4" not in m  # cr_disk 1: nothing at CR >= 4
 
 

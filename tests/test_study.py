@@ -162,12 +162,16 @@ def test_metric_kinds_of_committed_metrics():
         "cost_ratio": 0.078, "scoring_seconds": 117.5, "never_learned_share": 0.015, "p_holm": 0.03,
         "best_val_accuracy": 0.7,
         "best_cr_cr9": 9.31, "images": 910, "all_artefacts_match": True,
+        "best_cr9_diff_vs_fp32": -0.35, "best_cr9_mcnemar_p_holm": 0.26,
+        "t2_eurosat_resnet18_random_1_fp32_acc_mean": 95.7,
         "scores_file": "cache/coreset_scores/eurosat-b81c3a80-x.npz"}.items()}
     assert kinds == {"eurosat_plain_cnn_ccs_0.05_acc_mean": "points",
                      "eurosat_plain_cnn_ccs_0.05_diff_vs_random": "points", "cost_ratio": "timing",
                      "scoring_seconds": "timing", "never_learned_share": "rate", "p_holm": "pvalue",
                      "best_val_accuracy": "selection",
                      "best_cr_cr9": "float", "images": "exact", "all_artefacts_match": "exact",
+                     "best_cr9_diff_vs_fp32": "points", "best_cr9_mcnemar_p_holm": "pvalue",
+                     "t2_eurosat_resnet18_random_1_fp32_acc_mean": "points",
                      "scores_file": "location"}
 
 

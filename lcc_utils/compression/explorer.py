@@ -52,7 +52,7 @@ def plot_accuracy_vs_size(results: pd.DataFrame, paper: pd.DataFrame | None = No
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     base = results[results["method"] == "none"]
     fp32_bytes = float(base["size_bytes"].iloc[0]) if not base.empty else float("nan")
     if not base.empty:
@@ -88,7 +88,8 @@ def plot_accuracy_vs_size(results: pd.DataFrame, paper: pd.DataFrame | None = No
     ax.set_ylabel("top-1 test accuracy (%)")
     ax.set_title(title or "Accuracy vs on-disk size")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    # outside the axes: inside, it hid the collapsed variants in the lower right
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig
 
