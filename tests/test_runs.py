@@ -257,13 +257,18 @@ def test_papermill_with_a_misspelled_parameter_fails_naming_it(tmp_path):
     assert not any(runs.runs_root().glob("train/*")), "a refused run must leave no folder"
 
 
-def test_reexecuting_a_finished_run_changes_no_file_of_its_folder(tmp_path, tmp_cache, monkeypatch):
-    """``execute_notebook(force=True)`` reruns into the staging folder; the same metrics are a no-op."""
+def _finished_shifting_toy(tmp_path, extra: str):
+    """A finished toy run (value 5) whose table moves by ``$LCC_TOY_SHIFT``; ``extra``: one more line."""
     body = ("import os\nimport pandas as pd\nvalue += int(os.environ.get('LCC_TOY_SHIFT', '0'))\n"
-            "run.save_table(pd.DataFrame({'v': [value]}), 'table')\nrun.path('sub/note.txt').write_text(str(value))")
+            f"run.save_table(pd.DataFrame({{'v': [value]}}), 'table')\n{extra}")
     nb = _tiny_notebook(tmp_path / "09_toy.ipynb", body)
     d, _ = runs.execute_notebook(nb, {"value": 5})
-    before = _snapshot(d)
+    return nb, d, _snapshot(d)
+
+
+def test_reexecuting_a_finished_run_changes_no_file_of_its_folder(tmp_path, tmp_cache, monkeypatch):
+    """``execute_notebook(force=True)`` reruns into the staging folder; the same metrics are a no-op."""
+    nb, d, before = _finished_shifting_toy(tmp_path, "run.path('sub/note.txt').write_text(str(value))")
     assert {str(p) for p in before} >= {"09_toy.ipynb", "metrics.json", "params.json", "table.csv", "sub/note.txt"}
 
     d2, executed = runs.execute_notebook(nb, {"value": 5}, force=True)
@@ -405,11 +410,7 @@ def test_reopening_a_finished_run_continues_its_checkpoints_in_the_staging_folde
 
 
 def test_refresh_rerenders_a_finished_notebook_only_when_its_results_are_unchanged(tmp_path, tmp_cache, monkeypatch):
-    body = ("import os\nimport pandas as pd\nvalue += int(os.environ.get('LCC_TOY_SHIFT', '0'))\n"
-            "print(os.environ.get('LCC_TOY_NOTE', 'first'))\nrun.save_table(pd.DataFrame({'v': [value]}), 'table')")
-    nb = _tiny_notebook(tmp_path / "09_toy.ipynb", body)
-    d, _ = runs.execute_notebook(nb, {"value": 5})
-    before = _snapshot(d)
+    nb, d, before = _finished_shifting_toy(tmp_path, "print(os.environ.get('LCC_TOY_NOTE', 'first'))")
     monkeypatch.setenv("LCC_TOY_NOTE", "refreshed")  # the presentation changes, the results do not
     d2, executed = runs.execute_notebook(nb, {"value": 5}, refresh=True)
     after = _snapshot(d)
