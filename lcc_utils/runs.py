@@ -41,6 +41,13 @@ from .paths import atomic_path, atomic_write, cache_dir, project_root, resolve_p
 
 #: Parameters that say *where* things are, not *what* is computed: left out of the hash.
 LOCATION_PARAMS = ("data_dir",)
+#: Parameters added to a notebook after runs were committed, with the value that reproduces the
+#: behaviour from before they existed. At that value a parameter is left out of the hash (and of
+#: the slug), so every run made before it existed keeps its folder; any other value is hashed
+#: like every parameter. A new parameter of an existing notebook belongs here.
+ADDED_PARAMS: dict[str, Any] = {
+    "backbone_run": {},  # 03/04: in-project pretrained backbone (issue 21); {} = none
+}
 #: Parameters shown first in the readable part of a folder name.
 SLUG_KEYS = ("run", "dataset", "task", "model", "coreset", "fraction", "method", "scene", "seed")
 #: Metric names measured by a clock (or memory), not results: a rerun is never compared on them
@@ -70,9 +77,15 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def _at_added_default(name: str, value: Any) -> bool:
+    """Whether ``name`` is one of :data:`ADDED_PARAMS` at its before-it-existed value."""
+    return name in ADDED_PARAMS and _jsonable(value) == _jsonable(ADDED_PARAMS[name])
+
+
 def params_hash(params: dict[str, Any]) -> str:
     """Short sha256 of the parameters that define a run (location parameters excluded)."""
-    core = {k: _jsonable(v) for k, v in sorted(params.items()) if k not in LOCATION_PARAMS}
+    core = {k: _jsonable(v) for k, v in sorted(params.items())
+            if k not in LOCATION_PARAMS and not _at_added_default(k, v)}
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:8]
 
 
