@@ -231,12 +231,17 @@ def load_scores(path: str | os.PathLike) -> CoresetScores:
 def scores_path(
     dataset_name: str, dataset_hash: str, split_hash: str, score: str, scoring_model: str,
     scoring_epochs: int, image_size: int | None, seed: int, pretrained: bool = False,
+    weights_tag: str = "",
 ) -> Path:
-    """Cache location of a score file: one file per (data, split, score kind, proxy, seed)."""
+    """Cache location of a score file: one file per (data, split, score kind, proxy, seed).
+
+    ``weights_tag`` names a proxy's local initial weights (an in-project backbone).
+    """
     from lcc_utils.paths import cache_dir
 
+    init = "-pretrained" if pretrained else f"-{weights_tag}" if weights_tag else ""
     name = (f"{dataset_name}-{dataset_hash[:8]}-split{split_hash[:8]}-{score}-{scoring_model}"
-            f"{'-pretrained' if pretrained else ''}-e{scoring_epochs}-px{image_size}-seed{seed}-v2.npz")
+            f"{init}-e{scoring_epochs}-px{image_size}-seed{seed}-v2.npz")
     return cache_dir() / "coreset_scores" / name
 
 
@@ -293,6 +298,7 @@ def score_dataset(
     augment: bool = False,
     target: Mapping[str, Any] | None = None,
     pretrained: bool = False,
+    weights: Any = None,
 ) -> dict[str, CoresetScores]:
     """Train the proxy once on the training split; return every score kind of :data:`SCORES`.
 
@@ -307,7 +313,8 @@ def score_dataset(
     class) and, with ``target`` (:data:`TARGET_KEYS`), the cost relative to one full
     training of the target model timed in this process (:func:`target_training_seconds`).
     ``pretrained`` starts the proxy from ImageNet weights (the ``paper`` profile's proxy is the
-    target backbone itself, fine-tuned briefly at a lower resolution).
+    target backbone itself, fine-tuned briefly at a lower resolution); ``weights``, a
+    :class:`lcc_utils.trained.Backbone`, from an in-project pretrained model instead.
     """
     import torch
 
@@ -323,14 +330,15 @@ def score_dataset(
         "image_size": image_size, "split_hash": split.hash, "dataset": ds.name,
         "dataset_hash": ds.hash, "n": int(len(idx)), "proxy_recipe": str(recipe),
         "proxy_batch_size": batch_size, "proxy_augment": augment,
-        "proxy_weights": models.describe_weights(bool(pretrained))}
+        "proxy_weights": weights.description if weights is not None else models.describe_weights(bool(pretrained))}
     t0 = time.perf_counter()
     loaders = data.make_loaders(ds, split, image_size=image_size, batch_size=batch_size, seed=seed,
                                 augment=augment)
     training.seed_everything(seed)
     model = models.create_model(scoring_model, num_classes=len(ds.classes),
                                 in_chans=ds.images.shape[-1], image_size=image_size,
-                                pretrained=bool(pretrained))
+                                pretrained=bool(pretrained),
+                                weights=weights.checkpoint if weights is not None else None)
     proxy = replace(training.get_recipe(recipe), patience=None, batch_size=batch_size)
     result = training.train(model, loaders, proxy, epochs=scoring_epochs, device=device,
                             seed=seed, record_correctness=True, num_classes=len(ds.classes))
@@ -391,6 +399,7 @@ def get_scores(
     device: str = "auto",
     target: Mapping[str, Any] | None = None,
     pretrained: bool = False,
+    weights: Any = None,
 ) -> tuple[CoresetScores, Path, bool]:
     """Load the cached scores a method (or a score kind) needs, or compute and cache all kinds.
 
@@ -401,12 +410,13 @@ def get_scores(
     score = method if method in SCORES else get_coreset_method(method).score
     if score is None:
         raise ValueError(f"coreset {method!r} needs no scores")
-    args = (scoring_model, scoring_epochs, image_size, seed, bool(pretrained))
+    args = (scoring_model, scoring_epochs, image_size, seed, bool(pretrained),
+            weights.tag if weights is not None else "")
     path = scores_path(ds.name, ds.hash, split.hash, score, *args)
     if path.is_file():
         return load_scores(path), path, False
-    for name, sc in score_dataset(ds, split, *args[:3], seed=seed, device=device,
-                                  target=target, pretrained=bool(pretrained)).items():
+    for name, sc in score_dataset(ds, split, *args[:3], seed=seed, device=device, target=target,
+                                  pretrained=bool(pretrained), weights=weights).items():
         save_scores(sc, scores_path(ds.name, ds.hash, split.hash, name, *args))
     return load_scores(path), path, True
 
@@ -589,12 +599,14 @@ def coreset_indices(
     balanced: bool = True,
     target: Mapping[str, Any] | None = None,
     pretrained: bool = False,
+    weights: Any = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Dataset indices of the training coreset, scoring the split first when needed.
 
     ``image_size`` is the PROXY's image size (part of the scores' cache key); ``target`` is
     the target's spec, recorded with scores computed now (:func:`score_dataset`);
-    ``pretrained`` starts the proxy from ImageNet weights.
+    ``pretrained`` starts the proxy from ImageNet weights, ``weights`` (a
+    :class:`lcc_utils.trained.Backbone`) from an in-project pretrained model.
 
     Returns:
         Sorted dataset indices and provenance (scores file, whether scores were computed now,
@@ -611,7 +623,7 @@ def coreset_indices(
     if m.needs_scores:
         sc, path, computed = get_scores(ds, split, coreset, scoring_model, scoring_epochs,
                                         image_size, seed, device, target=target,
-                                        pretrained=pretrained)
+                                        pretrained=pretrained, weights=weights)
         if not np.array_equal(sc.indices, train_idx):
             raise ValueError(f"scores file {path} does not match the split's training part")
         scores = sc.scores

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -85,6 +86,88 @@ def scoring_record(
 
 
 
+def linear_probe(ds: Any, split: Any, backbone: Any, selected: Mapping[str, Mapping[float, np.ndarray]],
+                 seed: int, device: str = "auto", draws: int | None = None) -> pd.DataFrame:
+    """Notebook 03's frozen-feature probe of the coresets (:mod:`lcc_utils.probe`).
+
+    Features of every image through the in-project ``backbone`` (a
+    :class:`lcc_utils.trained.Backbone`) at the size it was trained at; each selector's coresets
+    (``selected``, dataset indices, plus ``random``: the draw notebook 04 trains for ``seed``)
+    and :data:`probe.PROBE_DRAWS` other random draws per fraction (class-balanced like 04's,
+    seeded ``1000 x (seed + 1) + i``, so no draw repeats 04's) are probed on the test split.
+    Without a backbone (``None``) the table is empty: random features say nothing.
+    """
+    from lcc_utils import probe
+
+    if backbone is None:
+        return pd.DataFrame(columns=["method", "fraction", "draw", "n", "accuracy", "percentile"])
+    mean, std = data.normalization(ds, split)
+    net, _ = training.load_checkpoint(backbone.checkpoint.parent.parent)
+    everything = np.arange(len(ds), dtype=np.int64)
+    loader = data.BatchLoader(ds.images, ds.labels, everything, batch_size=256,
+                              image_size=int(backbone.params["image_size"]), mean=mean, std=std)
+    feats, idx = probe.backbone_features(net, loader, device)
+    if not np.array_equal(idx, everything):
+        raise RuntimeError("linear_probe: features are not aligned with the dataset")
+    train = np.asarray(split.train, dtype=np.int64)
+    train_labels = np.asarray(ds.labels)[train]
+
+    def draw(fraction: float, i: int, s: int | None = None) -> np.ndarray:
+        s = 1000 * (seed + 1) + i if s is None else s
+        return train[coresets.select_coreset(None, fraction, train_labels, "random", seed=s)]
+
+    fractions = sorted({f for fr in selected.values() for f in fr})
+    chosen = {"random": {f: draw(f, 0, s=seed) for f in fractions}, **selected}
+    return probe.probe_coresets(feats, np.asarray(ds.labels), train, np.asarray(split.test), chosen, draw,
+                                draws=probe.PROBE_DRAWS if draws is None else draws)
+
+
+def probe_record(table: pd.DataFrame) -> dict[str, Any]:
+    """Probe metrics of a scoring run: per fraction, the random draws' mean and sd, each selector's percentile."""
+    from lcc_utils import probe
+
+    rec: dict[str, Any] = {}
+    if table.empty:
+        return rec
+    for r in probe.probe_summary(table).itertuples():
+        tag = f"{100 * r.fraction:g}pct"
+        rec[f"probe_random_mean_{tag}"] = round(float(r.random_mean), 6)
+        rec[f"probe_random_sd_{tag}"] = round(float(r.random_sd), 6)
+        rec[f"probe_{r.method}_accuracy_{tag}"] = round(float(r.accuracy), 6)
+        rec[f"probe_{r.method}_percentile_{tag}"] = round(float(r.percentile), 2)
+    return rec
+
+
+def probe_over_seeds(folders: list[Path]) -> pd.DataFrame:
+    """The linear probes of several scoring runs (notebook 03 with a backbone), per dataset x fraction x method.
+
+    Per seed, a selector's percentile among that seed's random draws; over seeds, the mean
+    percentile (50 is what a random draw scores on average), its range, and the draws' mean
+    and within-seed sd (the spread of random selection). Folders without a probe are skipped.
+    """
+    from lcc_utils import probe
+
+    parts = []
+    for f in folders:
+        f = Path(f)
+        if not (f / "linear_probe.csv").is_file():
+            continue
+        params = json.loads((f / "params.json").read_text())["params"]
+        summary = probe.probe_summary(pd.read_csv(f / "linear_probe.csv"))
+        parts.append(summary.assign(dataset=params["dataset"], seed=params["seed"]))
+    if not parts:
+        return pd.DataFrame()
+    df = pd.concat(parts, ignore_index=True)
+    g = df.groupby(["dataset", "fraction", "method"], sort=True)
+    out = g.agg(n_seeds=("seed", "nunique"), accuracy_mean=("accuracy", "mean"),
+                percentile_mean=("percentile", "mean"), percentile_min=("percentile", "min"),
+                percentile_max=("percentile", "max"), random_draw_mean=("random_mean", "mean"),
+                random_draw_sd=("random_sd", "mean"), draws_per_seed=("draws", "min"))
+    for col in ("accuracy_mean", "random_draw_mean", "random_draw_sd"):
+        out[col] = 100.0 * out[col]
+    return out.reset_index()
+
+
 # --------------------------------------------------------------------------- notebook 04
 @dataclass
 class TrainingSetup:
@@ -101,6 +184,7 @@ class TrainingSetup:
         weights_description: Where the initial weights came from.
         budget: ``train``'s budget keywords: ``epochs``, ``steps`` (None: whole epochs) and
             ``val_every``.
+        backbone_sha256: Hash of an in-project backbone's weights ("" without one).
 
     """
 
@@ -113,6 +197,15 @@ class TrainingSetup:
     recipe: training.Recipe
     weights_description: str
     budget: dict[str, Any]
+    backbone_sha256: str = ""
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """What ``params.json`` records beside the parameters (04's ``start_run`` extras)."""
+        extra = {"weights_description": self.weights_description, "coreset_info": self.coreset_info}
+        if self.backbone_sha256:  # bit-identical on one machine only, so provenance, not a metric
+            extra["backbone_state_sha256"] = self.backbone_sha256
+        return extra
 
 
 #: Validations per step-budgeted run (a 5 % coreset has ~15 batches per epoch: validating each
@@ -157,6 +250,7 @@ def prepare_training(
     device: str,
     pretrained: bool,
     weights: str,
+    backbone_run: dict,
     recipe: str,
     scoring_model: str,
     scoring_epochs: int,
@@ -170,8 +264,19 @@ def prepare_training(
     exactly the data a run used. The split is seeded with ``seed`` (each seed is a different
     80/20 split); the coreset is selected on the split's training part. A proxy that is the
     target backbone itself (the ``paper`` profile) starts from the same weights as the target
-    (``pretrained``); a different proxy starts from random weights.
+    (``pretrained``, or the in-project ``backbone_run``); a different proxy starts from random
+    weights.
+
+    ``backbone_run`` names a finished 04 run on another dataset whose kept model starts this one,
+    its classifier replaced (:func:`lcc_utils.trained.backbone`): the stand-in for ImageNet
+    weights (issue 21). It excludes ``pretrained`` and ``weights``.
     """
+    from lcc_utils import trained  # trained reopens 04 and 06 runs: it sits above this module
+
+    if backbone_run and (pretrained or weights):
+        raise ValueError(f"backbone_run={backbone_run!r} starts the model from an in-project run: leave "
+                         "pretrained False and weights empty")
+    bb = trained.backbone(backbone_run, model=model, dataset=dataset, data_dir=data_dir or None)
     rec = training.get_recipe(recipe)
     if batch_size:
         rec = replace(rec, batch_size=int(batch_size))
@@ -182,28 +287,70 @@ def prepare_training(
     train_idx, info = coresets.coreset_indices(
         ds, split, coreset, fraction, seed=seed, scoring_model=scoring_model,
         scoring_epochs=scoring_epochs, image_size=scoring_image_size, device=device,
-        target=target, pretrained=bool(pretrained) and scoring_model == model)
+        target=target, pretrained=bool(pretrained) and scoring_model == model,
+        weights=bb if scoring_model == model else None)
     loaders = data.make_loaders(ds, split, image_size=image_size, batch_size=rec.batch_size,
                                 seed=seed, train_indices=train_idx, augment=rec.augment)
-    weights_path = resolve_path(weights) if weights not in (None, "") else None
+    weights_path = bb.checkpoint if bb else resolve_path(weights) if weights not in (None, "") else None
     training.seed_everything(seed)
     # ds.bands: a weights file that names its bands has its first-conv kernels selected by name
     net = models.create_model(model, num_classes=len(ds.classes), in_chans=ds.images.shape[-1],
                               pretrained=bool(pretrained), weights=weights_path,
                               image_size=image_size, bands=ds.bands)
     budget = training_budget(float(fraction), epochs, steps, len(train_idx), rec.batch_size)
-    return TrainingSetup(ds, split, train_idx, info, loaders, net, rec,
-                         models.describe_weights(bool(pretrained), weights_path, bands=ds.bands),
-                         budget)
+    described = (bb.description if bb else
+                 models.describe_weights(bool(pretrained), weights_path, bands=ds.bands))
+    return TrainingSetup(ds, split, train_idx, info, loaders, net, rec, described, budget,
+                         bb.state_sha256 if bb else "")
 
 
-def run_record(result: training.TrainResult, test: Mapping[str, Any], setup: TrainingSetup) -> dict[str, Any]:
+#: The convergence window of issue 21: a run is still rising when its validation accuracy gains
+#: a point or more over the last 30 % of its optimizer steps.
+RISE_WINDOW = 0.3
+
+
+def val_rise(history: pd.DataFrame, window: float = RISE_WINDOW) -> float:
+    """Points of validation accuracy gained over the last ``window`` of a run's steps.
+
+    The last validation minus the last validation at or before step ``(1 - window) x steps``
+    (a run validated only inside the window compares with its first validation). The budget
+    rule of issue 21: a step budget has converged when random's rise is under 1 point. With a
+    one-cycle schedule a late rise is partly the learning rate annealing to zero, so this
+    reads "did the last 30 % of the budget still buy accuracy", not "is the loss flat".
+    """
+    h = history.dropna(subset=["val_accuracy"]).sort_values("step")
+    if h.empty:
+        return float("nan")
+    cut = (1.0 - window) * float(h["step"].max())
+    before = h[h["step"] <= cut]
+    start = before.iloc[-1] if len(before) else h.iloc[0]
+    return round(100.0 * float(h["val_accuracy"].iloc[-1] - start["val_accuracy"]), 4)
+
+
+def coreset_fit(setup: TrainingSetup, device: str = "auto") -> float:
+    """Accuracy of the kept model on its own coreset, un-augmented: how well the budget fitted it.
+
+    A hard-first coreset that the budget cannot fit (issue 21: about 0.57 after 300 steps,
+    against 0.80 for random) tests the budget as much as the selector.
+    """
+    test = setup.loaders["test"]
+    loader = data.BatchLoader(setup.ds.images, setup.ds.labels, setup.train_indices,
+                              batch_size=test.batch_size, image_size=test.image_size,
+                              mean=test.mean.flatten().tolist() if test.mean is not None else None,
+                              std=test.std.flatten().tolist() if test.std is not None else None)
+    probs, y, _ = training.predict(setup.model, loader, device)
+    return float((probs.argmax(1) == y).mean())
+
+
+def run_record(result: training.TrainResult, test: Mapping[str, Any], setup: TrainingSetup,
+               coreset_accuracy: float | None = None) -> dict[str, Any]:
     """The ``metrics.json`` of a training run: test accuracy, kept epoch, size, cost, device.
 
     Args:
         result: What :func:`train` returned.
         test: ``metrics.classification_metrics`` on the test split.
         setup: The run's :class:`TrainingSetup`.
+        coreset_accuracy: :func:`coreset_fit` of the kept model (recorded when given).
 
     Returns:
         A flat dict (stored seconds of a finished run, so reruns log identical metrics).
@@ -230,6 +377,8 @@ def run_record(result: training.TrainResult, test: Mapping[str, Any], setup: Tra
         "weights": setup.weights_description,
         "scoring_seconds": round(float(info.get("scoring_seconds", 0.0)), 2),
         "scores_file": Path(info["scores_file"]).name if info.get("scores_file") else None,
+        "val_rise_last30_points": val_rise(hist),
+        **({"coreset_train_accuracy": round(coreset_accuracy, 6)} if coreset_accuracy is not None else {}),
     }
 
 
@@ -305,6 +454,36 @@ def _read_paper_csv(papers_dir: str | os.PathLike, name: str, table: str, need: 
     return df
 
 
+def regime(params: Mapping[str, Any]) -> str:
+    """The training regime of a notebook-04 run: how its weights start, and its budget.
+
+    ``"scratch, 300 steps"`` (the quick protocol's coreset runs), ``"pretrained, 1500 steps"``
+    (an in-project ``backbone_run``), ``"imagenet, 10 epochs"`` (the paper profile), and for
+    full-data runs or ``steps`` = 0 the epochs. Selectors are compared with random only within
+    one regime: a claim is stated for the regime it was tested in (issue 21).
+    """
+    bb = params.get("backbone_run")
+    init = ("pretrained" if isinstance(bb, Mapping) and bb else
+            "imagenet" if params.get("pretrained") is True else
+            "weights file" if params.get("weights") not in (None, "") and params.get("weights") == params.get("weights")
+            else "scratch")
+    steps = params.get("steps")
+    steps = int(steps) if steps is not None and steps == steps else 0
+    if float(params.get("fraction", 1.0)) < 1.0 and steps > 0:
+        return f"{init}, {steps} steps"
+    return f"{init}, {int(params.get('epochs', 0))} epochs"
+
+
+def with_regime(runs_df: pd.DataFrame) -> pd.DataFrame:
+    """``runs_df`` with a ``regime`` column (:func:`regime`) and ``backbone_run`` as text."""
+    df = runs_df.copy()
+    df["regime"] = [regime(r) for r in df.to_dict("records")]
+    if "backbone_run" in df:
+        df["backbone_run"] = [json.dumps(v, sort_keys=True) if isinstance(v, Mapping) and v else ""
+                              for v in df["backbone_run"]]
+    return df
+
+
 def table1(runs_df: pd.DataFrame, paper: pd.DataFrame | None = None,
            metric: str = "test_accuracy", num_classes: Mapping[str, int] = NUM_CLASSES) -> pd.DataFrame:
     """Paper A's Table 1, ours beside the paper's: one row per model x dataset x fraction x coreset.
@@ -319,20 +498,24 @@ def table1(runs_df: pd.DataFrame, paper: pd.DataFrame | None = None,
     same dataset, fraction and method (paper A's three methods only; its backbones are
     ImageNet-pretrained at 224 px, ours may differ: the ``model`` column says which), and
     ``paper_wins`` how many of its four backbones beat random in that cell.
+
+    Runs of different regimes (:func:`regime`: from scratch or pretrained, the step budget)
+    are separate rows and are never paired with each other; Holm runs over the comparisons of
+    one model, dataset and regime.
     """
     need = {"model", "dataset", "fraction", "coreset", "seed", metric}
     missing = need - set(runs_df.columns)
     if missing:
         raise ValueError(f"runs_df lacks columns {sorted(missing)} (collect_runs('train'))")
-    df = runs_df.copy()
+    df = with_regime(runs_df)
     df["acc"] = 100.0 * df[metric].astype(float)
     rows = []
-    for (model, dataset, fraction), part in df.groupby(["model", "dataset", "fraction"], sort=True):
+    for (model, dataset, reg, fraction), part in df.groupby(["model", "dataset", "regime", "fraction"], sort=True):
         rand = part[part["coreset"] == "random"].set_index("seed")["acc"]
         names = [c for c in coresets.CORESETS if c in set(part["coreset"])]
         for name in names:
             cell = part[part["coreset"] == name].set_index("seed")["acc"]
-            row: dict[str, Any] = {"model": model, "dataset": dataset, "fraction": fraction,
+            row: dict[str, Any] = {"model": model, "dataset": dataset, "regime": reg, "fraction": fraction,
                                    "coreset": name, "n_seeds": int(len(cell)),
                                    "mean": float(cell.mean()),
                                    "std": float(cell.std(ddof=1)) if len(cell) > 1 else float("nan")}
@@ -353,7 +536,7 @@ def table1(runs_df: pd.DataFrame, paper: pd.DataFrame | None = None,
         if col not in out:
             out[col] = np.nan
     out["p_holm"] = np.nan
-    for _, idx in out.groupby(["model", "dataset"]).groups.items():
+    for _, idx in out.groupby(["model", "dataset", "regime"]).groups.items():
         out.loc[idx, "p_holm"] = metrics.holm(out.loc[idx, "p"].to_numpy(dtype=float))
     if paper is not None:
         out = _with_paper(out, paper)
@@ -438,6 +621,96 @@ def plot_table1(table: pd.DataFrame, model: str | None = None) -> Figure:
     return fig
 
 
+def pretraining_gain(runs_df: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
+    """Pretrained minus from-scratch accuracy of the same coresets at the same budget, paired by seed.
+
+    Whether the in-project stand-in for ImageNet weights is "pretrained" in a useful sense
+    (issue 21): for each dataset, model, coreset, fraction and budget that both a pretrained
+    and a scratch regime ran, the mean paired difference (points) over the seeds both ran
+    (the same split and the same coreset per seed), its 95 % t-interval and p-value.
+    """
+    df = with_regime(runs_df)
+    df["init"] = df["regime"].str.split(", ").str[0]
+    df["budget"] = df["regime"].str.split(", ").str[1]
+    df["acc"] = 100.0 * df[metric].astype(float)
+    rows = []
+    for (model, dataset, coreset, fraction, budget), part in df.groupby(
+            ["model", "dataset", "coreset", "fraction", "budget"], sort=True):
+        pre = part[part["init"] == "pretrained"].set_index("seed")["acc"]
+        scr = part[part["init"] == "scratch"].set_index("seed")["acc"]
+        shared = sorted(set(pre.index) & set(scr.index))
+        if not shared:
+            continue
+        d = pre.loc[shared].to_numpy() - scr.loc[shared].to_numpy()
+        mean, lo, hi, p = metrics.paired_difference(d)
+        rows.append({"model": model, "dataset": dataset, "coreset": coreset, "fraction": fraction,
+                     "budget": budget, "n_seeds": len(shared), "pretrained_mean": float(pre.loc[shared].mean()),
+                     "scratch_mean": float(scr.loc[shared].mean()), "gain": mean, "ci_low": lo,
+                     "ci_high": hi, "p": p, "wins": f"{int((d > 0).sum())}/{len(d)}"})
+    return pd.DataFrame(rows)
+
+
+def _regime_panel(ax: Any, cell: pd.DataFrame, regimes: list[str], colours: Mapping[str, Any],
+                  paper_cols: list[str]) -> None:
+    """One panel of :func:`plot_regime_map`: a group of rows per regime, then paper A's marks."""
+    labels: list[str] = []
+    for reg in regimes:
+        for r in cell[(cell["regime"] == reg) & (cell["coreset"] != "random")].itertuples():
+            y = len(labels)
+            labels.append(f"{r.coreset} ({r.n_seeds} seeds)")
+            if pd.isna(r.diff_vs_random):
+                continue
+            err = [[r.diff_vs_random - r.ci_low], [r.ci_high - r.diff_vs_random]]
+            ax.errorbar(r.diff_vs_random, y, xerr=np.nan_to_num(err), fmt="o", ms=4, capsize=2,
+                        color=colours[reg], label=reg)
+            if pd.notna(r.p_holm) and r.p_holm < 0.05:
+                ax.text(r.ci_high, y, " *", va="center", color=colours[reg])
+    rand = cell[cell["coreset"] == "random"]
+    for coreset in [c for c in PAPER_A_METHODS if c != "random"]:
+        row = cell[cell["coreset"] == coreset]
+        if not paper_cols or rand.empty or row.empty:
+            continue
+        vals = [row[c].iloc[0] - rand[c].iloc[0] for c in paper_cols]
+        ax.scatter(vals, [len(labels)] * len(vals), marker="x", color="grey", s=20, label="paper A (4 backbones)")
+        labels.append(f"paper A: {coreset}")
+    ax.axvline(0, ls="--", color="black", lw=1)
+    ax.set_yticks(range(len(labels)), labels=labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.grid(alpha=0.3)
+
+
+def plot_regime_map(table: pd.DataFrame, model: str | None = None) -> Figure:
+    """Selector minus random per dataset x regime x fraction: where paper A's claim holds.
+
+    One panel per dataset (rows) and fraction (columns). Within a panel, one group of rows per
+    regime (colour), each selector's mean paired difference to random with its 95 % CI and
+    ``*`` where the Holm-adjusted p is below 0.05; the last rows are paper A's own differences
+    (one grey mark per backbone, ImageNet-pretrained at 224 px). Zero (= random) is dashed.
+    """
+    import matplotlib.pyplot as plt
+
+    t = table if model is None else table[table["model"] == model]
+    t = t[t["fraction"] < 1.0]
+    datasets, fractions, regimes = sorted(set(t["dataset"])), sorted(set(t["fraction"])), sorted(set(t["regime"]))
+    colours = dict(zip(regimes, plt.get_cmap("tab10").colors, strict=False))
+    paper_cols = [c for c in t.columns if c.startswith("paper_") and c != "paper_wins"]
+    n_rows, n_cols = max(1, len(datasets)), max(1, len(fractions))
+    per_panel = int(t.groupby(["dataset", "fraction"]).size().max()) if len(t) else 1
+    fig, axes = plt.subplots(n_rows, n_cols, squeeze=False, sharex=True,
+                             figsize=(5.4 * n_cols, (0.22 * per_panel + 1.2) * n_rows))
+    for i, dataset in enumerate(datasets):
+        for j, fraction in enumerate(fractions):
+            _regime_panel(axes[i][j], t[(t["dataset"] == dataset) & (t["fraction"] == fraction)], regimes,
+                          colours, paper_cols)
+            axes[i][j].set_title(f"{dataset}, {100 * fraction:g} % of the training split", fontsize=9)
+    for ax in axes[-1]:
+        ax.set_xlabel("test accuracy minus random (points, 95 % CI)")
+    legend = {n: h for ax in axes.flat for h, n in zip(*ax.get_legend_handles_labels(), strict=True)}
+    fig.legend(legend.values(), legend.keys(), fontsize=8, loc="lower center", ncol=min(4, len(legend)), frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
 def runs_hash(runs_df: pd.DataFrame, compression: pd.DataFrame | None = None) -> str:
     """Content hash of a set of collected runs (folders and their metrics): the data of a table.
 
@@ -483,11 +756,26 @@ def table1_metrics(table: pd.DataFrame, runs_found: int, expected: int) -> dict[
     """The ``metrics.json`` of notebook 09: run counts, every cell's mean and paired difference."""
     out: dict[str, Any] = {"runs_found": int(runs_found), "runs_expected": int(expected)}
     for _, r in table.iterrows():
-        key = f"{r['dataset']}_{r['model']}_{r['coreset']}_{r['fraction']:g}"
+        reg = re.sub(r"[^a-z0-9]+", "-", str(r.get("regime", "")).lower()).strip("-")  # scratch-300-steps
+        key = f"{r['dataset']}_{r['model']}_{reg}_{r['coreset']}_{r['fraction']:g}"
         out[f"{key}_acc_mean"] = round(float(r["mean"]), 4)
         out[f"{key}_n"] = int(r["n_seeds"])
         if pd.notna(r.get("diff_vs_random")):
             out[f"{key}_diff_vs_random"] = round(float(r["diff_vs_random"]), 4)
+    return out
+
+
+def regime_metrics(gain: pd.DataFrame, probes: pd.DataFrame) -> dict[str, Any]:
+    """Notebook 09's metrics of the pretraining gain and of the linear probes."""
+    out: dict[str, Any] = {}
+    for r in gain.itertuples():
+        key = f"gain_{r.dataset}_{r.model}_{r.coreset}_{r.fraction:g}_{r.budget.replace(' ', '')}"
+        out[f"{key}_points"] = round(float(r.gain), 4)
+        out[f"{key}_ci_low"] = round(float(r.ci_low), 4) if pd.notna(r.ci_low) else None
+    for r in probes.itertuples():
+        key = f"probe_{r.dataset}_{r.method}_{r.fraction:g}"
+        out[f"{key}_percentile_mean"] = round(float(r.percentile_mean), 2)
+        out[f"{key}_acc_mean"] = round(float(r.accuracy_mean), 4)
     return out
 
 

@@ -54,7 +54,7 @@ import pandas as pd
 
 from .cluster import CLUSTERS
 from .paths import atomic_write, cache_dir, project_root, resolve_data_dir
-from .runs import LOCATION_METRICS, TIMING_METRICS, notebook_stage, resolve_params, run_dir
+from .runs import ADDED_METRICS, LOCATION_METRICS, TIMING_METRICS, notebook_stage, resolve_params, run_dir
 from .study import PROFILES, READS, dispatch, prepare_data, profile_runs_root, study_plan
 
 #: Metric names measured by a clock, and those naming a local file: reported, never compared
@@ -122,7 +122,8 @@ def compare_metrics(committed: dict, reproduced: dict, exact: bool = False) -> p
     """One row per metric of either side: kind, values, difference, tolerance and status.
 
     Status: ``identical``, ``within`` (inside the tolerance), ``FAIL`` (outside it, or present on
-    one side only) or ``not compared`` (timings).
+    one side only), ``not compared`` (timings) or ``added since`` (a metric of
+    :data:`lcc_utils.runs.ADDED_METRICS` that the committed run predates).
     """
     a, b = flatten(committed), flatten(reproduced)
     n_test = a.get("n_test") if isinstance(a.get("n_test"), int) else None
@@ -133,7 +134,9 @@ def compare_metrics(committed: dict, reproduced: dict, exact: bool = False) -> p
         if kind == "rate" and isinstance(va, (int, float)):
             tol = rate_tolerance(va, n_test)
         diff = None
-        if name not in a or name not in b:
+        if name not in a and name in ADDED_METRICS:
+            status = "added since"  # the committed run predates this metric
+        elif name not in a or name not in b:
             status = "FAIL"
             kind = f"{kind} (missing)"
         elif tol is None:
@@ -247,8 +250,9 @@ def plot_report(report: pd.DataFrame, title: str = ""):
     """Stacked bars per stage: metrics identical / within tolerance / failed / not compared."""
     import matplotlib.pyplot as plt
 
-    order = ["identical", "within", "FAIL", "not compared"]
-    colors = {"identical": "#1b7837", "within": "#a6dba0", "FAIL": "#d73027", "not compared": "#bdbdbd"}
+    order = ["identical", "within", "FAIL", "not compared", "added since"]
+    colors = {"identical": "#1b7837", "within": "#a6dba0", "FAIL": "#d73027", "not compared": "#bdbdbd",
+              "added since": "#92c5de"}
     t = report.assign(stage=report["run"].str.split("/").str[0])
     counts = t.groupby(["stage", "status"]).size().unstack(fill_value=0).reindex(columns=order, fill_value=0)
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(counts) + 1.4))

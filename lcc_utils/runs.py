@@ -48,6 +48,12 @@ LOCATION_PARAMS = ("data_dir",)
 ADDED_PARAMS: dict[str, Any] = {
     "backbone_run": {},  # 03/04: in-project pretrained backbone (issue 21); {} = none
 }
+#: Metrics added to a notebook after runs were committed: a rerun of a run committed before
+#: them that now also logs them is not a conflict (nor a failed reproduction), as long as every
+#: metric both have agrees. Any other metric present on one side only still is.
+ADDED_METRICS = (
+    "val_rise_last30_points", "coreset_train_accuracy",  # 04 (issue 21: convergence, fit)
+)
 #: Parameters shown first in the readable part of a folder name.
 SLUG_KEYS = ("run", "dataset", "task", "model", "coreset", "fraction", "method", "scene", "seed")
 #: Metric names measured by a clock (or memory), not results: a rerun is never compared on them
@@ -306,8 +312,10 @@ class Run:
         new = json.loads(json.dumps(_jsonable(metrics)))
         if p.exists():
             old, now = json.loads(p.read_text()), new
-            differ = sorted(k for k in old.keys() | now.keys() if k not in old or k not in now or (
-                not NOT_COMPARED.search(k.lower()) and not _close(old[k], now[k], rel=1e-6)))
+            differ = sorted(k for k in old.keys() | now.keys()
+                            if not (k in now and k not in old and k in ADDED_METRICS) and (
+                                k not in old or k not in now or (
+                                    not NOT_COMPARED.search(k.lower()) and not _close(old[k], now[k], rel=1e-6))))
             if not differ:
                 return RunFile(p)
             shown = "; ".join(f"{k}: {old.get(k, '(absent)')!r} -> {now.get(k, '(absent)')!r}" for k in differ)

@@ -132,7 +132,7 @@ READS: dict[str, tuple[str, ...]] = {
     "06": ("02", "07"),  # sentinel2_run; ablation_run (paper B's ablation claim in the claims table)
     "07": ("02",),  # sentinel2_run
     "08": ("06",),  # evaluation_run
-    "09": ("04", "05"),  # Table 1 over the profile's 04 grid, Table 2 over its 05 grid
+    "09": ("03", "04", "05"),  # the linear probes of its 03 grid, Table 1 over its 04 grid, Table 2 over its 05 grid
 }
 
 

@@ -11,8 +11,11 @@ written into. This module sits above both paper modules, so neither paper module
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +67,39 @@ def _rebuilt(staged: Path, folder: Path) -> bool:
     return bool(torch.load(ckpt / "last.pt", map_location="cpu", weights_only=False).get("finished"))
 
 
+def checkpoint_folder(
+    folder: str | os.PathLike, rebuild: bool = True, data_dir: str | os.PathLike | None = None
+) -> Path:
+    """The folder whose ``checkpoints/best.pt`` holds a trained folder's kept model.
+
+    The trained folder itself on the machine that trained it, else its staging folder in the
+    cache (:func:`staged_folder`), retrained there first when no finished rebuild is there.
+    A rebuild holds a lock on the staging folder, so two runs that need the same model at the
+    same time (two workers of one study) train it once: the second waits, then reads it.
+    """
+    from filelock import FileLock
+
+    d = Path(folder)
+    if (d / training.CHECKPOINT_DIR / "best.pt").is_file():
+        return d
+    staged = staged_folder(d)
+    if _rebuilt(staged, d):
+        return staged
+    if not rebuild:
+        raise FileNotFoundError(f"{d / training.CHECKPOINT_DIR / 'best.pt'} is missing (checkpoints are "
+                                "not committed); reopen_trained(..., rebuild=True) retrains it")
+    staged.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(staged) + ".lock"):
+        if not _rebuilt(staged, d):  # another process may have rebuilt it while we waited
+            if d.parent.name == "models":
+                paper_b.retrain_model(d, data_dir=data_dir, out=staged.parent.parent)
+            elif json.loads((d / "params.json").read_text()).get("stage") == "train":
+                paper_a.retrain_run(d, data_dir=data_dir, out=staged)
+            else:
+                raise ValueError(f"{d}: not a trained folder of notebook 04 or 06")
+    return staged
+
+
 def reopen_trained(
     folder: str | os.PathLike,
     model: str = "lightweight_cnn",
@@ -90,25 +126,79 @@ def reopen_trained(
 
     """
     d = trained_folder(folder, model)
-    try:
-        net, params = training.load_checkpoint(d)
-    except FileNotFoundError:
-        staged = staged_folder(d)
-        if not _rebuilt(staged, d):
-            if not rebuild:
-                raise FileNotFoundError(f"{d / training.CHECKPOINT_DIR / 'best.pt'} is missing (checkpoints are "
-                                        "not committed); reopen_trained(..., rebuild=True) retrains it") from None
-            if d.parent.name == "models":
-                paper_b.retrain_model(d, data_dir=data_dir, out=staged.parent.parent)
-            elif json.loads((d / "params.json").read_text()).get("stage") == "train":
-                paper_a.retrain_run(d, data_dir=data_dir, out=staged)
-            else:
-                raise ValueError(f"{d}: not a trained folder of notebook 04 or 06") from None
-        net, params = training.load_checkpoint(staged)
+    net, params = training.load_checkpoint(checkpoint_folder(d, rebuild=rebuild, data_dir=data_dir))
     # relative to the project, or runs/... for a runs folder elsewhere (the tests' temporary
     # roots): no machine's path in a metric; a folder outside both stays as given
     inside = any(d.resolve().is_relative_to(r.resolve()) for r in (runs.runs_root(), project_root()))
     info: dict[str, Any] = {"params": params, "source": runs.shown_path(d) if inside else str(d)}
-    if (d / "normalization.json").is_file():
-        info["normalization"] = json.loads((d / "normalization.json").read_text())
+    # a rebuilt paper-B network writes its normalization beside its checkpoint, in the cache
+    for src in (d, checkpoint_folder(d, rebuild=False)):
+        if (src / "normalization.json").is_file():
+            info["normalization"] = json.loads((src / "normalization.json").read_text())
+            break
     return net, info
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """An in-project pretrained backbone: the kept model of a finished notebook-04 run.
+
+    Our stand-in for ImageNet weights, which cannot be downloaded here (issue 21): a model
+    trained on all of EuroSAT starts a UC Merced run, its classifier replaced.
+
+    Attributes:
+        folder: The 04 run folder (``runs/train/...``).
+        checkpoint: Its ``best.pt`` (in the run folder, or rebuilt into the cache).
+        params: The 04 run's parameters (how it is named: never by its folder hash).
+        tag: Short identity for cache keys (the run's parameter hash).
+        description: Provenance recorded in a run's ``metrics.json`` (the same on every machine).
+        state_sha256: Hash of the weights (``params.json`` only: bit-identical on one machine,
+            not across processors).
+
+    """
+
+    folder: Path
+    checkpoint: Path
+    params: dict[str, Any]
+    tag: str
+    description: str
+    state_sha256: str
+
+
+def backbone(backbone_run: Mapping[str, Any], *, model: str, dataset: str,
+             data_dir: str | os.PathLike | None = None) -> Backbone | None:
+    """Resolve notebook 03/04's ``backbone_run`` (``{}``: no backbone, None).
+
+    ``backbone_run`` names a finished notebook-04 run by its parameters, as 05's ``train_run``
+    does (04's defaults fill the rest). Its architecture must be ``model``; its dataset must
+    differ from ``dataset``: a backbone trained on one seed's training split of the same dataset
+    has seen other seeds' test images. A fresh clone retrains it first (its checkpoint is not
+    committed; the plain CNN on all of EuroSAT takes about 15-30 min on one core).
+    """
+    if not backbone_run:
+        return None
+    if not isinstance(backbone_run, Mapping):
+        raise ValueError(f"backbone_run={backbone_run!r} must name a notebook-04 run by its parameters, "
+                         "e.g. -y '{\"backbone_run\": {\"dataset\": \"eurosat\", \"fraction\": 1.0}}'")
+    # the backbone's data are looked for under this run's data root (a location, not hashed)
+    folder = runs.find_run("04_train", {**backbone_run, **({"data_dir": str(data_dir)} if data_dir else {})})
+    info = json.loads((folder / "params.json").read_text())
+    params = dict(info["params"])
+    if params["model"] != model:
+        raise ValueError(f"backbone_run={dict(backbone_run)} is a {params['model']} run; this run trains "
+                         f"{model}: the architectures must match")
+    if params["dataset"] == dataset:
+        raise ValueError(f"backbone_run={dict(backbone_run)} was trained on {dataset} itself: its training "
+                         "split holds other seeds' test images; pretrain on another dataset")
+    ckpt = checkpoint_folder(folder, data_dir=data_dir) / training.CHECKPOINT_DIR / "best.pt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["model"]
+    digest = hashlib.sha256()
+    for k in sorted(state):
+        digest.update(k.encode())
+        digest.update(state[k].detach().cpu().contiguous().numpy().tobytes())
+    metrics = json.loads((folder / "metrics.json").read_text())
+    shown = {k: params[k] for k in ("dataset", "model", "coreset", "fraction", "seed", "image_size")}
+    description = (f"in-project pretrained: 04 run {runs.shown_path(folder)} {json.dumps(shown, sort_keys=True)}, "
+                   f"test accuracy {metrics['test_accuracy']:.4f}")
+    return Backbone(folder, ckpt, params, f"bb{runs.params_hash(params)}", description,
+                    digest.hexdigest()[:16])
