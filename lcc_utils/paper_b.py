@@ -879,7 +879,7 @@ def _full_curves(ev: ClaimEvidence, key: str = "lightweight_cnn") -> tuple[list[
     ran = [int(h.epoch.max()) for h in hs]
     early = [bool(r.details.get("stopped_early", True)) for r in rs]
     if any(early) or min(ran) < MIN_CURVE_EPOCHS:
-        why = "stopped early" if any(early) else "ran"
+        why = "stopped early" if any(early) else "ended"
         return hs, Answer(f"CNN runs {why} at epoch {'/'.join(map(str, ran))}: a curve claim needs runs of "
                           f">= {MIN_CURVE_EPOCHS} epochs without early stopping", "", "not testable here",
                           "training curves (needs full-length runs)")
