@@ -26,9 +26,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
-from statsmodels.stats.contingency_tables import mcnemar as _sm_mcnemar
-from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.weightstats import ttost_paired
 
 from lcc_utils.constants import PAPER_B_NDVI_BINS
 
@@ -104,6 +101,21 @@ def _as_seed_preds(preds: Sequence | np.ndarray, n: int, name: str) -> np.ndarra
     return p.astype(np.int64)
 
 
+def _statsmodels(module: str, name: str):
+    """``statsmodels.<module>.<name>``, imported when a test runs.
+
+    Importing lcc_utils (the training notebooks, the mapping) does not need statsmodels; only the
+    statistics do, and a missing install then says how to get it.
+    """
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(f"statsmodels.{module}"), name)
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError("the statistics need statsmodels (requirements.lock: statsmodels==0.14.6); "
+                                  "run `make setup` or `pip install -r requirements.lock`") from e
+
+
 def _check_n_boot(n_boot: int) -> int:
     if n_boot < 100:
         raise ValueError(f"n_boot={n_boot}: use at least 100 bootstrap resamples")
@@ -117,7 +129,7 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     out = np.full_like(p, np.nan)
     ok = ~np.isnan(p)
     if ok.any():
-        out[ok] = multipletests(p[ok], method="holm")[1]
+        out[ok] = _statsmodels("stats.multitest", "multipletests")(p[ok], method="holm")[1]
     return out
 
 
@@ -154,7 +166,7 @@ def equivalence_test(x_a: Sequence[float] | np.ndarray, x_b: Sequence[float] | n
     d = a - b
     if np.ptp(d) == 0:
         return 0.0 if -margin < d[0] < margin else 1.0
-    return float(ttost_paired(a, b, -margin, margin)[0])
+    return float(_statsmodels("stats.weightstats", "ttost_paired")(a, b, -margin, margin)[0])
 
 
 # --------------------------------------------------------------------------- McNemar (patch level)
@@ -195,7 +207,7 @@ def mcnemar(
     if b + c == 0:
         return {"b": 0, "c": 0, "statistic": 0.0, "p_value": 1.0, "method": method}
     table = [[int(np.sum(ok_a & ok_b)), b], [c, int(np.sum(~ok_a & ~ok_b))]]
-    res = _sm_mcnemar(table, exact=use_exact, correction=True)
+    res = _statsmodels("stats.contingency_tables", "mcnemar")(table, exact=use_exact, correction=True)
     return {"b": b, "c": c, "statistic": float(res.statistic), "p_value": min(float(res.pvalue), 1.0),
             "method": method}
 
