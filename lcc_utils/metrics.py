@@ -1,10 +1,12 @@
-"""Paper B's evaluation: accuracy metrics, McNemar's test, NDVI-binned errors, model cost.
+"""Paper B's evaluation: accuracy metrics, confusion matrices, NDVI-binned errors, model cost.
 
 Paper B reports overall accuracy (OA), Cohen's kappa, per-class precision /
 recall / F1, a confusion matrix, a McNemar test between models and an error
-analysis binned by NDVI. Every number here is computed with scikit-learn or
-scipy on the *same* test patches for every model, so the paired McNemar test
-is valid. Paper B states "p > 0.05" without showing the test; we compute it.
+analysis binned by NDVI. The accuracy measures here are computed with scikit-learn
+on the *same* test patches for every model. How sure we are of them (McNemar, the
+paired tests at the image level, equivalence tests, Holm, the bootstrap intervals)
+is :mod:`lcc_utils.stats`; the names that used to live here still resolve, with a
+DeprecationWarning.
 
 Model cost helpers (parameter count, FLOPs, CPU time per patch) live here too
 because they are model-agnostic and the evaluation tables report them.
@@ -13,9 +15,8 @@ because they are model-agnostic and the evaluation tables report them.
 from __future__ import annotations
 
 import copy
-import itertools
-import math
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -27,55 +28,22 @@ from matplotlib.figure import Figure
 from scipy import stats
 from sklearn.metrics import classification_report, cohen_kappa_score, confusion_matrix
 
+from lcc_utils import stats as _stats
 from lcc_utils.constants import PAPER_B_NDVI_BINS, PAPER_B_RESULTS
+from lcc_utils.stats import _check_pair
 
-#: Below this many discordant pairs (b + c) McNemar uses the exact binomial test.
-#: 25 is the usual textbook rule (the chi-square approximation is poor for small b + c).
-MCNEMAR_EXACT_BELOW = 25
-
-
-# --------------------------------------------------------------------------- input checks
-def _as_labels(
-    y: Sequence[int] | np.ndarray, name: str, n_classes: int | None = None
-) -> np.ndarray:
-    arr = np.asarray(y)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array of class indices, got shape {arr.shape}")
-    if arr.size == 0:
-        raise ValueError(f"{name} is empty: nothing to evaluate")
-    if not np.issubdtype(arr.dtype, np.integer):
-        if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(
-            arr == np.round(arr)
-        ):
-            arr = arr.astype(np.int64)
-        else:
-            raise ValueError(f"{name} must hold integer class indices, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64)
-    if n_classes is not None and (arr.min() < 0 or arr.max() >= n_classes):
-        raise ValueError(
-            f"{name} holds class index {int(arr.min()) if arr.min() < 0 else int(arr.max())} "
-            f"outside 0..{n_classes - 1} (classes has {n_classes} entries)"
-        )
-    return arr
+#: Statistics that moved to :mod:`lcc_utils.stats` (issue 22); ``metrics.<name>`` still resolves.
+MOVED_TO_STATS = ("MCNEMAR_EXACT_BELOW", "mcnemar", "pairwise_mcnemar", "paired_difference", "holm",
+                  "cluster_bootstrap", "cluster_paired_test", "pairwise_cluster_tests", "binned_error_rates",
+                  "range_error_contrast")
 
 
-def _check_pair(
-    y_true: Sequence[int] | np.ndarray,
-    y_pred: Sequence[int] | np.ndarray,
-    classes: Sequence[str] | None = None,
-    pred_name: str = "y_pred",
-) -> tuple[np.ndarray, np.ndarray]:
-    n = None if classes is None else len(classes)
-    if classes is not None and n == 0:
-        raise ValueError("classes is empty")
-    t = _as_labels(y_true, "y_true", n)
-    p = _as_labels(y_pred, pred_name, n)
-    if t.shape != p.shape:
-        raise ValueError(
-            f"y_true has {t.size} labels but {pred_name} has {p.size}: "
-            "predictions must be for the same test patches"
-        )
-    return t, p
+def __getattr__(name: str):  # PEP 562: the old home of the statistics forwards to the new one
+    if name in MOVED_TO_STATS:
+        warnings.warn(f"lcc_utils.metrics.{name} moved to lcc_utils.stats.{name}", DeprecationWarning,
+                      stacklevel=2)
+        return getattr(_stats, name)
+    raise AttributeError(f"module 'lcc_utils.metrics' has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------- accuracy
@@ -191,91 +159,6 @@ def plot_confusion(cm: pd.DataFrame, normalize: bool = True, title: str | None =
     return fig
 
 
-# --------------------------------------------------------------------------- McNemar
-def mcnemar(
-    y_true: Sequence[int] | np.ndarray,
-    pred_a: Sequence[int] | np.ndarray,
-    pred_b: Sequence[int] | np.ndarray,
-    exact: bool | None = None,
-) -> dict:
-    """McNemar's test of whether two classifiers err equally often on the same test patches.
-
-    Only the discordant patches count: ``b`` = A right and B wrong, ``c`` = A wrong and
-    B right. Under H0 (equal error rates) ``b ~ Binomial(b + c, 0.5)``.
-
-    Args:
-        y_true: reference labels of the shared test patches.
-        pred_a: predictions of model A on those patches.
-        pred_b: predictions of model B on those patches.
-        exact: ``True`` -> exact two-sided binomial test (scipy ``binomtest``);
-            ``False`` -> chi-square with Edwards' continuity correction,
-            ``(|b - c| - 1)^2 / (b + c)`` with 1 degree of freedom; ``None`` (default)
-            -> exact when ``b + c < 25``, else chi-square.
-
-    Returns:
-        ``b``, ``c``, ``statistic`` (``min(b, c)`` for the exact test, as statsmodels
-        reports it; the chi-square value otherwise), ``p_value`` and ``method``.
-        With no discordant pair (``b + c == 0``) the models agree everywhere: p = 1.
-
-    """
-    t, a = _check_pair(y_true, pred_a, pred_name="pred_a")
-    _, bb = _check_pair(y_true, pred_b, pred_name="pred_b")
-    if exact is not None and not isinstance(exact, bool):
-        raise ValueError(f"exact must be True, False or None, got {exact!r}")
-    ok_a, ok_b = a == t, bb == t
-    b = int(np.sum(ok_a & ~ok_b))
-    c = int(np.sum(~ok_a & ok_b))
-    n_disc = b + c
-    use_exact = (n_disc < MCNEMAR_EXACT_BELOW) if exact is None else exact
-    if n_disc == 0:
-        return {"b": 0, "c": 0, "statistic": 0.0, "p_value": 1.0,
-                "method": "exact binomial" if use_exact else "chi-square (continuity corrected)"}
-    if use_exact:
-        p = float(stats.binomtest(b, n_disc, 0.5, alternative="two-sided").pvalue)
-        return {"b": b, "c": c, "statistic": float(min(b, c)), "p_value": min(p, 1.0),
-                "method": "exact binomial"}
-    stat = (abs(b - c) - 1.0) ** 2 / n_disc
-    p = float(stats.chi2.sf(stat, df=1))
-    return {"b": b, "c": c, "statistic": float(stat), "p_value": p,
-            "method": "chi-square (continuity corrected)"}
-
-
-def pairwise_mcnemar(
-    y_true: Sequence[int] | np.ndarray,
-    preds: Mapping[str, Sequence[int] | np.ndarray],
-    alpha: float = 0.05,
-    exact: bool | None = None,
-) -> pd.DataFrame:
-    """McNemar's test for every pair of models evaluated on the same test patches.
-
-    Args:
-        y_true: reference labels.
-        preds: model name -> predictions (all on the same patches, same order).
-        alpha: significance level for the ``significant`` column (no multiple-testing
-            correction; the raw p-values are reported so a reader can apply one).
-        exact: see :func:`mcnemar`.
-
-    Returns:
-        One row per unordered pair (in ``preds`` order): ``model_a``, ``model_b``,
-        ``oa_a``, ``oa_b``, ``b``, ``c``, ``statistic``, ``p_value``, ``method``,
-        ``significant``.
-
-    """
-    if len(preds) < 2:
-        raise ValueError(f"preds needs at least two models for a pairwise test, got {list(preds)}")
-    t = _as_labels(y_true, "y_true")
-    rows = []
-    for (na, pa), (nb, pb) in itertools.combinations(preds.items(), 2):
-        res = mcnemar(t, pa, pb, exact=exact)
-        rows.append({
-            "model_a": na, "model_b": nb,
-            "oa_a": float(np.mean(np.asarray(pa) == t)),
-            "oa_b": float(np.mean(np.asarray(pb) == t)),
-            **res, "significant": bool(res["p_value"] < alpha),
-        })
-    return pd.DataFrame(rows)
-
-
 # --------------------------------------------------------------------------- NDVI errors
 def ndvi_binned_errors(
     ndvi: Sequence[float] | np.ndarray,
@@ -298,7 +181,7 @@ def ndvi_binned_errors(
         (NaN for an empty bin) and its 95 % Wilson interval ``ci95_lo`` / ``ci95_hi``.
         Counts sum to the number of patches. The Wilson interval treats patches as
         independent; where patches share a source image it is too narrow (use
-        :func:`cluster_bootstrap` at the image level for an honest interval).
+        :func:`lcc_utils.stats.binned_error_rates` at the image level for an honest interval).
 
     Raises:
         ValueError: on NaN NDVI or an NDVI outside the bin edges (never dropped silently).
@@ -521,322 +404,3 @@ def cpu_latency_per_patch(
             if i >= warmup:
                 times.append(dt)
     return float(np.median(times) / batch_size * 1000.0)
-
-
-def paired_difference(diffs: np.ndarray) -> tuple[float, float, float, float]:
-    """Mean of paired differences, its 95 % t-interval and the paired t-test p-value.
-
-    The unit is the pair (e.g. one seed shared by two methods). Fewer than 2 pairs give NaN
-    interval and p; identical differences give a zero-width interval.
-    """
-    d = np.asarray(diffs, dtype=float)
-    if len(d) < 2:
-        return (float(d.mean()) if len(d) else float("nan")), float("nan"), float("nan"), float("nan")
-    mean, se = d.mean(), d.std(ddof=1) / math.sqrt(len(d))
-    if se == 0:
-        return float(mean), float(mean), float(mean), (1.0 if mean == 0 else 0.0)
-    half = stats.t.ppf(0.975, len(d) - 1) * se
-    p = 2 * stats.t.sf(abs(mean / se), len(d) - 1)
-    return float(mean), float(mean - half), float(mean + half), float(p)
-
-
-def holm(pvalues: Sequence[float]) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values (NaN stays NaN and does not count as a test)."""
-    p = np.asarray(pvalues, dtype=float)
-    out = np.full_like(p, np.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    order = ok[np.argsort(p[ok], kind="stable")]
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(order) - rank) * p[i]))
-        out[i] = running
-    return out
-
-
-# --------------------------------------------------------------------------- tests at the cluster level
-def _cluster_codes(clusters: Sequence | np.ndarray, n: int) -> tuple[np.ndarray, int]:
-    g = np.asarray(clusters)
-    if g.ndim != 1 or len(g) != n:
-        raise ValueError(f"clusters must give one cluster id per test patch ({n}), got shape {g.shape}")
-    codes, uniq = pd.factorize(pd.Series(g), sort=True)
-    return codes.astype(np.int64), len(uniq)
-
-
-def _as_seed_preds(preds: Sequence | np.ndarray, n: int, name: str) -> np.ndarray:
-    p = np.asarray(preds)
-    p = p[None, :] if p.ndim == 1 else p
-    if p.ndim != 2 or p.shape[1] != n:
-        raise ValueError(f"{name} must be (n_seeds, {n}) or ({n},) predictions, got shape {p.shape}")
-    return p.astype(np.int64)
-
-
-def _confusion_metrics(cm: np.ndarray) -> dict[str, np.ndarray]:
-    """OA, kappa and macro P / R / F1 of confusion matrices ``(..., C, C)`` (rows = reference)."""
-    cm = cm.astype(np.float64)
-    n = cm.sum(axis=(-2, -1))
-    diag = np.diagonal(cm, axis1=-2, axis2=-1)
-    rows, cols = cm.sum(-1), cm.sum(-2)
-    oa = diag.sum(-1) / n
-    pe = (rows * cols).sum(-1) / n**2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        kappa = np.where(pe < 1, (oa - pe) / (1 - pe), 0.0)
-        prec = np.where(cols > 0, diag / cols, 0.0)  # sklearn's zero_division=0
-        rec = np.where(rows > 0, diag / rows, 0.0)
-        f1 = np.where(prec + rec > 0, 2 * prec * rec / (prec + rec), 0.0)
-    present = rows > 0  # macro over the classes present in the reference, as sklearn's labels
-    k = present.sum(-1)
-    return {"oa": oa, "kappa": kappa, "macro_precision": (prec * present).sum(-1) / k,
-            "macro_recall": (rec * present).sum(-1) / k, "macro_f1": (f1 * present).sum(-1) / k}
-
-
-def cluster_bootstrap(
-    y_true: Sequence[int] | np.ndarray,
-    preds: Sequence | np.ndarray,
-    clusters: Sequence | np.ndarray,
-    n_classes: int,
-    n_boot: int = 2000,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Accuracy measures of one model with 95 % cluster-bootstrap intervals.
-
-    Test patches that share a source image (EuroSAT: the four quadrants of one image) or a
-    spatial block are not independent. The bootstrap resamples whole ``clusters`` with
-    replacement (percentile interval), so the interval describes the independent unit.
-    ``preds`` may hold one row per training seed: each statistic is the mean over seeds,
-    resampled with the same clusters for every seed.
-
-    Returns:
-        One row per measure (``oa``, ``kappa``, ``macro_precision``, ``macro_recall``,
-        ``macro_f1``): ``estimate`` (seed mean), ``seed_std`` (ddof=1, NaN for one seed),
-        ``ci95_lo``, ``ci95_hi``, ``n_clusters``.
-
-    """
-    t = _as_labels(y_true, "y_true", n_classes)
-    p = _as_seed_preds(preds, len(t), "preds")
-    if p.min() < 0 or p.max() >= n_classes:
-        raise ValueError(f"preds hold class indices outside 0..{n_classes - 1}")
-    codes, k = _cluster_codes(clusters, len(t))
-    if n_boot < 100:
-        raise ValueError(f"n_boot={n_boot}: use at least 100 bootstrap resamples")
-    c = int(n_classes)
-    # per seed and cluster, the confusion counts: (S, K, C, C)
-    flat = (codes[None, :] * c + t[None, :]) * c + p
-    cm = np.stack([np.bincount(f, minlength=k * c * c) for f in flat]).reshape(len(p), k, c, c)
-    point = _confusion_metrics(cm.sum(1))  # (S,)
-    rng = np.random.default_rng(seed)
-    w = np.stack([np.bincount(rng.integers(0, k, k), minlength=k) for _ in range(int(n_boot))])
-    boot = _confusion_metrics(np.einsum("bk,skij->bsij", w, cm))  # (B, S)
-    rows = []
-    for m, v in point.items():
-        b = boot[m].mean(axis=1)
-        rows.append({"measure": m, "estimate": float(v.mean()),
-                     "seed_std": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
-                     "ci95_lo": float(np.quantile(b, 0.025)), "ci95_hi": float(np.quantile(b, 0.975)),
-                     "n_clusters": k})
-    return pd.DataFrame(rows).set_index("measure")
-
-
-def cluster_paired_test(
-    y_true: Sequence[int] | np.ndarray,
-    preds_a: Sequence | np.ndarray,
-    preds_b: Sequence | np.ndarray,
-    clusters: Sequence | np.ndarray,
-    n_boot: int = 2000,
-    seed: int = 0,
-) -> dict:
-    """Paired comparison of two models at the level of the independent unit (a cluster).
-
-    Each cluster (source image or spatial block) gets the difference of the two models'
-    accuracy on its patches, averaged over training seeds (rows of ``preds_*``). Two
-    answers, both at the cluster level:
-
-    * a **sign test** (exact two-sided binomial on the clusters where one model is better;
-      ties dropped): McNemar's idea with the cluster as the unit;
-    * a **cluster bootstrap** 95 % percentile interval of the OA difference A - B
-      (whole clusters resampled with replacement).
-
-    Returns:
-        ``oa_a``, ``oa_b`` (seed means), ``diff_pp`` (A - B, percentage points),
-        ``ci95_lo_pp``, ``ci95_hi_pp``, ``n_clusters``, ``clusters_a_better``,
-        ``clusters_b_better``, ``sign_p``.
-
-    """
-    t = _as_labels(y_true, "y_true")
-    a = _as_seed_preds(preds_a, len(t), "preds_a")
-    b = _as_seed_preds(preds_b, len(t), "preds_b")
-    codes, k = _cluster_codes(clusters, len(t))
-    d = ((a == t).mean(0) - (b == t).mean(0))  # per patch, seed-averaged
-    s = np.bincount(codes, weights=d, minlength=k)
-    n = np.bincount(codes, minlength=k).astype(float)
-    per_cluster = s / n
-    better_a, better_b = int(np.sum(per_cluster > 1e-12)), int(np.sum(per_cluster < -1e-12))
-    sign_p = (float(stats.binomtest(better_a, better_a + better_b, 0.5).pvalue)
-              if better_a + better_b else 1.0)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, k, size=(int(n_boot), k))
-    boot = s[idx].sum(1) / n[idx].sum(1)
-    return {"oa_a": float((a == t).mean()), "oa_b": float((b == t).mean()),
-            "diff_pp": 100 * float(d.mean()),
-            "ci95_lo_pp": 100 * float(np.quantile(boot, 0.025)),
-            "ci95_hi_pp": 100 * float(np.quantile(boot, 0.975)),
-            "n_clusters": k, "clusters_a_better": better_a, "clusters_b_better": better_b,
-            "sign_p": min(sign_p, 1.0)}
-
-
-def pairwise_cluster_tests(
-    y_true: Sequence[int] | np.ndarray,
-    preds: Mapping[str, Sequence | np.ndarray],
-    clusters: Sequence | np.ndarray,
-    alpha: float = 0.05,
-    n_boot: int = 2000,
-    seed: int = 0,
-    pairs: Sequence[tuple[str, str]] | None = None,
-) -> pd.DataFrame:
-    """:func:`cluster_paired_test` for every pair (or the given ``pairs``), Holm-corrected.
-
-    The sign-test p-values are adjusted with Holm's step-down method over all the pairs in
-    the table; ``significant_holm`` is ``p_holm < alpha``. Beside them, labelled as such,
-    the **patch-level** McNemar p-value (median over seeds): it treats correlated patches as
-    independent and is kept only for comparison with paper B's unit.
-    """
-    if len(preds) < 2:
-        raise ValueError(f"preds needs at least two models for a pairwise test, got {list(preds)}")
-    names = list(preds)
-    pairs = list(itertools.combinations(names, 2)) if pairs is None else list(pairs)
-    unknown = sorted({m for pr in pairs for m in pr} - set(names))
-    if unknown:
-        raise ValueError(f"pairs name models {unknown} that are not in preds ({names})")
-    t = _as_labels(y_true, "y_true")
-    rows = []
-    for na, nb in pairs:
-        res = cluster_paired_test(t, preds[na], preds[nb], clusters, n_boot=n_boot, seed=seed)
-        pa = _as_seed_preds(preds[na], len(t), na)
-        pb = _as_seed_preds(preds[nb], len(t), nb)
-        patch_p = [mcnemar(t, x, y)["p_value"] for x, y in zip(pa, pb, strict=False)]
-        rows.append({"model_a": na, "model_b": nb, **res,
-                     "patch_level_mcnemar_p": float(np.median(patch_p))})
-    df = pd.DataFrame(rows)
-    df.insert(df.columns.get_loc("sign_p") + 1, "sign_p_holm", holm(df["sign_p"].to_numpy()))
-    df.insert(df.columns.get_loc("sign_p_holm") + 1, "significant_holm", df["sign_p_holm"] < alpha)
-    return df
-
-
-def _edges(bins: Sequence[float]) -> np.ndarray:
-    edges = np.asarray(bins, dtype=np.float64)
-    if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
-        raise ValueError(f"bins must be at least two strictly increasing edges, got {bins}")
-    return edges
-
-
-def binned_error_rates(
-    values: Sequence[float] | np.ndarray,
-    y_true: Sequence[int] | np.ndarray,
-    preds: Sequence | np.ndarray,
-    clusters: Sequence | np.ndarray,
-    bins: Sequence[float] = PAPER_B_NDVI_BINS,
-    n_boot: int = 2000,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Error rate per bin of ``values`` (e.g. patch NDVI), seed mean, with a cluster-bootstrap CI.
-
-    Bins are left-closed ``[lo, hi)``, the last closed. Within each bin the clusters (source
-    images) holding its patches are resampled with replacement; the 95 % percentile interval
-    of the seed-mean error rate is ``ci95_lo`` / ``ci95_hi`` (NaN for an empty bin; a bin
-    with a single cluster gets a zero-width interval, which says nothing).
-
-    Returns:
-        One row per bin: ``bin``, ``lo``, ``hi``, ``n`` (patches), ``n_clusters``,
-        ``n_wrong`` (seed mean), ``error_rate`` (seed mean), ``seed_std``, ``ci95_lo``,
-        ``ci95_hi``, ``share_of_errors`` (this bin's share of all errors, seed mean).
-
-    """
-    t = _as_labels(y_true, "y_true")
-    p = _as_seed_preds(preds, len(t), "preds")
-    v = np.asarray(values, dtype=np.float64)
-    if v.shape != t.shape or not np.all(np.isfinite(v)):
-        raise ValueError(f"values must be {len(t)} finite numbers, one per test patch")
-    edges = _edges(bins)
-    if v.min() < edges[0] or v.max() > edges[-1]:
-        raise ValueError(f"values lie outside the bin edges [{edges[0]}, {edges[-1]}] "
-                         f"(min {v.min():.3f}, max {v.max():.3f})")
-    codes, _ = _cluster_codes(clusters, len(t))
-    idx = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, edges.size - 2)
-    wrong = (p != t).astype(np.float64)  # (S, n)
-    total_wrong = wrong.sum(1)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for k in range(edges.size - 1):
-        m = idx == k
-        n = int(m.sum())
-        close = "]" if k == edges.size - 2 else ")"
-        row = {"bin": f"[{edges[k]:.2f}, {edges[k + 1]:.2f}{close}", "lo": float(edges[k]),
-               "hi": float(edges[k + 1]), "n": n, "n_clusters": 0, "n_wrong": 0.0,
-               "error_rate": float("nan"), "seed_std": float("nan"), "ci95_lo": float("nan"),
-               "ci95_hi": float("nan"), "share_of_errors": 0.0}
-        if n:
-            w = wrong[:, m]
-            rates = w.mean(1)
-            c, kk = pd.factorize(pd.Series(codes[m]))
-            s = np.bincount(c, weights=w.mean(0), minlength=len(kk))
-            cnt = np.bincount(c, minlength=len(kk)).astype(float)
-            draw = rng.integers(0, len(kk), size=(int(n_boot), len(kk)))
-            boot = s[draw].sum(1) / cnt[draw].sum(1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                share = np.where(total_wrong > 0, w.sum(1) / total_wrong, 0.0)
-            row.update({"n_clusters": len(kk), "n_wrong": float(w.sum(1).mean()),
-                        "error_rate": float(rates.mean()),
-                        "seed_std": float(rates.std(ddof=1)) if len(rates) > 1 else float("nan"),
-                        "ci95_lo": float(np.quantile(boot, 0.025)),
-                        "ci95_hi": float(np.quantile(boot, 0.975)),
-                        "share_of_errors": float(share.mean())})
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def range_error_contrast(
-    values: Sequence[float] | np.ndarray,
-    y_true: Sequence[int] | np.ndarray,
-    preds: Sequence | np.ndarray,
-    clusters: Sequence | np.ndarray,
-    lo: float,
-    hi: float,
-    n_boot: int = 2000,
-    seed: int = 0,
-) -> dict:
-    """Do errors concentrate in ``[lo, hi)`` of ``values``? Error rate inside vs outside.
-
-    The difference of the two error rates (inside - outside, percentage points, seed mean)
-    gets a cluster-bootstrap 95 % CI (whole clusters resampled); ``share_of_errors_in`` vs
-    ``share_of_patches_in`` says whether the range holds more than its share of the errors.
-    """
-    t = _as_labels(y_true, "y_true")
-    p = _as_seed_preds(preds, len(t), "preds")
-    v = np.asarray(values, dtype=np.float64)
-    if v.shape != t.shape:
-        raise ValueError(f"values must hold one number per test patch ({len(t)})")
-    if not lo < hi:
-        raise ValueError(f"range ({lo}, {hi}) must have lo < hi")
-    inside = (v >= lo) & (v < hi)
-    if not inside.any() or inside.all():
-        return {"n_in": int(inside.sum()), "n_out": int((~inside).sum()), "rate_in": float("nan"),
-                "rate_out": float("nan"), "diff_pp": float("nan"), "ci95_lo_pp": float("nan"),
-                "ci95_hi_pp": float("nan"), "share_of_errors_in": float("nan"),
-                "share_of_patches_in": float(inside.mean())}
-    codes, k = _cluster_codes(clusters, len(t))
-    wrong = (p != t).astype(np.float64).mean(0)  # seed-mean error per patch
-    w_in = np.bincount(codes, weights=wrong * inside, minlength=k)
-    n_in = np.bincount(codes, weights=inside.astype(float), minlength=k)
-    w_out = np.bincount(codes, weights=wrong * ~inside, minlength=k)
-    n_out = np.bincount(codes, weights=(~inside).astype(float), minlength=k)
-    rng = np.random.default_rng(seed)
-    draw = rng.integers(0, k, size=(int(n_boot), k))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        boot = w_in[draw].sum(1) / n_in[draw].sum(1) - w_out[draw].sum(1) / n_out[draw].sum(1)
-    boot = boot[np.isfinite(boot)]
-    rate_in, rate_out = float(wrong[inside].mean()), float(wrong[~inside].mean())
-    return {"n_in": int(inside.sum()), "n_out": int((~inside).sum()), "rate_in": rate_in,
-            "rate_out": rate_out, "diff_pp": 100 * (rate_in - rate_out),
-            "ci95_lo_pp": 100 * float(np.quantile(boot, 0.025)),
-            "ci95_hi_pp": 100 * float(np.quantile(boot, 0.975)),
-            "share_of_errors_in": float(wrong[inside].sum() / wrong.sum()) if wrong.sum() else float("nan"),
-            "share_of_patches_in": float(inside.mean())}

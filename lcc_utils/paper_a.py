@@ -30,7 +30,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from torch import nn
 
-from lcc_utils import coresets, data, metrics, models, runs, training
+from lcc_utils import coresets, data, models, runs, stats, training
 from lcc_utils.compression import ADAPTIVE_METHODS
 from lcc_utils.constants import (
     EUROSAT_CLASSES,
@@ -522,7 +522,7 @@ def table1(runs_df: pd.DataFrame, paper: pd.DataFrame | None = None,
             shared = sorted(set(cell.index) & set(rand.index))
             if name != "random" and fraction < 1.0 and shared:
                 d = cell.loc[shared].to_numpy() - rand.loc[shared].to_numpy()
-                mean, lo, hi, p = metrics.paired_difference(d)
+                mean, lo, hi, p = stats.paired_difference(d)
                 row.update(diff_vs_random=mean, ci_low=lo, ci_high=hi, p=p,
                            wins=f"{int((d > 0).sum())}/{len(d)}")
             k = (num_classes or {}).get(dataset)
@@ -537,7 +537,7 @@ def table1(runs_df: pd.DataFrame, paper: pd.DataFrame | None = None,
             out[col] = np.nan
     out["p_holm"] = np.nan
     for _, idx in out.groupby(["model", "dataset", "regime"]).groups.items():
-        out.loc[idx, "p_holm"] = metrics.holm(out.loc[idx, "p"].to_numpy(dtype=float))
+        out.loc[idx, "p_holm"] = stats.holm(out.loc[idx, "p"].to_numpy(dtype=float))
     if paper is not None:
         out = _with_paper(out, paper)
     return out
@@ -642,7 +642,7 @@ def pretraining_gain(runs_df: pd.DataFrame, metric: str = "test_accuracy") -> pd
         if not shared:
             continue
         d = pre.loc[shared].to_numpy() - scr.loc[shared].to_numpy()
-        mean, lo, hi, p = metrics.paired_difference(d)
+        mean, lo, hi, p = stats.paired_difference(d)
         rows.append({"model": model, "dataset": dataset, "coreset": coreset, "fraction": fraction,
                      "budget": budget, "n_seeds": len(shared), "pretrained_mean": float(pre.loc[shared].mean()),
                      "scratch_mean": float(scr.loc[shared].mean()), "gain": mean, "ci_low": lo,
@@ -933,7 +933,7 @@ def table2_over_seeds(results: pd.DataFrame, paper: pd.DataFrame | None = None) 
     rows = []
     for key, g in t2.groupby(group + ["method", "setting"], sort=False):
         fp32 = base.reindex([(*key[:4], s) for s in g["seed"]]).to_numpy()
-        mean_d, low, high, p = metrics.paired_difference(g["accuracy"].to_numpy() - fp32)
+        mean_d, low, high, p = stats.paired_difference(g["accuracy"].to_numpy() - fp32)
         first = g.iloc[0]
         rows.append({**dict(zip(group + ["method", "setting"], key, strict=True)),
                      "n_seeds": len(g), "seeds": " ".join(str(s) for s in sorted(g["seed"])),
@@ -946,7 +946,7 @@ def table2_over_seeds(results: pd.DataFrame, paper: pd.DataFrame | None = None) 
     out = pd.DataFrame(rows)
     out["p_holm"] = np.nan
     for _, g in out.groupby(group, sort=False):
-        out.loc[g.index, "p_holm"] = metrics.holm(g["p"].to_numpy(dtype=float))
+        out.loc[g.index, "p_holm"] = stats.holm(g["p"].to_numpy(dtype=float))
     out = _method_order(out).sort_values(group + ["_order"], kind="stable")
     return out.drop(columns=["_order", "p"]).reset_index(drop=True)
 

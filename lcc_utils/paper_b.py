@@ -15,14 +15,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from lcc_utils import baselines, metrics
+from lcc_utils import baselines, metrics, stats
 from lcc_utils.constants import PAPER_B_ABLATION
 from lcc_utils.paths import atomic_write
 
@@ -490,18 +490,24 @@ def per_class(results: Mapping[str, Any]) -> pd.DataFrame:
 
 def accuracy_intervals(ps: Any, results: Mapping[str, Any], cluster: str = "image",
                        n_boot: int = 2000) -> pd.DataFrame:
-    """Each model's OA, kappa, macro P / R / F1: seed mean, seed std, cluster-bootstrap 95 % CI."""
+    """Each model's OA, kappa, macro P / R / F1: seed mean, seed std, two-stage bootstrap 95 % / 90 % CI.
+
+    The interval resamples the training seeds, then the ``cluster`` units (source images) within
+    each drawn seed (:func:`lcc_utils.stats.two_stage_bootstrap`): it carries the seed-to-seed
+    variation of the networks as well as the sampling of test images.
+    """
     y = _check_same_test(results)
     res = _as_seeds(results)
     first = next(iter(res.values()))[0]
     cl = clusters_of(ps, first.test_indices, cluster)
     frames = []
     for rs in res.values():
-        t = metrics.cluster_bootstrap(y, _preds(rs), cl, len(ps.classes), n_boot=n_boot).reset_index()
+        t = stats.two_stage_bootstrap(y, _preds(rs), cl, len(ps.classes), n_boot=n_boot).reset_index()
         t.insert(0, "model", rs[0].name)
         frames.append(t)
     out = pd.concat(frames, ignore_index=True)
     out["cluster"] = cluster
+    out["interval"] = f"two-stage bootstrap: seeds, then {cluster}s"
     return out
 
 
@@ -509,16 +515,19 @@ def model_tests(ps: Any, results: Mapping[str, Any], cluster: str = "image", alp
                 n_boot: int = 2000) -> pd.DataFrame:
     """Every pair of models tested at the independent unit, Holm-corrected over the pairs.
 
-    :func:`lcc_utils.metrics.pairwise_cluster_tests` with the test patches' source images
-    (``cluster="image"``) or spatial blocks as the unit, predictions averaged over seeds: a
-    sign test over the clusters, a cluster-bootstrap 95 % CI of the OA difference and,
-    labelled ``patch_level_mcnemar_p``, the (optimistic) patch-level McNemar p-value.
+    :func:`lcc_utils.stats.pairwise_cluster_tests` with the test patches' source images
+    (``cluster="image"``) or spatial blocks as the unit: a paired permutation test over the
+    clusters (per-cluster accuracy differences averaged over seeds; it decides
+    ``significant_holm``), the sign test beside it, a two-stage bootstrap 95 % / 90 % CI of the
+    OA difference (seeds, then clusters), an equivalence test with margin
+    ``stats.EQUIVALENCE_MARGIN_PP`` (``equivalent``) and, labelled ``patch_level_mcnemar_p``,
+    the (optimistic) patch-level McNemar p-value.
     """
     y = _check_same_test(results)
     res = _as_seeds(results)
     first = next(iter(res.values()))[0]
     cl = clusters_of(ps, first.test_indices, cluster)
-    out = metrics.pairwise_cluster_tests(y, {rs[0].name: _preds(rs) for rs in res.values()}, cl,
+    out = stats.pairwise_cluster_tests(y, {rs[0].name: _preds(rs) for rs in res.values()}, cl,
                                          alpha=alpha, n_boot=n_boot)
     out.insert(2, "unit", cluster)
     out.insert(3, "n_seeds", min(len(rs) for rs in res.values()))
@@ -536,7 +545,7 @@ def mcnemar_table(results: Mapping[str, Any]) -> pd.DataFrame:
     n = min(len(rs) for rs in res.values())
     frames = []
     for i in range(n):
-        t = metrics.pairwise_mcnemar(y, {rs[0].name: rs[i].y_pred for rs in res.values()})
+        t = stats.pairwise_mcnemar(y, {rs[0].name: rs[i].y_pred for rs in res.values()})
         t.insert(0, "seed", next(iter(res.values()))[i].details.get("seed", i))
         frames.append(t)
     out = pd.concat(frames, ignore_index=True)
@@ -564,7 +573,7 @@ def ndvi_errors(ps: Any, results: Mapping[str, Any], bins: Sequence[float] | Non
     """NDVI-binned error rates of every model (seed mean) with cluster-bootstrap 95 % CIs.
 
     Bins default to ``constants.PAPER_B_NDVI_BINS`` (edges at 0.15 and 0.25, paper B's
-    transitional range). Long table: ``model`` + :func:`metrics.binned_error_rates` columns.
+    transitional range). Long table: ``model`` + :func:`lcc_utils.stats.binned_error_rates` columns.
     """
     from lcc_utils.constants import PAPER_B_NDVI_BINS
 
@@ -575,7 +584,7 @@ def ndvi_errors(ps: Any, results: Mapping[str, Any], bins: Sequence[float] | Non
     cl = clusters_of(ps, first.test_indices, cluster)
     frames = []
     for rs in res.values():
-        t = metrics.binned_error_rates(v, y, _preds(rs), cl, bins=PAPER_B_NDVI_BINS if bins is None else bins,
+        t = stats.binned_error_rates(v, y, _preds(rs), cl, bins=PAPER_B_NDVI_BINS if bins is None else bins,
                                        n_boot=n_boot)
         t.insert(0, "model", rs[0].name)
         frames.append(t)
@@ -608,13 +617,36 @@ def flat_metrics(results: Mapping[str, Any]) -> dict[str, float]:
 # --------------------------------------------------------------------------- claims
 #: Paper B's own numbers, with its wording, beside the papers' texts (read, never retyped).
 PAPER_B_RESULTS_CSV = "paper_b_results.csv"
-#: Verdicts of the claims table. A threshold claim is "yes" when our 95 % CI lies on its
-#: side, "no" when it lies on the other, "undecided" when it spans the threshold; a point
-#: claim (a published OA) is "yes" when our CI contains it. Protocol rows say whether our
-#: protocol matches; "not testable" where we have no data for it.
-VERDICTS = ("yes", "no", "undecided", "same protocol", "differs", "not testable", "n/a")
+#: What the claims table is: our data are a proxy for paper B's (EuroSAT MS, L1C, scene labels,
+#: Europe; paper B: Dolj County, L2A, hand labels), so a verdict says whether paper B's number is
+#: consistent with what the proxy task shows, never whether paper B is right on its own data.
+CLAIMS_TITLE = ("Paper B's claims: consistency on a proxy task (EuroSAT MS L1C, scene labels), "
+                "not a replication on paper B's data")
+#: A claim about paper B's binary vegetation task, asked of a run of another task.
+NOT_APPLICABLE = "not applicable: 10-class task"
+#: Verdicts of the claims table (:data:`CLAIM_CHECKS` says which check gives which):
+#:
+#: * ``yes`` / ``no`` / ``undecided``: a threshold claim is "yes" when our 95 % interval lies on
+#:   its side, "no" on the other, "undecided" when it spans the threshold. A point claim (a
+#:   published OA or kappa) and a "comparable / no difference" claim need an **equivalence test**
+#:   (margin :data:`lcc_utils.stats.EQUIVALENCE_MARGIN_PP` = +-2 OA points) for "yes"; a difference
+#:   that is merely not significant is "undecided", never "yes".
+#: * ``same protocol`` / ``differs``: protocol rows.
+#: * ``not testable here``: the data to test it are not in this run (e.g. training curves of runs
+#:   that stopped early); :data:`NOT_APPLICABLE`: a binary-task claim in a 10-class run; ``n/a``:
+#:   the model or the 07 run the claim needs was not given.
+#: * ``not testable``: the wording of runs made before issue 22 (committed claims.csv files).
+VERDICTS = ("yes", "no", "undecided", "same protocol", "differs", "not testable here", NOT_APPLICABLE, "n/a",
+            "not testable")
 #: "Stabilized near X %": within this many points of X (our reading of "near").
 NEAR_PP = 2.0
+#: Kappa margin of a published kappa: 0.04 is 2 OA points on a balanced binary task (kappa = 2 OA - 1).
+KAPPA_MARGIN = 0.04
+#: Training-curve claims are read only from runs that trained at least this many epochs without
+#: early stopping: an early-stopped curve ends before the epochs paper B describes (20, 25).
+MIN_CURVE_EPOCHS = 30
+#: "Validation loss stable after epoch E": every later epoch within this fraction of epoch E's loss.
+STABLE_LOSS_REL = 0.10
 
 
 def paper_results(papers_dir: str | os.PathLike) -> pd.DataFrame:
@@ -650,16 +682,330 @@ def _num(v: str) -> float:
     return float(str(v).strip().rstrip("%"))
 
 
-def _point(est: float, lo: float, hi: float, claim: float) -> str:
-    return "yes" if lo <= claim <= hi else "no"
-
-
 def _above(lo: float, hi: float, t: float) -> str:
     return "yes" if lo > t else "no" if hi < t else "undecided"
 
 
 def _below(lo: float, hi: float, t: float) -> str:
     return "yes" if hi < t else "no" if lo > t else "undecided"
+
+
+def _equivalent_to(ci95: tuple[float, float], ci90: tuple[float, float], claim: float, margin: float) -> str:
+    """A published number: equivalent to ours, excluded by ours, or undecided.
+
+    "yes" if our 90 % CI lies within ``claim +- margin`` (TOST at 5 %), "no" if our 95 % CI
+    excludes it, else "undecided" (our interval is too wide to tell).
+    """
+    if claim - margin < ci90[0] and ci90[1] < claim + margin:
+        return "yes"
+    return "no" if not ci95[0] <= claim <= ci95[1] else "undecided"
+
+
+def _per_seed(ok: Sequence[bool]) -> str:
+    return "yes" if all(ok) else "no" if not any(ok) else "undecided"
+
+
+@dataclass
+class ClaimEvidence:
+    """What every claim check reads: one run's models (all seeds), their intervals and pairwise tests.
+
+    Attributes:
+        ps: The patch set the models were scored on.
+        results: ``{key: [ModelResult per seed]}``.
+        intervals: :func:`accuracy_intervals`, indexed by ``(model, measure)``.
+        tests: :func:`model_tests` (None with a single model).
+        ablation: Notebook 07's tables (:func:`load_ablation`) or None.
+        task: ``binary`` or ``multiclass``.
+        cluster: The independent unit of the intervals and tests.
+        n_boot: Bootstrap resamples.
+
+    """
+
+    ps: Any
+    results: dict[str, list[ModelResult]]
+    intervals: pd.DataFrame
+    tests: pd.DataFrame | None
+    ablation: Mapping[str, Any] | None
+    task: str
+    cluster: str = "image"
+    n_boot: int = 2000
+
+    @property
+    def unit(self) -> str:
+        """How the intervals were made, for the ``uncertainty`` column."""
+        n = len(next(iter(self.results.values())))
+        return f"two-stage bootstrap (seeds, then {self.cluster}s), {n} seeds"
+
+    def name(self, key: str) -> str:
+        """Paper B's name of model ``key``."""
+        return get_model_name(key)
+
+    def acc(self, key: str, measure: str, scale: float = 100.0) -> dict[str, float] | None:
+        """Seed mean, seed std and the 95 % / 90 % two-stage intervals of ``measure``, or None."""
+        if key not in self.results:
+            return None
+        r = self.intervals.loc[(self.name(key), measure)]
+        return {c: scale * float(r[c]) for c in ("estimate", "seed_std", "ci95_lo", "ci95_hi", "ci90_lo", "ci90_hi")}
+
+
+class Answer(NamedTuple):
+    """One claim's row: our number, its uncertainty, the verdict (a :data:`VERDICTS` value), what decided."""
+
+    ours: str
+    uncertainty: str
+    supported: str
+    test: str
+
+
+def _fmt(a: Mapping[str, float], d: int = 1) -> str:
+    return f"{a['estimate']:.{d}f} ± {a['seed_std']:.{d}f} (CI {a['ci95_lo']:.{d}f}-{a['ci95_hi']:.{d}f})"
+
+
+def _missing(key: str) -> Answer:
+    return Answer(f"{get_model_name(key)} not in this run's models", "", "n/a", "")
+
+
+def check_published_oa(ev: ClaimEvidence, value: str, key: str) -> Answer:
+    """A published OA: equivalent to ours within +-2 points? (TOST on the 90 % two-stage interval)."""
+    a = ev.acc(key, "oa")
+    if a is None:
+        return _missing(key)
+    m = stats.EQUIVALENCE_MARGIN_PP
+    v = _equivalent_to((a["ci95_lo"], a["ci95_hi"]), (a["ci90_lo"], a["ci90_hi"]), _num(value), m)
+    return Answer(f"{_fmt(a)} % (90 % CI {a['ci90_lo']:.1f}-{a['ci90_hi']:.1f})", ev.unit, v,
+                  f"equivalence to the published value, margin ±{m:g} pp (90 % interval, TOST)")
+
+
+def check_published_kappa(ev: ClaimEvidence, value: str, key: str = "lightweight_cnn") -> Answer:
+    """A published kappa: equivalent to ours within +-0.04 (:data:`KAPPA_MARGIN`)?"""
+    a = ev.acc(key, "kappa", 1.0)
+    if a is None:
+        return _missing(key)
+    v = _equivalent_to((a["ci95_lo"], a["ci95_hi"]), (a["ci90_lo"], a["ci90_hi"]), _num(value), KAPPA_MARGIN)
+    return Answer(_fmt(a, 3), ev.unit, v,
+                  f"equivalence to the published value, margin ±{KAPPA_MARGIN:g} (90 % interval, TOST)")
+
+
+def check_prf_min(ev: ClaimEvidence, value: str, key: str = "lightweight_cnn") -> Answer:
+    """Macro precision, recall and F1 all above a threshold: the lowest one's 95 % interval decides."""
+    if key not in ev.results:
+        return _missing(key)
+    vals = {m: ev.acc(key, m, 1.0) for m in ("macro_precision", "macro_recall", "macro_f1")}
+    worst = min(vals, key=lambda m: vals[m]["estimate"])
+    a = vals[worst]
+    txt = "; ".join(f"{m.split('_')[1]} {v['estimate']:.3f}" for m, v in vals.items())
+    return Answer(f"{txt}; lowest {worst.split('_')[1]} {_fmt(a, 3)}", ev.unit,
+                  _above(a["ci95_lo"], a["ci95_hi"], _num(value)), "threshold: 95 % interval of the lowest")
+
+
+def check_params_max(ev: ClaimEvidence, value: str, key: str = "lightweight_cnn") -> Answer:
+    """Fewer trainable parameters than the claim (an exact count of our network)."""
+    if key not in ev.results:
+        return _missing(key)
+    n = int(ev.results[key][0].cost["params"])
+    head = "" if ev.task == "binary" else f" ({len(ev.ps.classes)}-class head)"
+    return Answer(f"{n:,} parameters{head}", "exact (count)", "yes" if n < _num(value) else "no", "count")
+
+
+def check_literature_range(ev: ClaimEvidence, value: str, keys: Sequence[str] = ("random_forest", "svm")) -> Answer:
+    """OAs paper B cites from the literature: "yes" only when our 95 % interval lies inside the range."""
+    lo, hi = (float(v) for v in str(value).split("-"))
+    parts, verdicts = [], []
+    for key in keys:
+        a = ev.acc(key, "oa")
+        if a is None:
+            continue
+        parts.append(f"{ev.name(key)} {_fmt(a)} %")
+        verdicts.append("yes" if lo <= a["ci95_lo"] and a["ci95_hi"] <= hi
+                        else "no" if (a["ci95_hi"] < lo or a["ci95_lo"] > hi) else "undecided")
+    if not parts:
+        return Answer("RF / SVM not in this run's models", "", "n/a", "")
+    v = "yes" if all(x == "yes" for x in verdicts) else "no" if "no" in verdicts else "undecided"
+    return Answer("; ".join(parts) + " (paper B cites, does not run them)", ev.unit, v,
+                  "range: 95 % interval inside the cited range")
+
+
+def check_no_difference(ev: ClaimEvidence, value: str, key_a: str = "lightweight_cnn",
+                        key_b: str = "resnet18") -> Answer:
+    """"No difference" between two models: "yes" needs equivalence (±2 pp), not a large p-value.
+
+    "yes": equivalent and no significant difference; "no": a significant difference outside the
+    margin; "undecided" otherwise (neither shown, or a significant difference inside the margin).
+    """
+    if ev.tests is None or not {key_a, key_b} <= set(ev.results):
+        return Answer("needs both networks in this run", "", "n/a", "")
+    na, nb = ev.name(key_a), ev.name(key_b)
+    t = ev.tests
+    row = t[((t.model_a == na) & (t.model_b == nb)) | ((t.model_a == nb) & (t.model_b == na))].iloc[0]
+    sign = 1 if row.model_a == na else -1
+    d = sign * row.diff_pp
+    lo95, hi95 = sorted((sign * row.ci95_lo_pp, sign * row.ci95_hi_pp))
+    lo90, hi90 = sorted((sign * row.ci90_lo_pp, sign * row.ci90_hi_pp))
+    sig, eq = bool(row.significant_holm), bool(row.equivalent)
+    v = "yes" if eq and not sig else "no" if sig and not eq else "undecided"
+    txt = (f"OA {na} - {nb} = {d:+.1f} pp (95 % CI {lo95:+.1f} to {hi95:+.1f}, 90 % CI {lo90:+.1f} to {hi90:+.1f}); "
+           f"permutation p = {row.perm_p:.3g} (Holm over {len(t)} pairs {row.perm_p_holm:.3g}); equivalence "
+           f"±{row.margin_pp:g} pp: TOST p = {row.tost_p:.3g} (Holm {row.tost_p_holm:.3g}) -> "
+           f"{'equivalent' if eq else 'not shown'}; sign test p = {row.sign_p:.3g}; "
+           f"patch-level McNemar p = {row.patch_level_mcnemar_p:.3g} (not independent)")
+    return Answer(txt, f"{int(row.n_clusters)} source images, {ev.unit}", v,
+                  f"paired permutation test (Holm) + equivalence ±{row.margin_pp:g} pp (TOST and 90 % interval)")
+
+
+def check_error_range(ev: ClaimEvidence, value: str, key: str = "lightweight_cnn") -> Answer:
+    """Errors concentrate in an NDVI range: error rate inside minus outside, 95 % interval above 0?"""
+    if key not in ev.results:
+        return _missing(key)
+    lo, hi = (float(v) for v in str(value).split("-"))
+    first = ev.results[key][0]
+    c = stats.range_error_contrast(patch_ndvi(ev.ps, first.test_indices), first.y_true, _preds(ev.results[key]),
+                                   clusters_of(ev.ps, first.test_indices, ev.cluster), lo, hi, n_boot=ev.n_boot)
+    if not np.isfinite(c["diff_pp"]):
+        return Answer(f"{c['n_in']} test patches in [{lo}, {hi})", "", "not testable here", "")
+    txt = (f"CNN error rate in [{lo}, {hi}) {100 * c['rate_in']:.1f} % (n={c['n_in']}) vs "
+           f"{100 * c['rate_out']:.1f} % elsewhere: {c['diff_pp']:+.1f} pp (CI {c['ci95_lo_pp']:+.1f} to "
+           f"{c['ci95_hi_pp']:+.1f}); {100 * c['share_of_errors_in']:.0f} % of errors, "
+           f"{100 * c['share_of_patches_in']:.0f} % of patches")
+    return Answer(txt, ev.unit, _above(c["ci95_lo_pp"], c["ci95_hi_pp"], 0.0),
+                  "threshold: 95 % interval of the error-rate difference above 0")
+
+
+def _full_curves(ev: ClaimEvidence, key: str = "lightweight_cnn") -> tuple[list[pd.DataFrame], Answer | None]:
+    """The CNN's per-seed histories if every seed trained >= MIN_CURVE_EPOCHS epochs without early stopping."""
+    rs = ev.results.get(key, [])
+    hs = [r.history for r in rs if r.history is not None]
+    if not rs or len(hs) < len(rs):
+        return [], Answer("no training history (CNN not run)", "", "n/a", "")
+    ran = [int(h.epoch.max()) for h in hs]
+    early = [bool(r.details.get("stopped_early", True)) for r in rs]
+    if any(early) or min(ran) < MIN_CURVE_EPOCHS:
+        why = "stopped early" if any(early) else "ended"
+        return hs, Answer(f"CNN runs {why} at epoch {'/'.join(map(str, ran))}: a curve claim needs runs of "
+                          f">= {MIN_CURVE_EPOCHS} epochs without early stopping", "", "not testable here",
+                          "training curves (needs full-length runs)")
+    return hs, None
+
+
+def check_curve_above(ev: ClaimEvidence, value: str, epoch: int) -> Answer:
+    """"Over X % within the first E epochs": each seed's best validation accuracy in epochs 1-E."""
+    hs, skip = _full_curves(ev)
+    if skip:
+        return skip
+    acc = np.array([100 * h[h.epoch <= epoch].val_accuracy.max() for h in hs])
+    return Answer(f"CNN best val. accuracy in epochs 1-{epoch}: {acc.mean():.1f} % (min {acc.min():.1f})",
+                  "per seed", _per_seed(acc > _num(value)), "training curves, per seed")
+
+
+def check_curve_near(ev: ClaimEvidence, value: str, epoch: int) -> Answer:
+    """"Stabilised near X % by epoch E": every epoch from E on within :data:`NEAR_PP` of X, per seed."""
+    hs, skip = _full_curves(ev)
+    if skip:
+        return skip
+    dev = [np.abs(100 * h[h.epoch >= epoch].val_accuracy.to_numpy() - _num(value)) for h in hs]
+    ok = [bool(np.all(x <= NEAR_PP)) for x in dev]
+    v = "yes" if all(ok) else "no" if all(x.mean() > NEAR_PP for x in dev) else "undecided"
+    return Answer(f"CNN val. accuracy from epoch {epoch} on: at most {max(x.max() for x in dev):.1f} pp from "
+                  f"{_num(value):g} %", f"per seed; 'near' = within {NEAR_PP:g} pp", v, "training curves, per seed")
+
+
+def check_val_loss_stable(ev: ClaimEvidence, value: str) -> Answer:
+    """"Validation loss stable after epoch E": every later epoch within :data:`STABLE_LOSS_REL` of epoch E's."""
+    hs, skip = _full_curves(ev)
+    if skip:
+        return skip
+    e = int(_num(value))
+    rel = [np.abs(h[h.epoch > e].val_loss.to_numpy() / float(h[h.epoch == e].val_loss.iloc[0]) - 1) for h in hs]
+    return Answer(f"CNN val. loss after epoch {e}: at most {100 * max(r.max() for r in rel):.0f} % from epoch {e}'s",
+                  f"per seed; 'stable' = within {100 * STABLE_LOSS_REL:.0f} %",
+                  _per_seed([bool(np.all(r <= STABLE_LOSS_REL)) for r in rel]), "training curves, per seed")
+
+
+def check_ablation_gain(ev: ClaimEvidence, value: str) -> Answer:
+    """A4's OA gain over A2 below the claim at > 40 % more parameters (notebook 07's tests)."""
+    if ev.ablation is None:
+        return Answer("not evaluated here: needs notebook 07's run (ablation_run)", "", "n/a", "")
+    t = ev.ablation["ablation_tests"]
+    sel = t[(t.model_a == "A4") & (t.model_b == "A2")]
+    if sel.empty:
+        return Answer(f"the 07 run {ev.ablation['run']} has no A4-vs-A2 test (variants {sorted(set(t.model_a))})",
+                      "", "n/a", "")
+    row = sel.iloc[0]
+    sm = ev.ablation["ablation_summary"].set_index("variant")
+    ratio = sm.loc["A4", "params"] / sm.loc["A2", "params"]
+    txt = (f"A4 - A2 OA {row.diff_pp:+.2f} pp (CI {row.ci95_lo_pp:+.2f} to {row.ci95_hi_pp:+.2f}; "
+           f"sign test p = {row.sign_p:.3g}, Holm {row.sign_p_holm:.3g}) at {100 * (ratio - 1):.0f} % more "
+           f"parameters ({int(sm.loc['A4', 'params']):,} vs {int(sm.loc['A2', 'params']):,}); "
+           f"07 run {ev.ablation['run']}")
+    v = _below(row.ci95_lo_pp, row.ci95_hi_pp, _num(value))
+    return Answer(txt, f"{row.unit}-cluster bootstrap 95 % CI, {int(row.n_seeds)} seeds", v if ratio > 1.4 else "no",
+                  "threshold: 95 % interval of the gain (07 run)")
+
+
+def check_patches_per_class(ev: ClaimEvidence, value: str) -> Answer:
+    """Patches per class (protocol)."""
+    c = ev.ps.counts()["total"]
+    return Answer(", ".join(f"{k} {int(v)}" for k, v in c.items()) + " patches", "count", "differs", "protocol")
+
+
+def check_interoperator(ev: ClaimEvidence, value: str) -> Answer:
+    """Agreement of two label analysts: we have one label source."""
+    return Answer("one label source (EuroSAT's scene classes), no second analyst", "", "not testable here", "")
+
+
+def check_patch_size(ev: ClaimEvidence, value: str) -> Answer:
+    """Patch size in pixels (protocol)."""
+    p = int(ev.ps.x.shape[1])
+    return Answer(f"{p} px", "", "same protocol" if p == int(_num(value)) else "differs", "protocol")
+
+
+def check_split(ev: ClaimEvidence, value: str) -> Answer:
+    """Train / val / test shares and how they are kept apart (protocol)."""
+    f = pd.Series(ev.ps.split).value_counts(normalize=True)
+    txt = "/".join(f"{100 * f.get(s_, 0):.0f}" for s_ in ("train", "val", "test"))
+    return Answer(f"{txt} (whole spatial blocks of {ev.ps.meta.get('block_size_m', '?')} m; EuroSAT, not tiles)",
+                  "patch shares", "same protocol", "protocol")
+
+
+@dataclass(frozen=True)
+class ClaimCheck:
+    """One kind of claim: its check and whether it is about paper B's binary task only."""
+
+    check: Any  # Callable[[ClaimEvidence, str], Answer]
+    binary_only: bool = True
+
+
+def _c(fn: Any, binary_only: bool = True, **kw: Any) -> ClaimCheck:
+    return ClaimCheck((lambda ev, v: fn(ev, v, **kw)) if kw else fn, binary_only)
+
+
+#: One row per quantity of ``paper_b_results.csv``: a new claim is a new row here.
+CLAIM_CHECKS: dict[str, ClaimCheck] = {
+    "lightweight_cnn_oa": _c(check_published_oa, key="lightweight_cnn"),
+    "lightweight_cnn_kappa": _c(check_published_kappa),
+    "lightweight_cnn_macro_precision_recall_f1_min": _c(check_prf_min),
+    "lightweight_cnn_params_max": _c(check_params_max, binary_only=False),
+    "resnet18_oa": _c(check_published_oa, key="resnet18"),
+    "ndvi_threshold_oa": _c(check_published_oa, key="ndvi_threshold"),
+    "rf_svm_literature_oa_range": _c(check_literature_range),
+    "mcnemar_cnn_vs_resnet18": _c(check_no_difference),
+    "error_ndvi_range": _c(check_error_range),
+    "curve_epoch10_acc": _c(check_curve_above, epoch=10),
+    "curve_epoch25_acc": _c(check_curve_near, epoch=25),
+    "val_loss_stable_after_epoch": _c(check_val_loss_stable),
+    "ablation_A4_vs_A2_oa_gain_max": _c(check_ablation_gain),
+    "patches_per_class": _c(check_patches_per_class, binary_only=False),
+    "interoperator_kappa": _c(check_interoperator, binary_only=False),
+    "patch_size_px": _c(check_patch_size, binary_only=False),
+    "split": _c(check_split, binary_only=False),
+}
+
+
+def get_claim_check(quantity: str) -> ClaimCheck:
+    """The check of paper B's claim ``quantity``; a ValueError lists the known claims."""
+    if quantity not in CLAIM_CHECKS:
+        raise ValueError(f"paper B claim {quantity!r} (in {PAPER_B_RESULTS_CSV}) has no test here; "
+                         f"known: {', '.join(CLAIM_CHECKS)}")
+    return CLAIM_CHECKS[quantity]
 
 
 def claims_table(
@@ -669,196 +1015,41 @@ def claims_table(
     ablation: Mapping[str, Any] | None = None,
     cluster: str = "image",
     n_boot: int = 2000,
+    task: str | None = None,
 ) -> pd.DataFrame:
-    """One row per row of paper B's results CSV: claim | paper B | ours | supported?
+    """One row per row of paper B's results CSV: claim | paper B | ours | supported? | test.
 
-    Every "ours" comes from this run's models (all seeds) with its uncertainty: seed std and
-    a 95 % cluster-bootstrap CI at the ``cluster`` unit (source image), tests Holm-corrected
-    over all model pairs (:func:`model_tests`). The ablation row reads notebook 07's run
-    (:func:`load_ablation`). The verdict rules are :data:`VERDICTS`.
+    Consistency on a proxy task (:data:`CLAIMS_TITLE`). Every "ours" comes from this run's models
+    (all seeds) with its uncertainty: seed std and a two-stage bootstrap interval (seeds, then
+    ``cluster`` units), pairwise tests Holm-corrected over all model pairs (:func:`model_tests`).
+    Each row is answered by its :data:`CLAIM_CHECKS` entry; ``test`` names what decided. In a run
+    of another task than paper B's binary one (``task``, default ``ps.meta['task']``), the
+    binary-task claims are :data:`NOT_APPLICABLE`.
     """
+    checks = [(rec, get_claim_check(rec["quantity"])) for rec in paper.to_dict("records")]
     res = _as_seeds(results)
-    names = {k: rs[0].name for k, rs in res.items()}
-    iv = accuracy_intervals(ps, results, cluster=cluster, n_boot=n_boot).set_index(["model", "measure"])
-    tests = model_tests(ps, results, cluster=cluster, n_boot=n_boot) if len(res) > 1 else None
-    y = _check_same_test(results)
-    first = next(iter(res.values()))[0]
-    unit = f"{cluster}-cluster bootstrap 95 % CI, {len(res[next(iter(res))])} seeds"
-
-    def acc(key: str, measure: str, scale: float = 100.0) -> tuple[float, float, float, float] | None:
-        if key not in res:
-            return None
-        r = iv.loc[(names[key], measure)]
-        return (scale * r["estimate"], scale * r["seed_std"], scale * r["ci95_lo"], scale * r["ci95_hi"])
-
-    def fmt(a: tuple[float, float, float, float], d: int = 1) -> str:
-        return f"{a[0]:.{d}f} ± {a[1]:.{d}f} (CI {a[2]:.{d}f}-{a[3]:.{d}f})"
-
-    def missing(key: str) -> tuple[str, str, str]:
-        return (f"{get_model_name(key)} not in this run's models", "", "n/a")
-
-    def oa_claim(key: str, value: str) -> tuple[str, str, str]:
-        a = acc(key, "oa")
-        if a is None:
-            return missing(key)
-        return fmt(a) + " %", unit, _point(*a[:1], a[2], a[3], _num(value))
-
-    def kappa_claim(value: str) -> tuple[str, str, str]:
-        a = acc("lightweight_cnn", "kappa", 1.0)
-        if a is None:
-            return missing("lightweight_cnn")
-        return fmt(a, 3), unit, _point(a[0], a[2], a[3], _num(value))
-
-    def prf_claim(value: str) -> tuple[str, str, str]:
-        if "lightweight_cnn" not in res:
-            return missing("lightweight_cnn")
-        vals = {m: acc("lightweight_cnn", m, 1.0) for m in ("macro_precision", "macro_recall", "macro_f1")}
-        worst = min(vals, key=lambda m: vals[m][0])
-        a = vals[worst]
-        txt = "; ".join(f"{m.split('_')[1]} {v[0]:.3f}" for m, v in vals.items())
-        return (f"{txt}; lowest {worst.split('_')[1]} {fmt(a, 3)}", unit, _above(a[2], a[3], _num(value)))
-
-    def params_claim(value: str) -> tuple[str, str, str]:
-        if "lightweight_cnn" not in res:
-            return missing("lightweight_cnn")
-        n = int(res["lightweight_cnn"][0].cost["params"])
-        return f"{n:,} parameters", "exact (count)", "yes" if n < _num(value) else "no"
-
-    def ndvi_oa(value: str) -> tuple[str, str, str]:
-        if "ndvi_threshold" not in res:
-            return ("NDVI threshold not run (binary task only)", "", "n/a")
-        return oa_claim("ndvi_threshold", value)
-
-    def rf_svm(value: str) -> tuple[str, str, str]:
-        lo, hi = (float(v) for v in str(value).split("-"))
-        parts, verdicts = [], []
-        for key in ("random_forest", "svm"):
-            a = acc(key, "oa")
-            if a is None:
-                continue
-            parts.append(f"{names[key]} {fmt(a)} %")
-            verdicts.append("yes" if lo <= a[0] <= hi else "no" if (a[3] < lo or a[2] > hi) else "undecided")
-        if not parts:
-            return ("RF / SVM not in this run's models", "", "n/a")
-        v = "yes" if all(x == "yes" for x in verdicts) else "no" if "no" in verdicts else "undecided"
-        return "; ".join(parts) + " (paper B cites, does not run them)", unit, v
-
-    def mcnemar_claim(value: str) -> tuple[str, str, str]:
-        if tests is None or not {"lightweight_cnn", "resnet18"} <= set(res):
-            return ("needs both networks in this run", "", "n/a")
-        row = tests[((tests.model_a == names["lightweight_cnn"]) & (tests.model_b == names["resnet18"]))
-                    | ((tests.model_b == names["lightweight_cnn"]) & (tests.model_a == names["resnet18"]))].iloc[0]
-        sign = 1 if row.model_a == names["lightweight_cnn"] else -1
-        d, lo_, hi_ = sign * row.diff_pp, *sorted((sign * row.ci95_lo_pp, sign * row.ci95_hi_pp))
-        txt = (f"image-level sign test p = {row.sign_p:.3g} (Holm over {len(tests)} pairs: {row.sign_p_holm:.3g}); "
-               f"OA CNN - ResNet-18 = {d:+.1f} pp (CI {lo_:+.1f} to {hi_:+.1f}); "
-               f"patch-level McNemar p = {row.patch_level_mcnemar_p:.3g} (not independent)")
-        return txt, f"sign test over {int(row.n_clusters)} source images, Holm", \
-            "yes" if row.sign_p_holm > 0.05 else "no"
-
-    def ndvi_range(value: str) -> tuple[str, str, str]:
-        if "lightweight_cnn" not in res:
-            return missing("lightweight_cnn")
-        lo, hi = (float(v) for v in str(value).split("-"))
-        c = metrics.range_error_contrast(patch_ndvi(ps, first.test_indices), y, _preds(res["lightweight_cnn"]),
-                                         clusters_of(ps, first.test_indices, cluster), lo, hi, n_boot=n_boot)
-        if not np.isfinite(c["diff_pp"]):
-            return (f"{c['n_in']} test patches in [{lo}, {hi})", "", "not testable")
-        txt = (f"CNN error rate in [{lo}, {hi}) {100 * c['rate_in']:.1f} % (n={c['n_in']}) vs "
-               f"{100 * c['rate_out']:.1f} % elsewhere: {c['diff_pp']:+.1f} pp (CI {c['ci95_lo_pp']:+.1f} to "
-               f"{c['ci95_hi_pp']:+.1f}); {100 * c['share_of_errors_in']:.0f} % of errors, "
-               f"{100 * c['share_of_patches_in']:.0f} % of patches")
-        return txt, unit, _above(c["ci95_lo_pp"], c["ci95_hi_pp"], 0.0)
-
-    def curve(value: str, epoch: int, near: bool) -> tuple[str, str, str]:
-        hs = [r.history for r in res.get("lightweight_cnn", []) if r.history is not None]
-        if not hs:
-            return ("no training history (CNN not run)", "", "n/a")
-        if near:  # validation accuracy at the last epoch run up to `epoch`
-            acc_ = np.array([100 * h[h.epoch <= epoch].val_accuracy.iloc[-1] for h in hs])
-            last = [int(h[h.epoch <= epoch].epoch.iloc[-1]) for h in hs]
-            v = "yes" if np.all(np.abs(acc_ - _num(value)) <= NEAR_PP) else (
-                "no" if np.all(np.abs(acc_ - _num(value)) > NEAR_PP) else "undecided")
-            return (f"CNN val. accuracy at epoch {'/'.join(map(str, last))} (last run <= {epoch}): "
-                    f"{acc_.mean():.1f} ± {acc_.std(ddof=1) if len(acc_) > 1 else 0:.1f} %",
-                    f"per seed; 'near' = within {NEAR_PP:g} pp", v)
-        acc_ = np.array([100 * h[h.epoch <= epoch].val_accuracy.max() for h in hs])
-        v = "yes" if np.all(acc_ > _num(value)) else "no" if np.all(acc_ <= _num(value)) else "undecided"
-        return (f"CNN best val. accuracy in epochs 1-{epoch}: {acc_.mean():.1f} ± "
-                f"{acc_.std(ddof=1) if len(acc_) > 1 else 0:.1f} % (min {acc_.min():.1f})", "per seed", v)
-
-    def val_loss(value: str) -> tuple[str, str, str]:
-        rs = res.get("lightweight_cnn", [])
-        if not rs:
-            return missing("lightweight_cnn")
-        be = [int(r.details["best_epoch"]) for r in rs]
-        t = _num(value)
-        v = "yes" if all(b <= t for b in be) else "no" if all(b > t for b in be) else "undecided"
-        return (f"CNN lowest validation loss at epoch {', '.join(map(str, be))} (early stopping, patience 5)",
-                "per seed", v)
-
-    def ablation_claim(value: str) -> tuple[str, str, str]:
-        if ablation is None:
-            return ("not evaluated here: needs notebook 07's run (ablation_run)", "", "n/a")
-        t = ablation["ablation_tests"]
-        sel = t[(t.model_a == "A4") & (t.model_b == "A2")]
-        if sel.empty:
-            return (f"the 07 run {ablation['run']} has no A4-vs-A2 test (variants {sorted(set(t.model_a))})",
-                    "", "n/a")
-        row = sel.iloc[0]
-        sm = ablation["ablation_summary"].set_index("variant")
-        ratio = sm.loc["A4", "params"] / sm.loc["A2", "params"]
-        txt = (f"A4 - A2 OA {row.diff_pp:+.2f} pp (CI {row.ci95_lo_pp:+.2f} to {row.ci95_hi_pp:+.2f}; "
-               f"sign test p = {row.sign_p:.3g}, Holm {row.sign_p_holm:.3g}) at {100 * (ratio - 1):.0f} % more "
-               f"parameters ({int(sm.loc['A4', 'params']):,} vs {int(sm.loc['A2', 'params']):,}); "
-               f"07 run {ablation['run']}")
-        v = _below(row.ci95_lo_pp, row.ci95_hi_pp, _num(value))
-        return txt, f"{row.unit}-cluster bootstrap 95 % CI, {int(row.n_seeds)} seeds", v if ratio > 1.4 else "no"
-
-    def per_class_n(value: str) -> tuple[str, str, str]:
-        c = ps.counts()["total"]
-        return (", ".join(f"{k} {int(v)}" for k, v in c.items()) + " patches", "count", "differs")
-
-    def patch_size(value: str) -> tuple[str, str, str]:
-        p = int(ps.x.shape[1])
-        return f"{p} px", "", "same protocol" if p == int(_num(value)) else "differs"
-
-    def split(value: str) -> tuple[str, str, str]:
-        f = pd.Series(ps.split).value_counts(normalize=True)
-        txt = "/".join(f"{100 * f.get(s_, 0):.0f}" for s_ in ("train", "val", "test"))
-        return (f"{txt} (whole spatial blocks of {ps.meta.get('block_size_m', '?')} m; EuroSAT, not tiles)",
-                "patch shares", "same protocol")
-
-    handlers = {
-        "lightweight_cnn_oa": lambda v: oa_claim("lightweight_cnn", v),
-        "lightweight_cnn_kappa": kappa_claim,
-        "lightweight_cnn_macro_precision_recall_f1_min": prf_claim,
-        "lightweight_cnn_params_max": params_claim,
-        "resnet18_oa": lambda v: oa_claim("resnet18", v),
-        "ndvi_threshold_oa": ndvi_oa,
-        "rf_svm_literature_oa_range": rf_svm,
-        "mcnemar_cnn_vs_resnet18": mcnemar_claim,
-        "error_ndvi_range": ndvi_range,
-        "curve_epoch10_acc": lambda v: curve(v, 10, near=False),
-        "curve_epoch25_acc": lambda v: curve(v, 25, near=True),
-        "val_loss_stable_after_epoch": val_loss,
-        "ablation_A4_vs_A2_oa_gain_max": ablation_claim,
-        "patches_per_class": per_class_n,
-        "interoperator_kappa": lambda v: ("one label source (EuroSAT's scene classes), no second analyst",
-                                          "", "not testable"),
-        "patch_size_px": patch_size,
-        "split": split,
-    }
+    task = task or ps.meta.get("task") or ("binary" if len(ps.classes) == 2 else "multiclass")
+    ev = ClaimEvidence(ps=ps, results=res, ablation=ablation, task=task, cluster=cluster, n_boot=n_boot,
+                       intervals=accuracy_intervals(ps, res, cluster=cluster, n_boot=n_boot).set_index(
+                           ["model", "measure"]),
+                       tests=model_tests(ps, res, cluster=cluster, n_boot=n_boot) if len(res) > 1 else None)
     rows = []
-    for rec in paper.to_dict("records"):
-        q = rec["quantity"]
-        if q not in handlers:
-            raise ValueError(f"paper B claim {q!r} (in {PAPER_B_RESULTS_CSV}) has no test here; "
-                             f"known: {', '.join(handlers)}")
-        ours, uncertainty, verdict = handlers[q](rec["value"])
-        rows.append({"claim": q, "paper_b": rec["value"], "paper_b_note": rec["note"], "ours": ours,
-                     "uncertainty": uncertainty, "supported": verdict})
+    for rec, c in checks:
+        if c.binary_only and task != "binary":
+            ans = Answer(f"paper B's claim is about its binary task; this run is the {task} task "
+                         f"({len(ps.classes)} classes)", "", NOT_APPLICABLE, "")
+        else:
+            ans = c.check(ev, rec["value"])
+        ours, uncertainty, verdict, test = ans
+        rows.append({"claim": rec["quantity"], "paper_b": rec["value"], "paper_b_note": rec["note"], "ours": ours,
+                     "uncertainty": uncertainty, "supported": verdict, "test": test})
     return pd.DataFrame(rows)
+
+
+def claim_counts(claims: pd.DataFrame) -> dict[str, int]:
+    """Verdict counts for ``metrics.json``: ``claims_yes``, ``claims_not_applicable``, ``claims_n/a``..."""
+    return {f"claims_{v.split(':')[0].replace(' ', '_')}": int(n)
+            for v, n in claims["supported"].value_counts().sort_index().items()}
 
 
 # --------------------------------------------------------------------------- ablation
@@ -905,7 +1096,7 @@ def run_ablation(
         if not np.array_equal(r.test_indices, ref.test_indices):
             raise ValueError(f"{v} seed {s} was scored on other test patches than {reference}")
         mc = ({"b": np.nan, "c": np.nan, "p_value": np.nan} if v == reference
-              else metrics.mcnemar(r.y_true, ref.y_pred, r.y_pred))
+              else stats.mcnemar(r.y_true, ref.y_pred, r.y_pred))
         arch = get_ablation_variant(v)
         rows.append({
             "variant": v, "seed": s, "depth": arch["depth"],
@@ -936,9 +1127,10 @@ def ablation_tests(ps: Any, results: Mapping[tuple[str, int], ModelResult], refe
                    cluster: str = "image", n_boot: int = 2000) -> pd.DataFrame:
     """Each ablation variant against ``reference`` at the independent unit, Holm over the variants.
 
-    The same tests as notebook 06 (:func:`lcc_utils.metrics.pairwise_cluster_tests`): predictions
-    averaged over the seeds, a sign test over the test patches' source images, a cluster-bootstrap
-    95 % CI of the OA difference (variant - reference), and the patch-level McNemar p beside them.
+    The same tests as notebook 06 (:func:`lcc_utils.stats.pairwise_cluster_tests`): a paired
+    permutation test over the test patches' source images (seed-averaged differences), the sign
+    test, a two-stage bootstrap 95 % CI of the OA difference (variant - reference; seeds, then
+    images), the equivalence test, and the patch-level McNemar p beside them.
     """
     variants = sorted({v for v, _ in results})
     if reference not in variants:
@@ -950,7 +1142,7 @@ def ablation_tests(ps: Any, results: Mapping[tuple[str, int], ModelResult], refe
     y = _check_same_test(per_variant)
     first = per_variant[reference][0]
     cl = clusters_of(ps, first.test_indices, cluster)
-    out = metrics.pairwise_cluster_tests(y, {v: _preds(rs) for v, rs in per_variant.items()}, cl,
+    out = stats.pairwise_cluster_tests(y, {v: _preds(rs) for v, rs in per_variant.items()}, cl,
                                          n_boot=n_boot, pairs=[(v, reference) for v in variants if v != reference])
     out.insert(2, "unit", cluster)
     out.insert(3, "n_seeds", len(seeds[reference]))

@@ -18,8 +18,8 @@ from lcc_utils.coresets import (
     save_scores,
     select_coreset,
 )
-from lcc_utils.metrics import holm
 from lcc_utils.paper_a import protocol_differences, table1
+from lcc_utils.stats import holm
 
 
 def test_registry_error_lists_choices():

@@ -122,12 +122,98 @@ def test_claims_table_answers_every_row_of_the_csv(tmp_path):
     assert v["ndvi_threshold_oa"] == "no"  # separable toy data: OA 100 %, CI excludes 78
     assert v["mcnemar_cnn_vs_resnet18"] == "n/a"  # no ResNet-18 in this run
     assert v["ablation_A4_vs_A2_oa_gain_max"] == "yes"  # CI upper bound 0.2 < 0.3 at +313 % params
-    assert v["interoperator_kappa"] == "not testable"
+    assert v["interoperator_kappa"] == "not testable here"
+    assert v["curve_epoch10_acc"] == "not testable here"  # 2 epochs: no curve claim can be read
+    assert "test" in claims and claims.set_index("claim").loc["ndvi_threshold_oa", "test"].startswith("equivalence")
+    assert v["error_ndvi_range"] == "not testable here"  # no toy patch has an NDVI in 0.15-0.25
+    assert paper_b.claim_counts(claims)["claims_not_testable_here"] == 3
     bad = pd.DataFrame([("new_claim", "1", "")], columns=["quantity", "value", "note"])
     with pytest.raises(ValueError, match="'new_claim'.*has no test here"):
         paper_b.claims_table(bad, ps, res, n_boot=200)
     with pytest.raises(FileNotFoundError, match="paper_b_results.csv"):
         paper_b.paper_results(tmp_path)
+
+
+def _evidence(results=None, tests=None, task="binary"):
+    return paper_b.ClaimEvidence(ps=_patchset(), results=results or {}, intervals=None, tests=tests, ablation=None,
+                                 task=task)
+
+
+def _cnn_seeds(n_epochs, stopped_early, val_acc):
+    """Fake CNN results (no training): per-seed histories of ``n_epochs`` with the given val accuracy."""
+    out = []
+    for s, acc in enumerate(val_acc):
+        e = np.arange(1, n_epochs + 1)
+        h = __import__("pandas").DataFrame({"epoch": e, "val_accuracy": np.asarray(acc(e), float),
+                                            "val_loss": 0.3 + 0.1 / e})
+        out.append(paper_b.ModelResult(key="lightweight_cnn", name="LightweightCNN", y_true=np.zeros(1, int),
+                                       y_pred=np.zeros(1, int), test_indices=np.zeros(1, int), metrics={},
+                                       cost={}, history=h, details={"stopped_early": stopped_early, "seed": s}))
+    return {"lightweight_cnn": out}
+
+
+def test_curve_claims_only_on_full_length_runs():
+    near = [lambda e: np.minimum(0.5 + 0.05 * e, 0.91)] * 3  # climbs, then flat at 91 %
+    early = _evidence(_cnn_seeds(16, True, near))
+    a = paper_b.check_curve_near(early, "91", 25)
+    assert a.supported == "not testable here" and "stopped early at epoch 16/16/16" in a.ours
+    assert paper_b.check_val_loss_stable(early, "20").supported == "not testable here"
+    assert paper_b.check_curve_above(_evidence(_cnn_seeds(29, False, near)), "85", 10).supported == "not testable here"
+    full = _evidence(_cnn_seeds(30, False, near))
+    assert paper_b.check_curve_near(full, "91", 25).supported == "yes"
+    assert paper_b.check_curve_near(full, "95", 25).supported == "no"  # 4 points away on every epoch
+    assert paper_b.check_curve_above(full, "85", 10).supported == "yes"  # 0.91 from epoch 9 on
+    assert paper_b.check_curve_above(full, "95", 10).supported == "no"
+    assert paper_b.check_val_loss_stable(full, "20").supported == "yes"  # 0.305 -> 0.303: within 10 %
+    mixed = _evidence(_cnn_seeds(30, False, [near[0], lambda e: np.full(len(e), 0.80), near[0]]))
+    assert paper_b.check_curve_near(mixed, "91", 25).supported == "undecided"  # one seed of three is off
+
+
+def _pair_row(**kw):
+    import pandas as pd
+
+    row = {"model_a": "LightweightCNN", "model_b": "ResNet-18", "diff_pp": 0.6, "ci95_lo_pp": -4.4,
+           "ci95_hi_pp": 5.4, "ci90_lo_pp": -3.7, "ci90_hi_pp": 4.7, "perm_p": 0.59, "perm_p_holm": 0.8,
+           "significant_holm": False, "margin_pp": 2.0, "tost_p": 0.07, "tost_p_holm": 0.75, "equivalent": False,
+           "sign_p": 0.31, "patch_level_mcnemar_p": 0.38, "n_clusters": 130}
+    return pd.DataFrame([{**row, **kw}])
+
+
+def test_no_difference_claim_needs_equivalence():
+    both = {"lightweight_cnn": [], "resnet18": []}
+    # the committed binary run's case: p > 0.05 and an interval of +-4 points -> undecided, not "yes"
+    assert paper_b.check_no_difference(_evidence(both, _pair_row()), "p > 0.05").supported == "undecided"
+    eq = _pair_row(ci90_lo_pp=-1.0, ci90_hi_pp=1.5, tost_p_holm=0.01, equivalent=True)
+    assert paper_b.check_no_difference(_evidence(both, eq), "p > 0.05").supported == "yes"
+    sig = _pair_row(diff_pp=5.6, perm_p_holm=0.005, significant_holm=True)
+    a = paper_b.check_no_difference(_evidence(both, sig), "p > 0.05")
+    assert a.supported == "no" and "permutation" in a.test and "+5.6 pp" in a.ours
+    flipped = _pair_row(model_a="ResNet-18", model_b="LightweightCNN", diff_pp=-5.6, ci95_lo_pp=-8.6, ci95_hi_pp=-2.8)
+    assert "+5.6 pp (95 % CI +2.8 to +8.6" in paper_b.check_no_difference(_evidence(both, flipped), "").ours
+    assert paper_b.check_no_difference(_evidence({"lightweight_cnn": []}), "").supported == "n/a"
+
+
+def test_published_value_needs_equivalence_not_only_an_interval_that_contains_it():
+    assert paper_b._equivalent_to((84.5, 92.1), (85.2, 91.6), 91.2, 2.0) == "undecided"  # contains 91.2, too wide
+    assert paper_b._equivalent_to((90.0, 92.5), (90.3, 92.2), 91.2, 2.0) == "yes"
+    assert paper_b._equivalent_to((53.8, 69.4), (55.0, 68.0), 78.0, 2.0) == "no"
+
+
+def test_ten_class_run_does_not_score_against_binary_claims(tmp_path):
+    import pandas as pd
+
+    ps = _patchset(classes=("a", "b", "c"))
+    res = paper_b.run_models(["random_forest"], ps, seeds=[0])
+    rows = [("lightweight_cnn_oa", "91.2", ""), ("resnet18_oa", "92.5", ""), ("curve_epoch25_acc", "91", ""),
+            ("lightweight_cnn_params_max", "150000", ""), ("patch_size_px", "32", "")]
+    paper = pd.DataFrame(rows, columns=["quantity", "value", "note"])
+    claims = paper_b.claims_table(paper, ps, res, n_boot=200, task="multiclass").set_index("claim")
+    assert (claims.loc[["lightweight_cnn_oa", "resnet18_oa", "curve_epoch25_acc"], "supported"]
+            == paper_b.NOT_APPLICABLE).all()
+    assert claims.loc["lightweight_cnn_params_max", "supported"] == "n/a"  # no CNN in this run
+    assert claims.loc["patch_size_px", "supported"] == "differs"  # 8 px toy patches
+    assert paper_b.claim_counts(claims.reset_index())["claims_not_applicable"] == 3
+    assert set(claims["supported"]) <= set(paper_b.VERDICTS)
 
 
 def test_reopen_trained_reopens_cnn(tmp_path):

@@ -45,7 +45,7 @@ from lcc_utils.compression.size import (
     state_dict_file_size,
 )
 from lcc_utils.inference import predict
-from lcc_utils.metrics import holm, mcnemar, paired_difference
+from lcc_utils.stats import holm, mcnemar, paired_difference
 
 from ..progress import tqdm
 
