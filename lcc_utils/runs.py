@@ -37,6 +37,7 @@ from typing import Any
 import pandas as pd
 
 from . import __version__
+from .files import json_parses, read_json
 from .paths import atomic_path, atomic_write, cache_dir, project_root, resolve_path, runs_root
 
 #: Parameters that say *where* things are, not *what* is computed: left out of the hash.
@@ -122,12 +123,81 @@ def rerun_dir(folder: str | os.PathLike) -> Path:
     committed run. A folder outside ``runs/`` goes to ``cache/rerun/elsewhere/<name>-<hash of
     its path>``.
     """
+    return cache_dir() / "rerun" / _folder_key(folder)
+
+
+def _folder_key(folder: str | os.PathLike) -> Path:
+    """A run folder's path under ``runs/`` (``elsewhere/<name>-<hash of its path>`` outside it)."""
     folder = Path(folder).resolve()
     try:
-        rel = folder.relative_to(runs_root().resolve())
+        return folder.relative_to(runs_root().resolve())
     except ValueError:
-        rel = Path("elsewhere") / f"{folder.name}-{hashlib.sha256(str(folder).encode()).hexdigest()[:8]}"
-    return cache_dir() / "rerun" / rel
+        return Path("elsewhere") / f"{folder.name}-{hashlib.sha256(str(folder).encode()).hexdigest()[:8]}"
+
+
+# --------------------------------------------------------------------------- one writer per folder
+class RunLockedError(RuntimeError):
+    """Another process is writing the run folder (one writer per run folder)."""
+
+
+#: Set by :func:`execute_notebook` for its kernel: the lock file the executing driver holds on the
+#: kernel's behalf (the kernel is another process, which would otherwise find the lock taken).
+LOCK_ENV = "LCC_RUN_LOCK"
+_HELD: dict[str, Any] = {}  # lock file -> filelock.FileLock this process holds
+
+
+def lock_path(folder: str | os.PathLike) -> Path:
+    """The lock file of a run folder: ``cache/locks/<stage>/<name>.lock``, outside the tracked tree."""
+    key = _folder_key(folder)
+    return cache_dir() / "locks" / key.parent / f"{key.name}.lock"
+
+
+def lock_run(folder: str | os.PathLike) -> None:
+    """Make this process the one writer of ``folder`` until :func:`release_run` (or its exit).
+
+    Two copies of the same run (two terminals, a study and a JupyterLab session) would otherwise
+    both write the folder, the slower one rewriting tables and figures after the faster one's
+    ``metrics.json``. The lock is an OS file lock (``filelock``): a crashed holder releases it.
+
+    Raises:
+        RunLockedError: another process holds it (the message names the folder and the holder).
+
+    """
+    from filelock import FileLock, Timeout
+
+    path = lock_path(folder)
+    if str(path) in _HELD or Path(os.environ.get(LOCK_ENV) or "/nonexistent").resolve() == path.resolve():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunLockedError(
+            f"run folder {shown_path(folder)} is being written by {_lock_holder(path)} (lock {path}); "
+            "one writer per run folder. Wait for that run to finish (a rerun then reopens it "
+            "read-only) or stop it; a process that died has released the lock already.") from None
+    _HELD[str(path)] = lock
+    holder = {"pid": os.getpid(), "host": platform.node(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    atomic_write(path.with_suffix(".holder.json"), json.dumps(holder) + "\n")
+
+
+def _lock_holder(path: Path) -> str:
+    """``pid 123 on host h since <time>`` from the holder file beside a lock (best effort)."""
+    try:
+        h = json.loads(path.with_suffix(".holder.json").read_text())
+        return f"pid {h['pid']} on host {h['host']} (since {h['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def release_run(folder: str | os.PathLike) -> None:
+    """Release this process's lock of ``folder`` (no-op when it holds none)."""
+    path = lock_path(folder)
+    lock = _HELD.pop(str(path), None)
+    if lock is not None:
+        path.with_suffix(".holder.json").unlink(missing_ok=True)
+        lock.release()
 
 
 def data_variant_dir(folder: str | os.PathLike, data_hash: str) -> Path:
@@ -142,10 +212,40 @@ def data_variant_dir(folder: str | os.PathLike, data_hash: str) -> Path:
     return folder.parent / f"{folder.name}-data-{data_hash[:8]}"
 
 
+def run_file_remedy(folder: str | os.PathLike) -> str:
+    """What to do about a broken file of the run folder ``folder``: delete the folder, rerun the run."""
+    stage = Path(folder).parent.name
+    books = [nb.name for nb in sorted(notebooks_dir().glob("[0-9][0-9]_*.ipynb"))
+             if re.match(r"\d+_", nb.name) and notebook_stage(nb) == stage]
+    how = f"papermill notebooks/{books[0]} with the run's parameters" if books else "its notebook"
+    return (f"Delete the run folder {shown_path(folder)} and run it again (`make study` reruns every "
+            f"missing run; by hand: {how})")
+
+
+def read_run_json(folder: str | os.PathLike, name: str) -> dict[str, Any]:
+    """``<folder>/<name>`` (``params.json``, ``metrics.json``...) of a run folder, or a named error.
+
+    Raises:
+        BrokenFileError: the file is empty, truncated or not a JSON object (the message says to
+            delete the folder and which command makes it again).
+
+    """
+    return read_json(Path(folder) / name, run_file_remedy(folder))
+
+
+def run_finished(folder: str | os.PathLike) -> bool:
+    """Whether the run in ``folder`` finished: its ``metrics.json`` exists *and* parses.
+
+    ``metrics.json`` is written last, atomically; one that does not parse (a disk that filled, a
+    broken copy) marks no finished run, so ``make study`` runs it again instead of skipping it.
+    """
+    return json_parses(Path(folder) / "metrics.json")
+
+
 def recorded_data_hash(folder: str | os.PathLike) -> str | None:
     """The ``data_hash`` in a run folder's ``params.json`` (None: no such file or no hash)."""
     p = Path(folder) / "params.json"
-    return json.loads(p.read_text()).get("data_hash") if p.is_file() else None
+    return read_run_json(folder, "params.json").get("data_hash") if p.is_file() else None
 
 
 def _for_data(folder: Path, data_hash: str | None) -> Path:
@@ -249,8 +349,8 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        """Whether the run has written its ``metrics.json``."""
-        return (self.dir / "metrics.json").exists()
+        """Whether the run has written its ``metrics.json`` (one that parses: :func:`run_finished`)."""
+        return run_finished(self.dir)
 
     @property
     def staged(self) -> bool:
@@ -259,6 +359,10 @@ class Run:
 
     def path(self, name: str) -> Path:
         """Path of an artefact this session writes (in :attr:`out`; sub-folders are created)."""
+        if not self.staged and self.finished:
+            raise RunConflictError(f"run {shown_path(self.dir)} finished (its metrics.json is written) "
+                                   f"and is never written into after that: save {name} before "
+                                   "run.log_metrics(...), which comes last")
         p = self.out / name
         p.parent.mkdir(parents=True, exist_ok=True)
         return RunFile(p)
@@ -304,8 +408,8 @@ class Run:
         """
         p = self.dir / "metrics.json"
         new = json.loads(json.dumps(_jsonable(metrics)))
-        if p.exists():
-            old, now = json.loads(p.read_text()), new
+        if run_finished(self.dir):
+            old, now = read_run_json(self.dir, "metrics.json"), new
             differ = sorted(k for k in old.keys() | now.keys() if k not in old or k not in now or (
                 not NOT_COMPARED.search(k.lower()) and not _close(old[k], now[k], rel=1e-6)))
             if not differ:
@@ -317,12 +421,12 @@ class Run:
                 f"{self.out}. Delete the run folder to redo it, or change a parameter."
             )
         atomic_write(p, json.dumps(new, indent=2, sort_keys=True) + "\n")
+        release_run(self.dir)  # metrics.json is the folder's last file: its writer is done
         return RunFile(p)
 
     def metrics(self) -> dict[str, Any]:
         """The stored metrics (empty while the run is unfinished)."""
-        p = self.dir / "metrics.json"
-        return json.loads(p.read_text()) if p.exists() else {}
+        return read_run_json(self.dir, "metrics.json") if run_finished(self.dir) else {}
 
 
 class NotebookParams(dict):
@@ -361,7 +465,31 @@ def start_run(params: dict[str, Any], data_hash: str | None = None, stage: str |
                          "or stage='...'")
     params = dict(params)
     d = _for_data(run_dir(stage, params), data_hash)
-    d.mkdir(parents=True, exist_ok=True)
+    info = _provenance(stage, params, data_hash, extra)
+    if not run_finished(d):
+        lock_run(d)  # before anything is written into the folder; released by log_metrics
+    try:
+        if (d / "params.json").exists():
+            old = read_run_json(d, "params.json")
+            if old.get("data_hash") not in (None, data_hash):  # a data variant folder made on yet other data
+                raise RunConflictError(f"run {d} was made on other data (hash {old['data_hash']}, now {data_hash})")
+        if run_finished(d):  # finished before, or while this session waited for the lock
+            release_run(d)
+            # keep the provenance of the finished run; this session writes beside it, in the cache
+            out = rerun_dir(d)
+            atomic_write(out / "params.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+            _seed_checkpoints(d, out)
+            return Run(stage, params, d, out)
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write(d / "params.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+    except BaseException:
+        release_run(d)
+        raise
+    return Run(stage, params, d)
+
+
+def _provenance(stage: str, params: dict[str, Any], data_hash: str | None, extra: dict[str, Any]) -> dict:
+    """What ``params.json`` records besides the parameters: code, data and library versions."""
     info = {
         "stage": stage, "params": _jsonable(params), "params_hash": params_hash(params),
         "data_hash": data_hash, "code_version": git_commit(), "lcc_utils": __version__,
@@ -375,19 +503,7 @@ def start_run(params: dict[str, Any], data_hash: str | None = None, stage: str |
         info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except ImportError:  # pragma: no cover - torch is a hard dependency
         pass
-    p = d / "params.json"
-    if p.exists():
-        old = json.loads(p.read_text())
-        if old.get("data_hash") not in (None, data_hash):  # a data variant folder made on yet other data
-            raise RunConflictError(f"run {d} was made on other data (hash {old['data_hash']}, now {data_hash})")
-        if (d / "metrics.json").exists():
-            # keep the provenance of the finished run; this session writes beside it, in the cache
-            out = rerun_dir(d)
-            atomic_write(out / "params.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
-            _seed_checkpoints(d, out)
-            return Run(stage, params, d, out)
-    atomic_write(p, json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return Run(stage, params, d)
+    return info
 
 
 def _seed_checkpoints(folder: Path, out: Path) -> None:
@@ -578,7 +694,7 @@ def find_run(notebook: str, params: dict[str, Any] | None = None, finished: bool
     nb = notebook_path(notebook)
     full = resolve_params(nb, dict(params or {}))
     d = _for_data(run_dir(notebook_stage(nb), full), data_hash or _current_data_hash(full))
-    if finished and not (d / "metrics.json").is_file():
+    if finished and not run_finished(d):
         # papermill -p passes scalars; a list or dict parameter needs -y (YAML, of which JSON is a part)
         args = " ".join(f"-p {k} {v}" if isinstance(v, str) else
                         f"-y '{json.dumps({k: v})}'" if isinstance(v, (list, dict)) else f"-p {k} {json.dumps(v)}"
@@ -735,20 +851,35 @@ def execute_notebook(
         The run folder and whether the notebook was executed (False: skipped).
 
     """
-    import papermill as pm
-
     notebook = resolve_path(notebook)
     full = resolve_params(notebook, params or {})
     d = run_dir(notebook_stage(notebook), full)
     if (d / "params.json").is_file():  # made on this data, or on other data with the same parameters?
         d = _for_data(d, _current_data_hash(full))
-    finished = (d / "metrics.json").exists()
+    finished = run_finished(d)  # a metrics.json that does not parse is no finished run: rerun it
     if finished and not (force or refresh):
         return d, False
+    if (d / "metrics.json").exists() and not finished:
+        print(f"{shown_path(d / 'metrics.json')} does not parse: the run is not finished; running it again",
+              flush=True)
+    if not finished:  # the kernel writes the folder under this process's lock (LOCK_ENV)
+        lock_run(d)
+    try:
+        return _execute(notebook, params, d, finished, kernel, refresh)
+    finally:
+        release_run(d)
+
+
+def _execute(notebook: Path, params: dict[str, Any] | None, d: Path, finished: bool, kernel: str | None,
+             refresh: bool) -> tuple[Path, bool]:
+    """The body of :func:`execute_notebook`, run while this process holds the folder's lock."""
+    import papermill as pm
+
     existed = d.exists()
     target = (rerun_dir(d) if finished else d) / notebook.name
-    previous = os.environ.get(NOTEBOOK_ENV)
+    saved = {k: os.environ.get(k) for k in (NOTEBOOK_ENV, LOCK_ENV)}
     os.environ[NOTEBOOK_ENV] = notebook.name  # the kernel inherits it: notebook_params knows its file
+    os.environ[LOCK_ENV] = str(lock_path(d))
     try:
         with atomic_path(target, keep_on_error=True) as tmp:
             pm.execute_notebook(str(notebook), str(tmp), parameters=params or {},
@@ -756,7 +887,7 @@ def execute_notebook(
                                 cwd=str(project_root()), progress_bar=False,
                                 kernel_manager_class=ipc_kernel_manager())
             tidy_executed_notebook(tmp)
-        if not (d / "metrics.json").exists():
+        if not run_finished(d):
             raise RuntimeError(f"{notebook.name} finished but wrote no metrics.json in {d}: "
                                "the notebook must call run.log_metrics(...) last")
         if finished and refresh:  # the same results: the study means this one write
@@ -770,10 +901,11 @@ def execute_notebook(
                            f"executed notebook shows the traceback) is in {failed}. "
                            f"{type(err).__name__}: {err}") from err
     finally:
-        if previous is None:
-            os.environ.pop(NOTEBOOK_ENV, None)
-        else:
-            os.environ[NOTEBOOK_ENV] = previous
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return d, True
 
 
@@ -804,8 +936,8 @@ def collect_runs(stage: str | None = None, folders: list[Path] | None = None) ->
         Path(f) / "metrics.json" for f in folders if (Path(f) / "metrics.json").is_file()]
     for m in found:
         d = m.parent
-        info = json.loads((d / "params.json").read_text()) if (d / "params.json").exists() else {}
-        metrics = json.loads(m.read_text())
+        info = read_run_json(d, "params.json") if (d / "params.json").exists() else {}
+        metrics = read_run_json(d, "metrics.json")
         try:
             shown = str(d.relative_to(project_root()))
         except ValueError:
