@@ -104,3 +104,18 @@ def open_npy(path: str | os.PathLike, remedy: str, rows: int | None = None) -> A
         raise broken(path, f"holds {arr.shape[0] if arr.ndim else 0} images where its index lists {rows}",
                      remedy)
     return arr
+
+
+def read_npz(path: str | os.PathLike, remedy: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The arrays ``keys`` of the ``.npz`` file ``path`` (loaded), or a :class:`BrokenFileError`."""
+    import numpy as np
+
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in keys}
+    except FileNotFoundError:
+        raise
+    except (ValueError, EOFError, OSError, KeyError, zipfile.BadZipFile) as err:
+        raise broken(path, f"unreadable arrays ({path.stat().st_size:,} bytes; {type(err).__name__}: {err}): "
+                           "truncated or written by something else", remedy) from None

@@ -255,8 +255,9 @@ def retrain_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None =
     """
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else runs.rerun_dir(run_dir)
-    atomic_write(out / "params.json", (run_dir / "params.json").read_text())
-    params = dict(json.loads((run_dir / "params.json").read_text())["params"])
+    info = runs.read_run_json(run_dir, "params.json")
+    atomic_write(out / "params.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+    params = dict(info["params"])
     stored_dir = params.get("data_dir") or ""
     if data_dir is not None:
         params["data_dir"] = str(data_dir)
@@ -269,7 +270,7 @@ def retrain_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None =
                             seed=int(params["seed"]), params=params)
     mfile = run_dir / "metrics.json"
     if mfile.is_file():
-        stored = json.loads(mfile.read_text())
+        stored = runs.read_run_json(run_dir, "metrics.json")
         if "best_epoch" in stored and int(stored["best_epoch"]) != result.best_epoch:
             warnings.warn(f"rebuilt {run_dir}: best epoch {result.best_epoch} differs from the "
                           f"stored {stored['best_epoch']} (different device or library versions?)",
@@ -746,7 +747,7 @@ def prepare_compression(run_dir: str | os.PathLike, model: nn.Module, data_dir: 
     run_dir = Path(run_dir)
     if not (run_dir / "params.json").is_file():
         raise FileNotFoundError(f"{run_dir} is not a training run folder (no params.json)")
-    info = json.loads((run_dir / "params.json").read_text())
+    info = runs.read_run_json(run_dir, "params.json")
     params = dict(info["params"])
     ds = data.load_dataset(params["dataset"], data_dir=data_dir or None)
     recorded = info.get("data_hash")

@@ -214,6 +214,8 @@ def data_variant_dir(folder: str | os.PathLike, data_hash: str) -> Path:
 
 def run_file_remedy(folder: str | os.PathLike) -> str:
     """What to do about a broken file of the run folder ``folder``: delete the folder, rerun the run."""
+    if Path(folder).parent.name == "models":  # one network of a paper-B run: the run is two up
+        folder = Path(folder).parent.parent
     stage = Path(folder).parent.name
     books = [nb.name for nb in sorted(notebooks_dir().glob("[0-9][0-9]_*.ipynb"))
              if re.match(r"\d+_", nb.name) and notebook_stage(nb) == stage]

@@ -11,12 +11,10 @@ written into. This module sits above both paper modules, so neither paper module
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from lcc_utils import paper_a, paper_b, runs, training
@@ -56,12 +54,12 @@ def _rebuilt(staged: Path, folder: Path) -> bool:
         return False
 
     def key(d: Path) -> str:
-        info = json.loads((d / "params.json").read_text())
+        info = runs.read_run_json(d, "params.json")
         return runs.params_hash(info.get("params", info))
 
     if key(staged) != key(folder):
         return False
-    return bool(torch.load(ckpt / "last.pt", map_location="cpu", weights_only=False).get("finished"))
+    return bool(training.read_checkpoint(ckpt / "last.pt").get("finished"))
 
 
 def reopen_trained(
@@ -100,7 +98,7 @@ def reopen_trained(
                                         "not committed); reopen_trained(..., rebuild=True) retrains it") from None
             if d.parent.name == "models":
                 paper_b.retrain_model(d, data_dir=data_dir, out=staged.parent.parent)
-            elif json.loads((d / "params.json").read_text()).get("stage") == "train":
+            elif runs.read_run_json(d, "params.json").get("stage") == "train":
                 paper_a.retrain_run(d, data_dir=data_dir, out=staged)
             else:
                 raise ValueError(f"{d}: not a trained folder of notebook 04 or 06") from None
@@ -110,5 +108,5 @@ def reopen_trained(
     inside = any(d.resolve().is_relative_to(r.resolve()) for r in (runs.runs_root(), project_root()))
     info: dict[str, Any] = {"params": params, "source": runs.shown_path(d) if inside else str(d)}
     if (d / "normalization.json").is_file():
-        info["normalization"] = json.loads((d / "normalization.json").read_text())
+        info["normalization"] = runs.read_run_json(d, "normalization.json")
     return net, info
