@@ -65,7 +65,8 @@ def load_torch(path: str | os.PathLike, remedy: str, weights_only: bool = False)
     """``torch.load`` of ``path`` on the CPU; an empty or truncated file is a :class:`BrokenFileError`.
 
     Zero bytes give torch's ``EOFError: Ran out of input``, a cut zip ``PytorchStreamReader failed
-    reading zip archive``: both mean the file is broken, not the code.
+    reading zip archive`` (or ``OSError: Invalid argument``, by torch version): all mean the file is
+    broken, not the code.
     """
     import torch
 
@@ -75,8 +76,9 @@ def load_torch(path: str | os.PathLike, remedy: str, weights_only: bool = False)
         raise broken(path, "empty file (0 bytes): not a checkpoint", remedy)
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
-    except (EOFError, zipfile.BadZipFile, pickle.UnpicklingError, RuntimeError) as err:
-        if "Weights only load failed" in str(err):  # a refused pickle, not a broken file
+    except (EOFError, zipfile.BadZipFile, pickle.UnpicklingError, RuntimeError, OSError) as err:
+        # a refused pickle or a file that cannot be opened is not a broken file
+        if "Weights only load failed" in str(err) or isinstance(err, (FileNotFoundError, PermissionError)):
             raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise broken(path, f"unreadable ({size:,} bytes; {type(err).__name__}: {first}): truncated or "
