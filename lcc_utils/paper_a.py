@@ -173,8 +173,10 @@ def prepare_training(
     (``pretrained``); a different proxy starts from random weights.
     """
     rec = training.get_recipe(recipe)
-    if batch_size:
-        rec = replace(rec, batch_size=int(batch_size))
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        # 0 once fell back to the recipe's 64 while params.json recorded 0
+        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
+    rec = replace(rec, batch_size=int(batch_size))
     ds = data.load_dataset(dataset, data_dir=data_dir or None)
     split = data.get_split(ds, seed=seed)
     target = scoring_target(target_model=model, target_image_size=image_size,

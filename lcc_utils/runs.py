@@ -581,18 +581,83 @@ def _literal_assignments(source: str) -> dict[str, Any] | None:
     return out or None
 
 
-def notebook_defaults(notebook: str | os.PathLike) -> dict[str, Any]:
-    """The default values of a notebook's ``parameters`` cell (read from the file)."""
+def _parameters_source(notebook: str | os.PathLike) -> str:
+    """The source of a notebook's one cell tagged ``parameters`` (read from the file)."""
     import nbformat
 
     nb = nbformat.read(str(notebook), as_version=4)
     cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(cells) != 1:
         raise ValueError(f"{notebook} must have exactly one cell tagged 'parameters' (found {len(cells)})")
-    values = _literal_assignments(cells[0].source)
+    return cells[0].source
+
+
+def notebook_defaults(notebook: str | os.PathLike) -> dict[str, Any]:
+    """The default values of a notebook's ``parameters`` cell (read from the file)."""
+    values = _literal_assignments(_parameters_source(notebook))
     if values is None:
         raise ValueError(f"{notebook}: the parameters cell must hold only `name = <literal>` lines")
     return values
+
+
+def _annotations(source: str) -> dict[str, str]:
+    """``{name: annotation}`` of a parameters cell: ``seed: int = 0`` -> ``"int"`` (a string one unquoted)."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return {}
+    return {n.target.id: n.annotation.value if isinstance(n.annotation, ast.Constant) else ast.unparse(n.annotation)
+            for n in body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+
+
+#: What a parameters cell's annotation admits. ``str`` is not enforced: a few text parameters also
+#: take a list or a mapping (05's ``budget``), as their comments say.
+_ANNOTATED_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (int, float), "bool": (bool,), "list": (list,), "dict": (dict,)}
+#: Parameters that count something (images, pixels, epochs, resamples): 0 or less is never meant.
+#: Before this check ``batch_size=0`` trained silently with the recipe's 64 while params.json said 0.
+POSITIVE_PARAMS = ("batch_size", "image_size", "epochs", "patch_size", "window_size", "stride",
+                   "num_threads", "n_boot", "n_per_class", "block_size", "samples_per_class",
+                   "scoring_epochs", "scoring_image_size", "target_image_size", "target_epochs",
+                   "calib_batches")
+
+
+def _param_problem(name: str, value: Any, annotation: str, default: Any) -> str | None:
+    """Why ``value`` does not fit parameter ``name`` (None: it fits)."""
+    m = re.fullmatch(r"Optional\[(\w+)\]|(\w+)", annotation.replace(" ", ""))
+    if not m or (value is None and m.group(1)):
+        return None
+    kind = m.group(1) or m.group(2)
+    want = _ANNOTATED_TYPES.get(kind)
+    if want is None:
+        return None
+    if not isinstance(value, want) or (kind in ("int", "float") and isinstance(value, bool)):
+        if kind in ("list", "dict") and isinstance(value, str):
+            example = json.dumps({name: default if default not in (None, [], {}) else value})
+            return (f"{name} is a {kind} but was given the text {value!r}: papermill's -p passes text; "
+                    f"give a {kind} as YAML/JSON with -y, e.g. -y '{example}'")
+        return f"{name}={value!r} must be a{'n' if kind == 'int' else ''} {kind}, not {type(value).__name__}"
+    if name in POSITIVE_PARAMS and kind in ("int", "float") and value < 1:
+        return f"{name}={value!r} must be at least 1"
+    return None
+
+
+def check_params(values: dict[str, Any], source: str, notebook: str) -> None:
+    """Check parameter values against the annotations of the parameters cell ``source``.
+
+    Called before any run folder exists (by :func:`notebook_params` in the kernel, by
+    :func:`resolve_params` before a kernel starts), so a wrong value never becomes a folder
+    whose ``params.json`` records something the run did not do.
+
+    Raises:
+        ValueError: naming every parameter that does not fit, and how to pass it.
+
+    """
+    notes, defaults = _annotations(source), _literal_assignments(source) or {}
+    problems = [p for k, v in values.items() if k in notes
+                and (p := _param_problem(k, v, notes[k], defaults.get(k))) is not None]
+    if problems:
+        raise ValueError(f"invalid parameter(s) for {notebook}: " + "; ".join(problems))
 
 
 def _which_notebook(namespace: dict[str, Any], names: set[str]) -> str:
@@ -653,6 +718,9 @@ def notebook_params(namespace: dict[str, Any]) -> NotebookParams:
         path = Path(str(known))
         nb_file = path if path.is_file() else notebooks_dir() / path.name
         declared = [notebook_defaults(nb_file)]
+        source = _parameters_source(nb_file)
+    else:
+        source = next((src for src, _ in literal if not src.lstrip().startswith("# Parameters")), "")
     if not declared:
         raise ValueError("notebook_params(globals()) found no executed parameters cell (a cell of "
                          "`name = <literal>` lines): run the parameters cell first")
@@ -666,7 +734,9 @@ def notebook_params(namespace: dict[str, Any]) -> NotebookParams:
     missing = [k for k in names if k not in namespace]
     if missing:
         raise ValueError(f"parameters {missing} are not defined: run the parameters cell")
-    return NotebookParams({k: namespace[k] for k in names}, notebook)
+    values = {k: namespace[k] for k in names}
+    check_params(values, source, notebook)
+    return NotebookParams(values, notebook)
 
 
 def resolve_params(notebook: str | os.PathLike, params: dict[str, Any]) -> dict[str, Any]:
@@ -676,6 +746,7 @@ def resolve_params(notebook: str | os.PathLike, params: dict[str, Any]) -> dict[
     if unknown:
         raise ValueError(f"unknown parameter(s) {_unknown_names(unknown, list(defaults))} for "
                          f"{Path(notebook).name}; it takes: {', '.join(defaults)}")
+    check_params(params, _parameters_source(notebook), Path(notebook).name)
     return {**defaults, **params}
 
 

@@ -197,3 +197,42 @@ def test_a_read_only_data_root_lacking_a_dataset_gives_the_download_instructions
     assert f"the data root {root} is not writable (Read-only file system)" in msg
     assert "Download EuroSAT.zip from one of:" in msg and "LCC_DATA_DIR" in msg
     assert not np.any([p.name == "archives" for p in root.iterdir()])
+
+
+# ----------------------------------------------------------------------------- parameters
+def test_a_zero_batch_size_stops_before_any_run_folder(monkeypatch):
+    """04 under papermill ``-p batch_size 0``: once trained with 64 while params.json said 0."""
+    monkeypatch.setenv(runs.NOTEBOOK_ENV, "04_train.ipynb")
+    cell = "batch_size: int = 64  # images per step\nseed: int = 0  # seed"
+    ns = {"In": ["from lcc_utils import runs", cell, "# Parameters\nbatch_size = 0\n"],
+          "batch_size": 0, "seed": 0}
+    with pytest.raises(ValueError, match=r"invalid parameter\(s\) for 04_train.ipynb: batch_size=0 must be at least 1"):
+        runs.notebook_params(ns)
+    with pytest.raises(ValueError, match="batch_size=0 must be at least 1"):
+        runs.execute_notebook(runs.notebook_path("04"), {"batch_size": 0})
+    assert not runs.runs_root().exists(), "a refused parameter made a run folder"
+
+
+@pytest.mark.parametrize(("notebook", "name", "text"), [
+    ("05", "train_run", "runs/train/eurosat-plain_cnn-random-0.05-0-1a2b3c4d"),
+    ("05", "methods", "lap"),
+])
+def test_a_list_or_dict_parameter_given_as_text_says_to_use_yaml(notebook, name, text):
+    nb = runs.notebook_path(notebook)
+    kind = type(runs.notebook_defaults(nb)[name]).__name__
+    with pytest.raises(ValueError, match=rf"{name} is a {kind} but was given the text '{text}': papermill's -p "
+                                         rf"passes text; give a {kind} as YAML/JSON with -y, e\.g\. -y '") as err:
+        runs.execute_notebook(nb, {name: text})
+    example = str(err.value).split("-y '")[1].rstrip("'")
+    assert isinstance(json.loads(example)[name], (list, dict))  # the example itself is valid
+    assert not runs.runs_root().exists()
+
+
+def test_every_notebook_default_and_profile_run_passes_the_parameter_checks():
+    from lcc_utils import study
+
+    for nb in study.notebooks():
+        for profile in study.PROFILES:
+            for params in study.profile_runs(nb, profile):
+                runs.resolve_params(nb, params)
+        runs.check_params(runs.notebook_defaults(nb), runs._parameters_source(nb), nb.name)
