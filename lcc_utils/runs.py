@@ -864,6 +864,10 @@ def tidy_executed_notebook(path: str | os.PathLike, max_px: int = 700) -> int:
     return before - path.stat().st_size
 
 
+#: Arguments of every kernel the project starts: no IPython history written to the user's profile.
+KERNEL_ARGUMENTS = ("--HistoryManager.enabled=False", "--HistoryManager.hist_file=:memory:")
+
+
 @functools.cache
 def ipc_kernel_manager() -> type:
     """A Jupyter kernel manager that talks to its kernel over IPC sockets instead of TCP.
@@ -871,7 +875,7 @@ def ipc_kernel_manager() -> type:
     A local kernel needs no network port; over TCP without CurveZMQ keys every ipykernel
     warns "Kernel is running over TCP without encryption" once per run. Each kernel's sockets
     are files with a name of their own in Jupyter's runtime folder (never in the project), and
-    go with the kernel.
+    go with the kernel. The kernels write no IPython history (:data:`KERNEL_ARGUMENTS`).
     """
     import uuid
 
@@ -888,6 +892,15 @@ def ipc_kernel_manager() -> type:
             # the working directory) is shared by the kernels that Dask workers start side by side
             os.makedirs(jupyter_runtime_dir(), exist_ok=True)
             return os.path.join(jupyter_runtime_dir(), f"lcc-kernel-{uuid.uuid4().hex}-ipc")
+
+        def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+            # a study's hundreds of kernels would fill the user's IPython history (and contend for its
+            # sqlite file); the cells are in the executed notebook. IPython's `In` (read by
+            # notebook_params) is kept in memory either way. A setting given twice kills the kernel
+            # at start (nbclient already passes hist_file), so each is added once.
+            given = {a.split("=")[0] for a in extra_arguments or []}
+            return super().format_kernel_cmd([*(extra_arguments or []),
+                                              *(a for a in KERNEL_ARGUMENTS if a.split("=")[0] not in given)])
 
     return IPCKernelManager
 

@@ -236,3 +236,22 @@ def test_every_notebook_default_and_profile_run_passes_the_parameter_checks():
             for params in study.profile_runs(nb, profile):
                 runs.resolve_params(nb, params)
         runs.check_params(runs.notebook_defaults(nb), runs._parameters_source(nb), nb.name)
+
+
+# ----------------------------------------------------------------------------- traces left behind
+def test_dask_scratch_space_goes_to_the_cache_not_the_system_temp_dir(tmp_cache):
+    """Scheduler and workers alike: by default each makes dask-scratch-space/ in the system temp dir."""
+    from lcc_utils import cluster
+
+    with cluster.open_client("local", jobs=1) as client:
+        dirs = client.run(lambda dask_worker: dask_worker.local_directory)
+        dirs["scheduler"] = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.local_directory)
+    assert len(dirs) == 2 and all(Path(d).is_relative_to(tmp_cache / "dask-scratch") for d in dirs.values()), dirs
+
+
+def test_kernels_started_by_the_project_write_no_ipython_history(tmp_path, tmp_cache, monkeypatch):
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))  # the kernel's profile, inherited
+    nb = _toy_notebook(tmp_path / "09_toy.ipynb")
+    d, executed = runs.execute_notebook(nb, {"value": 3})
+    assert executed and json.loads((d / "metrics.json").read_text()) == {"double": 6}  # `In` still read
+    assert not list((tmp_path / "ipython").rglob("history.sqlite")), "the kernel wrote IPython history"
