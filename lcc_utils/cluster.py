@@ -73,9 +73,15 @@ def make_cluster(kind: str = "local", jobs: int = 2, gpus: int | None = None):
         import dask_jobqueue
     except ImportError as err:
         raise ImportError(f"cluster={kind!r} needs dask-jobqueue: pip install dask-jobqueue") from err
+    import dask
+
     cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[kind]
-    # One single-threaded worker per job: a run is one kernel on one core (or one GPU).
-    cluster = cls(cores=1, processes=1)
+    # One single-threaded worker per job: a run is one kernel on one core (or one GPU). The
+    # scheduler runs here: its scratch space goes to the cache too, unless the site's Dask
+    # configuration names a temporary-directory (the workers' local disk is the site's choice).
+    tmp = dask.config.get("temporary-directory", None) or str(scratch_dir())
+    with dask.config.set({"temporary-directory": tmp}):
+        cluster = cls(cores=1, processes=1)
     cluster.scale(jobs=jobs)
     return cluster
 

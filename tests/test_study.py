@@ -104,13 +104,15 @@ def test_cluster_choices_and_bad_input():
         study.dispatch([], "", jobs=0)
 
 
-def test_slurm_workers_are_single_threaded_jobs():
+def test_slurm_workers_are_single_threaded_jobs(tmp_path):
     """The SLURM path builds a job script of one single-threaded worker (nothing is submitted)."""
     pytest.importorskip("dask_jobqueue")
     import dask
     from dask_jobqueue import SLURMCluster
 
-    with dask.config.set({"jobqueue.slurm.memory": "4GB", "jobqueue.slurm.walltime": "02:00:00",
+    # its scheduler runs here: scratch space in the test's folder, not dask-scratch-space/ in /tmp
+    with dask.config.set({"temporary-directory": str(tmp_path),
+                          "jobqueue.slurm.memory": "4GB", "jobqueue.slurm.walltime": "02:00:00",
                          "jobqueue.slurm.job-extra-directives": ["--gres=gpu:1"]}):
         c = SLURMCluster(cores=1, processes=1)
         try:
