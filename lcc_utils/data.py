@@ -412,6 +412,10 @@ def _decode_ms(path: Path, spec: DatasetSpec) -> tuple[np.ndarray, dict, str]:
                     f"{path}: wrong size {src.width}x{src.height}, expected {spec.size}x{spec.size}"
                 )
             arr = src.read()
+            if (src.nodata is not None and np.all(arr == src.nodata)) or not arr.any():
+                what = f"the nodata value {src.nodata:g}" if src.nodata is not None else "0 in every band"
+                raise BadImageError(f"{path}: every pixel is no data ({what}): an empty tile, not an "
+                                    "image of its class; remove it")
             b = src.bounds
             geo = {
                 "crs": src.crs.to_string() if src.crs else "",
@@ -503,6 +507,12 @@ def load_dataset(
             "remove them or pass on_bad='skip')"
         )
     key = dataset_hash(folder, files)
+    twins = _cross_class_twins(folder, files)
+    if twins and on_bad == "raise":
+        a, b = twins[0]
+        raise BadImageError(f"{folder / a} and {folder / b}: the same image (identical bytes) in two class "
+                            f"folders, so it has two labels ({len(twins)} such pair(s)); remove the copy from "
+                            "the wrong class, or pass on_bad='skip' to leave both out")
     cdir = cache_dir() / "decoded"
     cdir.mkdir(parents=True, exist_ok=True)
     stem = f"{name}-{key}-{on_bad}"
@@ -511,6 +521,10 @@ def load_dataset(
         meta = _read_cache_meta(meta_path, arr_path)
     else:
         arr, keep, skipped, resized, geo, converted = _decode_all(spec, folder, files, on_bad)
+        if twins:  # on_bad="skip": an image with two labels is left out, every copy of it
+            drop = {f for pair in twins for f in pair}
+            keep = [i for i in keep if files[i] not in drop]
+            skipped = sorted(skipped + [(f, "the same image in two class folders") for f in drop])
         # a file edited while it was decoded would leave pixels of other content under this key
         if dataset_hash(folder, files) != key:
             raise RuntimeError(f"{name}: files under {folder} changed while they were decoded; load again")
@@ -541,6 +555,22 @@ def load_dataset(
         skipped=skipped, resized=meta["resized"],
         converted=[tuple(c) for c in meta.get("converted", [])],
     )
+
+
+def _cross_class_twins(folder: Path, files: Sequence[str]) -> list[tuple[str, str]]:
+    """Pairs of files with identical bytes in two different class folders (a label conflict).
+
+    Copies within one class are kept: UC Merced ships two identical airplane images. The
+    digests come from the fingerprint index the content hash just filled, so this only stats.
+    """
+    digests = fingerprints.content_digests(folder, files)
+    first: dict[str, str] = {}
+    twins = []
+    for f in files:
+        seen = first.setdefault(digests[f], f)
+        if seen != f and seen.split("/")[0] != f.split("/")[0]:
+            twins.append((seen, f))
+    return twins
 
 
 def _read_cache_meta(meta_path: Path, arr_path: Path) -> dict:

@@ -255,3 +255,41 @@ def test_kernels_started_by_the_project_write_no_ipython_history(tmp_path, tmp_c
     d, executed = runs.execute_notebook(nb, {"value": 3})
     assert executed and json.loads((d / "metrics.json").read_text()) == {"double": 6}  # `In` still read
     assert not list((tmp_path / "ipython").rglob("history.sqlite")), "the kernel wrote IPython history"
+
+
+# ----------------------------------------------------------------------------- bad images
+def test_the_same_image_in_two_class_folders_is_named(synthetic_root, tmp_path, tmp_cache):
+    import shutil
+
+    from lcc_utils import constants as C
+
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root / "eurosat", root / "eurosat")
+    folder = root / C.DATASET_SUBDIRS["eurosat"]
+    shutil.copyfile(folder / "Forest" / "Forest_1.jpg", folder / "River" / "River_99.jpg")
+    with pytest.raises(data.BadImageError, match=r"Forest/Forest_1\.jpg and .*River/River_99\.jpg: the same "
+                                                 r"image \(identical bytes\) in two class folders, so it has "
+                                                 r"two labels \(1 such pair\(s\)\); remove the copy"):
+        data.load_dataset("eurosat", root)
+    n = len(data.load_dataset("eurosat", synthetic_root))
+    with pytest.warns(UserWarning, match="skipped 2 bad file"):
+        ds = data.load_dataset("eurosat", root, on_bad="skip")
+    assert len(ds) == n + 1 - 2 and "Forest/Forest_1.jpg" not in ds.files
+    assert ("River/River_99.jpg", "the same image in two class folders") in ds.skipped
+
+
+def test_an_all_nodata_multispectral_tile_is_named(synthetic_root, tmp_path, tmp_cache):
+    import shutil
+
+    import rasterio
+
+    from lcc_utils import constants as C
+
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root / "eurosat-ms", root / "eurosat-ms")
+    f = root / C.DATASET_SUBDIRS["eurosat_ms"] / "Forest" / "Forest_1.tif"
+    with rasterio.open(f, "r+") as dst:
+        dst.write(np.zeros((dst.count, dst.height, dst.width), dtype=np.uint16))
+    with pytest.raises(data.BadImageError, match=r"Forest_1\.tif: every pixel is no data \(0 in every band\): "
+                                                 r"an empty tile, not an image of its class"):
+        data.load_dataset("eurosat_ms", root, download=False)
