@@ -265,6 +265,8 @@ def _current_data_hash(params: dict[str, Any]) -> str | None:
     ``data_hash``; :func:`execute_notebook` checks it before it skips a finished run, so other
     data under the same parameters get a run of their own instead of the committed results.
     """
+    if isinstance(params.get("scene"), str) and isinstance(params.get("eurosat_task"), str):
+        return _current_preprocessing_hash(params)
     if not isinstance(params.get("dataset"), str):
         return None
     from . import data
@@ -278,7 +280,27 @@ def _current_data_hash(params: dict[str, Any]) -> str | None:
     return _DATA_HASHES[key][1]
 
 
-_DATA_HASHES: dict[tuple[str, str], tuple[float, str | None]] = {}
+_DATA_HASHES: dict[tuple[str, ...], tuple[float, str | None]] = {}
+
+
+def _current_preprocessing_hash(params: dict[str, Any]) -> str | None:
+    """Notebook 02's data hash now: its scene and the EuroSAT MS files it cuts (None: no scene here).
+
+    Once per scene, bands, task and data root per minute, like :func:`_current_data_hash`.
+    """
+    from . import data, sentinel2
+
+    scene = resolve_path(params["scene"])
+    root = data.resolve_data_dir(params.get("data_dir") or None)
+    key = (str(scene), "|".join(map(str, params.get("bands") or [])), params["eurosat_task"], str(root))
+    now = time.monotonic()
+    if key not in _DATA_HASHES or now - _DATA_HASHES[key][0] > 60:
+        found = None
+        if scene.exists():
+            product = sentinel2.open_l2a(scene, *([params["bands"]] if params.get("bands") else []))
+            found = sentinel2.preprocessing_data_hash(product, params["eurosat_task"], root)
+        _DATA_HASHES[key] = (now, found)
+    return _DATA_HASHES[key][1]
 
 
 def git_commit() -> str:

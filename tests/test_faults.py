@@ -293,3 +293,38 @@ def test_an_all_nodata_multispectral_tile_is_named(synthetic_root, tmp_path, tmp
     with pytest.raises(data.BadImageError, match=r"Forest_1\.tif: every pixel is no data \(0 in every band\): "
                                                  r"an empty tile, not an image of its class"):
         data.load_dataset("eurosat_ms", root, download=False)
+
+
+# ----------------------------------------------------------------------------- data identity of 02
+def test_notebook_02s_data_hash_covers_the_eurosat_ms_files_it_cuts(synthetic_root, tmp_path, tmp_cache):
+    """Other EuroSAT MS files must give another 02 run, not the committed patch sets."""
+    import shutil
+
+    import make_s2_fixtures as fx
+
+    from lcc_utils import constants as C
+    from lcc_utils import sentinel2 as s2
+
+    product = s2.open_l2a(fx.make_cog_product(tmp_path / "cogs", 64))
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root / "eurosat-ms", root / "eurosat-ms")
+    scene_only = s2.preprocessing_data_hash(product, "none", root)
+    both = s2.preprocessing_data_hash(product, "both", root)
+    assert scene_only == s2.product_hash(product) and both != scene_only
+    assert s2.preprocessing_data_hash(product, "binary", root) == both  # the same files cut
+    f = root / C.DATASET_SUBDIRS["eurosat_ms"] / "Forest" / "Forest_1.tif"
+    f.write_bytes(f.read_bytes()[:-1] + bytes([f.read_bytes()[-1] ^ 1]))  # one bit of one file
+    assert s2.preprocessing_data_hash(product, "both", root) != both
+    assert s2.preprocessing_data_hash(product, "none", root) == scene_only
+
+
+@pytest.mark.integration
+def test_the_committed_02_run_records_the_hash_of_its_scene_and_eurosat_ms(shared_data, tmp_cache, monkeypatch):
+    """scripts/migrate_preprocessing_hash.py moved it (its patch sets rebuilt with the same hashes): the
+    study still finds it finished on the shared data and skips it (the check execute_notebook makes)."""
+    monkeypatch.setenv("LCC_RUNS_DIR", str(ROOT / "runs"))
+    full = runs.resolve_params(runs.notebook_path("02"), {"data_dir": str(shared_data)})
+    folder = runs.run_dir("sentinel2", full)
+    assert runs.run_finished(folder)
+    assert runs.recorded_data_hash(folder) == runs._current_data_hash(full) != runs.recorded_data_hash(
+        ROOT / "runs" / "mapping" / "binary-S2A-29RKH-20200219-0-L2A-baa3d32c")  # 08's: the product alone
