@@ -15,6 +15,12 @@ folder outside the tracked tree, :func:`rerun_dir` (``cache/rerun/<stage>/<folde
 the committed folder. The same staging folder holds the checkpoint that
 :func:`lcc_utils.trained.reopen_trained` rebuilds for a folder whose checkpoint is not committed.
 A run that fails leaves no folder behind (:func:`execute_notebook`).
+
+One process writes a run folder: :func:`start_run` takes its lock (:func:`lock_run`, a file
+under ``cache/locks/``) before writing anything, :meth:`Run.log_metrics` releases it after
+``metrics.json``, the folder's last file. Every run file is read through
+:func:`read_run_json`: a broken one is an error naming it and the rerun; a ``metrics.json``
+that does not parse marks no finished run (:func:`run_finished`).
 """
 
 from __future__ import annotations
