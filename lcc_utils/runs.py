@@ -30,6 +30,7 @@ import functools
 import hashlib
 import json
 import math
+import numbers
 import os
 import platform
 import re
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import __version__
@@ -641,7 +643,7 @@ def _annotations(source: str) -> dict[str, str]:
 #: What a parameters cell's annotation admits. ``str`` is not enforced: a few text parameters also
 #: take a list or a mapping (05's ``budget``), as their comments say.
 _ANNOTATED_TYPES: dict[str, tuple[type, ...]] = {
-    "int": (int,), "float": (int, float), "bool": (bool,), "list": (list,), "dict": (dict,)}
+    "int": (numbers.Integral,), "float": (numbers.Real,), "bool": (bool, np.bool_), "list": (list,), "dict": (dict,)}
 #: Parameters that count something (images, pixels, epochs, resamples): 0 or less is never meant.
 #: Before this check ``batch_size=0`` trained silently with the recipe's 64 while params.json said 0.
 POSITIVE_PARAMS = ("batch_size", "image_size", "epochs", "patch_size", "window_size", "stride",
@@ -659,7 +661,7 @@ def _param_problem(name: str, value: Any, annotation: str, default: Any) -> str 
     want = _ANNOTATED_TYPES.get(kind)
     if want is None:
         return None
-    if not isinstance(value, want) or (kind in ("int", "float") and isinstance(value, bool)):
+    if not isinstance(value, want) or (kind in ("int", "float") and isinstance(value, (bool, np.bool_))):
         if kind in ("list", "dict") and isinstance(value, str):
             example = json.dumps({name: default if default not in (None, [], {}) else value})
             return (f"{name} is a {kind} but was given the text {value!r}: papermill's -p passes text; "
