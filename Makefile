@@ -6,6 +6,7 @@
 #   make setup TORCH=cpu                                       -- Linux without a GPU: CPU-only torch, no CUDA wheels
 #   make lock                                                  -- recompile the locks from requirements.in (needs uv)
 #   make verify-data                                           -- re-hash every data file, check the cache's index
+#   make clean-cache                                           -- delete cache/ (~0.75 GB after the quick study; remade on demand)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python

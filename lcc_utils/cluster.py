@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 CLUSTERS = ("local", "slurm", "pbs")
 
@@ -56,23 +57,42 @@ def make_cluster(kind: str = "local", jobs: int = 2, gpus: int | None = None):
         # progress lines stay readable. memory_limit=0: the heavy memory lives in the kernels
         # the workers start, which the nanny's limit would not see anyway.
         common = {"silence_logs": logging.WARNING}
+        # Dask's scratch space (worker spill files, locks) goes to the project's git-ignored cache,
+        # not to dask-scratch-space/ in the system temp dir, where it outlives every cluster
+        scratch = {"local_directory": str(scratch_dir())}
         if gpus > 0:
             workers = {f"gpu{i}": {"cls": Nanny, "options": {
                 "nthreads": 1, "memory_limit": 0, "resources": {"GPU": 1},
-                "env": {"CUDA_VISIBLE_DEVICES": str(i)}, **common}} for i in range(gpus)}
+                "env": {"CUDA_VISIBLE_DEVICES": str(i)}, **scratch, **common}} for i in range(gpus)}
             return SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {
-                "dashboard_address": None}}, **common)
+                "dashboard_address": None, **scratch}}, **common)
         return LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
-                            dashboard_address=None, memory_limit=0, **common)
+                            dashboard_address=None, memory_limit=0, scheduler_kwargs=scratch,
+                            **scratch, **common)
     try:
         import dask_jobqueue
     except ImportError as err:
         raise ImportError(f"cluster={kind!r} needs dask-jobqueue: pip install dask-jobqueue") from err
+    import dask
+
     cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[kind]
-    # One single-threaded worker per job: a run is one kernel on one core (or one GPU).
-    cluster = cls(cores=1, processes=1)
+    # One single-threaded worker per job: a run is one kernel on one core (or one GPU). The
+    # scheduler runs here: its scratch space goes to the cache too, unless the site's Dask
+    # configuration names a temporary-directory (the workers' local disk is the site's choice).
+    tmp = dask.config.get("temporary-directory", None) or str(scratch_dir())
+    with dask.config.set({"temporary-directory": tmp}):
+        cluster = cls(cores=1, processes=1)
     cluster.scale(jobs=jobs)
     return cluster
+
+
+def scratch_dir() -> Path:
+    """Dask's local directory for this project's clusters: ``cache/dask-scratch`` (``LCC_CACHE_DIR``)."""
+    from .paths import cache_dir
+
+    d = cache_dir() / "dask-scratch"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
 
 
 def open_client(kind: str = "local", jobs: int = 2, address: str | None = None):

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from lcc_utils.files import broken, read_json, read_npz
 from lcc_utils.paths import atomic_path, atomic_write
 
 #: Score kinds one proxy training yields, and whether a HIGHER value means a harder image.
@@ -221,9 +222,12 @@ def load_scores(path: str | os.PathLike) -> CoresetScores:
     meta_path = path.with_name(path.name + ".json")
     if not path.is_file() or not meta_path.is_file():
         raise FileNotFoundError(f"scores file not found: {path} (and its .json metadata)")
-    with np.load(path) as z:
-        arrays = {k: z[k] for k in ("scores", "indices", "labels")}
-    meta = json.loads(meta_path.read_text())
+    remedy = ("Delete it and its .json (a score file of the cache, or `make clean-cache`): notebook 03 "
+              "computes the scores again")
+    arrays = read_npz(path, remedy, ("scores", "indices", "labels"))
+    meta = read_json(meta_path, remedy)
+    if "method" not in meta:
+        raise broken(meta_path, "score metadata without its 'method'", remedy)
     return CoresetScores(meta.pop("method"), arrays["scores"], arrays["indices"],
                          arrays["labels"], meta)
 
@@ -582,7 +586,11 @@ def load_coreset(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"coreset index file not found: {path}")
-    return np.asarray(json.loads(path.read_text())["indices"], dtype=np.int64)
+    remedy = "Delete it: the run that selected the coreset writes it again"
+    d = read_json(path, remedy)
+    if not isinstance(d.get("indices"), list):
+        raise broken(path, "a coreset index file without its list of 'indices'", remedy)
+    return np.asarray(d["indices"], dtype=np.int64)
 
 
 def coreset_indices(

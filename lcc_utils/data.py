@@ -50,6 +50,7 @@ from torchvision.transforms import v2 as _tv2
 from . import constants as C
 from . import fingerprints
 from .augment import trivial_augment_wide
+from .files import broken, open_npy, read_json
 from .paths import atomic_path, atomic_write, cache_dir, resolve_data_dir
 from .progress import tqdm
 
@@ -199,6 +200,23 @@ def _manual_instructions(name: str, root: Path) -> str:
     )
 
 
+def _writable_root(name: str, root: Path, folder: Path) -> None:
+    """Create ``folder`` under the data root for a download; a read-only root gets the instructions.
+
+    A shared, read-only data root (``../shared/data`` mounted read-only) lacking a dataset would
+    otherwise fail with ``OSError: [Errno 30] Read-only file system: '.../archives'``.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(13, "Permission denied", str(folder))
+    except OSError as err:
+        raise DatasetNotFoundError(
+            f"cannot download {name}: the data root {root} is not writable ({err.strerror or err}).\n"
+            + _manual_instructions(name, root)
+            + "\nOr point LCC_DATA_DIR / the data_dir parameter at a writable folder to download it there.") from None
+
+
 def fetch_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> Path:
     """Return the folder of dataset ``name``, downloading and extracting the official archive if needed.
 
@@ -223,7 +241,7 @@ def fetch_dataset(name: str, data_dir: str | os.PathLike | None = None, download
     if not archive.exists():
         if not download:
             raise DatasetNotFoundError(_manual_instructions(name, root))
-        archive.parent.mkdir(parents=True, exist_ok=True)
+        _writable_root(name, root, archive.parent)
         errors = []
         for url in info["urls"]:  # type: ignore[union-attr]
             try:
@@ -236,6 +254,7 @@ def fetch_dataset(name: str, data_dir: str | os.PathLike | None = None, download
                 _manual_instructions(name, root) + "\nDownload failed:\n  " + "\n  ".join(errors)
             )
     verify_archive(archive, name)
+    _writable_root(name, root, root)
     target = root / str(info["extract_to"])
     # A folder tree, not a file (paths.atomic_path writes files): extract beside the target,
     # then move each top-level entry in with one rename.
@@ -393,6 +412,10 @@ def _decode_ms(path: Path, spec: DatasetSpec) -> tuple[np.ndarray, dict, str]:
                     f"{path}: wrong size {src.width}x{src.height}, expected {spec.size}x{spec.size}"
                 )
             arr = src.read()
+            if (src.nodata is not None and np.all(arr == src.nodata)) or not arr.any():
+                what = f"the nodata value {src.nodata:g}" if src.nodata is not None else "0 in every band"
+                raise BadImageError(f"{path}: every pixel is no data ({what}): an empty tile, not an "
+                                    "image of its class; remove it")
             b = src.bounds
             geo = {
                 "crs": src.crs.to_string() if src.crs else "",
@@ -484,14 +507,24 @@ def load_dataset(
             "remove them or pass on_bad='skip')"
         )
     key = dataset_hash(folder, files)
+    twins = _cross_class_twins(folder, files)
+    if twins and on_bad == "raise":
+        a, b = twins[0]
+        raise BadImageError(f"{folder / a} and {folder / b}: the same image (identical bytes) in two class "
+                            f"folders, so it has two labels ({len(twins)} such pair(s)); remove the copy from "
+                            "the wrong class, or pass on_bad='skip' to leave both out")
     cdir = cache_dir() / "decoded"
     cdir.mkdir(parents=True, exist_ok=True)
     stem = f"{name}-{key}-{on_bad}"
     meta_path, arr_path = cdir / f"{stem}.json", cdir / f"{stem}.raw"
     if meta_path.exists() and arr_path.exists():
-        meta = json.loads(meta_path.read_text())
+        meta = _read_cache_meta(meta_path, arr_path)
     else:
         arr, keep, skipped, resized, geo, converted = _decode_all(spec, folder, files, on_bad)
+        if twins:  # on_bad="skip": an image with two labels is left out, every copy of it
+            drop = {f for pair in twins for f in pair}
+            keep = [i for i in keep if files[i] not in drop]
+            skipped = sorted(skipped + [(f, "the same image in two class folders") for f in drop])
         # a file edited while it was decoded would leave pixels of other content under this key
         if dataset_hash(folder, files) != key:
             raise RuntimeError(f"{name}: files under {folder} changed while they were decoded; load again")
@@ -514,7 +547,7 @@ def load_dataset(
         names = ", ".join(s[0] for s in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
         warnings.warn(f"{name}: skipped {len(skipped)} bad file(s) (on_bad='skip'): {names}",
                       stacklevel=2)
-    images = np.load(arr_path, mmap_mode="r")
+    images = open_npy(arr_path, _cache_remedy(meta_path, arr_path), rows=len(meta["files"]))
     return ImageDataset(
         name=name, root=folder, classes=list(spec.classes), files=meta["files"],
         labels=np.asarray(meta["labels"], dtype=np.int64), images=images, bands=spec.bands,
@@ -522,6 +555,38 @@ def load_dataset(
         skipped=skipped, resized=meta["resized"],
         converted=[tuple(c) for c in meta.get("converted", [])],
     )
+
+
+def _cross_class_twins(folder: Path, files: Sequence[str]) -> list[tuple[str, str]]:
+    """Pairs of files with identical bytes in two different class folders (a label conflict).
+
+    Copies within one class are kept: UC Merced ships two identical airplane images. The
+    digests come from the fingerprint index the content hash just filled, so this only stats.
+    """
+    digests = fingerprints.content_digests(folder, files)
+    first: dict[str, str] = {}
+    twins = []
+    for f in files:
+        seen = first.setdefault(digests[f], f)
+        if seen != f and seen.split("/")[0] != f.split("/")[0]:
+            twins.append((seen, f))
+    return twins
+
+
+def _read_cache_meta(meta_path: Path, arr_path: Path) -> dict:
+    """The index (``.json``) of a decoded-array cache entry, checked to hold every key a load reads."""
+    meta = read_json(meta_path, _cache_remedy(meta_path, arr_path))
+    missing = sorted({"files", "labels", "skipped", "resized", "geo"} - meta.keys())
+    if missing or len(meta["files"]) != len(meta["labels"]):
+        raise broken(meta_path, f"an incomplete cache index (missing {missing} or files and labels of "
+                                "different lengths)", _cache_remedy(meta_path, arr_path))
+    return meta
+
+
+def _cache_remedy(meta_path: Path, arr_path: Path) -> str:
+    """What to do about a broken decoded-array cache entry: delete its two files, load again."""
+    return (f"It is the decoded-array cache of the dataset: delete {meta_path.name} and {arr_path.name} in "
+            f"{meta_path.parent} (or run `make clean-cache`); the next load decodes the images again")
 
 
 # --------------------------------------------------------------------------- verification

@@ -152,7 +152,7 @@ def probe_over_seeds(folders: list[Path]) -> pd.DataFrame:
         f = Path(f)
         if not (f / "linear_probe.csv").is_file():
             continue
-        params = json.loads((f / "params.json").read_text())["params"]
+        params = runs.read_run_json(f, "params.json")["params"]
         summary = probe.probe_summary(pd.read_csv(f / "linear_probe.csv"))
         parts.append(summary.assign(dataset=params["dataset"], seed=params["seed"]))
     if not parts:
@@ -278,8 +278,10 @@ def prepare_training(
                          "pretrained False and weights empty")
     bb = trained.backbone(backbone_run, model=model, dataset=dataset, data_dir=data_dir or None)
     rec = training.get_recipe(recipe)
-    if batch_size:
-        rec = replace(rec, batch_size=int(batch_size))
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        # 0 once fell back to the recipe's 64 while params.json recorded 0
+        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
+    rec = replace(rec, batch_size=int(batch_size))
     ds = data.load_dataset(dataset, data_dir=data_dir or None)
     split = data.get_split(ds, seed=seed)
     target = scoring_target(target_model=model, target_image_size=image_size,
@@ -404,8 +406,9 @@ def retrain_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None =
     """
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else runs.rerun_dir(run_dir)
-    atomic_write(out / "params.json", (run_dir / "params.json").read_text())
-    params = dict(json.loads((run_dir / "params.json").read_text())["params"])
+    info = runs.read_run_json(run_dir, "params.json")
+    atomic_write(out / "params.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+    params = dict(info["params"])
     stored_dir = params.get("data_dir") or ""
     if data_dir is not None:
         params["data_dir"] = str(data_dir)
@@ -418,7 +421,7 @@ def retrain_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None =
                             seed=int(params["seed"]), params=params)
     mfile = run_dir / "metrics.json"
     if mfile.is_file():
-        stored = json.loads(mfile.read_text())
+        stored = runs.read_run_json(run_dir, "metrics.json")
         if "best_epoch" in stored and int(stored["best_epoch"]) != result.best_epoch:
             warnings.warn(f"rebuilt {run_dir}: best epoch {result.best_epoch} differs from the "
                           f"stored {stored['best_epoch']} (different device or library versions?)",
@@ -1034,7 +1037,7 @@ def prepare_compression(run_dir: str | os.PathLike, model: nn.Module, data_dir: 
     run_dir = Path(run_dir)
     if not (run_dir / "params.json").is_file():
         raise FileNotFoundError(f"{run_dir} is not a training run folder (no params.json)")
-    info = json.loads((run_dir / "params.json").read_text())
+    info = runs.read_run_json(run_dir, "params.json")
     params = dict(info["params"])
     ds = data.load_dataset(params["dataset"], data_dir=data_dir or None)
     recorded = info.get("data_hash")

@@ -131,8 +131,8 @@ def load_eurosat_patchset(sentinel2_run: Mapping[str, Any], task: str, data_dir:
     from lcc_utils import data, runs, sentinel2
 
     d = runs.find_run("02", sentinel2_run)
-    params = json.loads((d / "params.json").read_text())["params"]
-    want = json.loads((d / "metrics.json").read_text()).get(f"eurosat_ms_{task}_hash")
+    params = runs.read_run_json(d, "params.json")["params"]
+    want = runs.read_run_json(d, "metrics.json").get(f"eurosat_ms_{task}_hash")
     if want is None:
         raise ValueError(f"the 02 run {d.name} built no EuroSAT MS {task!r} patch set (eurosat_task="
                          f"{params['eurosat_task']!r}); run 02 with -p eurosat_task {task} or both")
@@ -290,13 +290,13 @@ def retrain_model(model_dir: str | os.PathLike, data_dir: str | None = None,
 
     model_dir = Path(model_dir)
     out = Path(out) if out is not None else runs.rerun_dir(model_dir).parent.parent
-    params = dict(json.loads((model_dir / "params.json").read_text())["params"])
+    params = dict(runs.read_run_json(model_dir, "params.json")["params"])
     arch = {k: params[k] for k in training.ARCH_KEYS if k in params}
     spec = {k: params.get(k) for k in ("task", "patch_size", "split_seed", "block_size_m")}
     buffer_m = float(params.get("buffer_m") or 0.0)
     if any(v is None for v in spec.values()):
         # folders written before these keys were recorded: the enclosing evaluation run
-        outer = json.loads((model_dir.parent.parent / "params.json").read_text())["params"]
+        outer = runs.read_run_json(model_dir.parent.parent, "params.json")["params"]
         spec = {"task": outer["task"], "patch_size": outer["patch_size"],
                 "split_seed": outer.get("split_seed", outer.get("seed")),
                 "block_size_m": outer["block_size_m"]}

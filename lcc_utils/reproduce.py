@@ -54,7 +54,15 @@ import pandas as pd
 
 from .cluster import CLUSTERS
 from .paths import atomic_write, cache_dir, project_root, resolve_data_dir
-from .runs import ADDED_METRICS, LOCATION_METRICS, TIMING_METRICS, notebook_stage, resolve_params, run_dir
+from .runs import (
+    ADDED_METRICS,
+    LOCATION_METRICS,
+    TIMING_METRICS,
+    notebook_stage,
+    read_run_json,
+    resolve_params,
+    run_dir,
+)
 from .study import PROFILES, READS, dispatch, prepare_data, profile_runs_root, study_plan
 
 #: Metric names measured by a clock, and those naming a local file: reported, never compared
@@ -223,8 +231,8 @@ def reproduce(profile: str, only: list[str] | None = None, jobs: int = 1, cluste
     tables = []
     for (nb, _params, folder), (_, row) in zip(present, done.iterrows(), strict=True):
         new = Path(row["run_dir"])
-        t = compare_metrics(json.loads((folder / "metrics.json").read_text()),
-                            json.loads((new / "metrics.json").read_text()), exact=exact)
+        t = compare_metrics(read_run_json(folder, "metrics.json"), read_run_json(new, "metrics.json"),
+                            exact=exact)
         t.insert(0, "run", f"{notebook_stage(nb)}/{folder.name}")
         tables.append(t)
     report = pd.concat(tables, ignore_index=True)

@@ -15,6 +15,12 @@ folder outside the tracked tree, :func:`rerun_dir` (``cache/rerun/<stage>/<folde
 the committed folder. The same staging folder holds the checkpoint that
 :func:`lcc_utils.trained.reopen_trained` rebuilds for a folder whose checkpoint is not committed.
 A run that fails leaves no folder behind (:func:`execute_notebook`).
+
+One process writes a run folder: :func:`start_run` takes its lock (:func:`lock_run`, a file
+under ``cache/locks/``) before writing anything, :meth:`Run.log_metrics` releases it after
+``metrics.json``, the folder's last file. Every run file is read through
+:func:`read_run_json`: a broken one is an error naming it and the rerun; a ``metrics.json``
+that does not parse marks no finished run (:func:`run_finished`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import functools
 import hashlib
 import json
 import math
+import numbers
 import os
 import platform
 import re
@@ -34,9 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import __version__
+from .files import json_parses, read_json
 from .paths import atomic_path, atomic_write, cache_dir, project_root, resolve_path, runs_root
 
 #: Parameters that say *where* things are, not *what* is computed: left out of the hash.
@@ -128,12 +137,81 @@ def rerun_dir(folder: str | os.PathLike) -> Path:
     committed run. A folder outside ``runs/`` goes to ``cache/rerun/elsewhere/<name>-<hash of
     its path>``.
     """
+    return cache_dir() / "rerun" / _folder_key(folder)
+
+
+def _folder_key(folder: str | os.PathLike) -> Path:
+    """A run folder's path under ``runs/`` (``elsewhere/<name>-<hash of its path>`` outside it)."""
     folder = Path(folder).resolve()
     try:
-        rel = folder.relative_to(runs_root().resolve())
+        return folder.relative_to(runs_root().resolve())
     except ValueError:
-        rel = Path("elsewhere") / f"{folder.name}-{hashlib.sha256(str(folder).encode()).hexdigest()[:8]}"
-    return cache_dir() / "rerun" / rel
+        return Path("elsewhere") / f"{folder.name}-{hashlib.sha256(str(folder).encode()).hexdigest()[:8]}"
+
+
+# --------------------------------------------------------------------------- one writer per folder
+class RunLockedError(RuntimeError):
+    """Another process is writing the run folder (one writer per run folder)."""
+
+
+#: Set by :func:`execute_notebook` for its kernel: the lock file the executing driver holds on the
+#: kernel's behalf (the kernel is another process, which would otherwise find the lock taken).
+LOCK_ENV = "LCC_RUN_LOCK"
+_HELD: dict[str, Any] = {}  # lock file -> filelock.FileLock this process holds
+
+
+def lock_path(folder: str | os.PathLike) -> Path:
+    """The lock file of a run folder: ``cache/locks/<stage>/<name>.lock``, outside the tracked tree."""
+    key = _folder_key(folder)
+    return cache_dir() / "locks" / key.parent / f"{key.name}.lock"
+
+
+def lock_run(folder: str | os.PathLike) -> None:
+    """Make this process the one writer of ``folder`` until :func:`release_run` (or its exit).
+
+    Two copies of the same run (two terminals, a study and a JupyterLab session) would otherwise
+    both write the folder, the slower one rewriting tables and figures after the faster one's
+    ``metrics.json``. The lock is an OS file lock (``filelock``): a crashed holder releases it.
+
+    Raises:
+        RunLockedError: another process holds it (the message names the folder and the holder).
+
+    """
+    from filelock import FileLock, Timeout
+
+    path = lock_path(folder)
+    if str(path) in _HELD or Path(os.environ.get(LOCK_ENV) or "/nonexistent").resolve() == path.resolve():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunLockedError(
+            f"run folder {shown_path(folder)} is being written by {_lock_holder(path)} (lock {path}); "
+            "one writer per run folder. Wait for that run to finish (a rerun then reopens it "
+            "read-only) or stop it; a process that died has released the lock already.") from None
+    _HELD[str(path)] = lock
+    holder = {"pid": os.getpid(), "host": platform.node(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    atomic_write(path.with_suffix(".holder.json"), json.dumps(holder) + "\n")
+
+
+def _lock_holder(path: Path) -> str:
+    """``pid 123 on host h since <time>`` from the holder file beside a lock (best effort)."""
+    try:
+        h = json.loads(path.with_suffix(".holder.json").read_text())
+        return f"pid {h['pid']} on host {h['host']} (since {h['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def release_run(folder: str | os.PathLike) -> None:
+    """Release this process's lock of ``folder`` (no-op when it holds none)."""
+    path = lock_path(folder)
+    lock = _HELD.pop(str(path), None)
+    if lock is not None:
+        path.with_suffix(".holder.json").unlink(missing_ok=True)
+        lock.release()
 
 
 def data_variant_dir(folder: str | os.PathLike, data_hash: str) -> Path:
@@ -148,10 +226,42 @@ def data_variant_dir(folder: str | os.PathLike, data_hash: str) -> Path:
     return folder.parent / f"{folder.name}-data-{data_hash[:8]}"
 
 
+def run_file_remedy(folder: str | os.PathLike) -> str:
+    """What to do about a broken file of the run folder ``folder``: delete the folder, rerun the run."""
+    if Path(folder).parent.name == "models":  # one network of a paper-B run: the run is two up
+        folder = Path(folder).parent.parent
+    stage = Path(folder).parent.name
+    books = [nb.name for nb in sorted(notebooks_dir().glob("[0-9][0-9]_*.ipynb"))
+             if re.match(r"\d+_", nb.name) and notebook_stage(nb) == stage]
+    how = f"papermill notebooks/{books[0]} with the run's parameters" if books else "its notebook"
+    return (f"Delete the run folder {shown_path(folder)} and run it again (`make study` reruns every "
+            f"missing run; by hand: {how})")
+
+
+def read_run_json(folder: str | os.PathLike, name: str) -> dict[str, Any]:
+    """``<folder>/<name>`` (``params.json``, ``metrics.json``...) of a run folder, or a named error.
+
+    Raises:
+        BrokenFileError: the file is empty, truncated or not a JSON object (the message says to
+            delete the folder and which command makes it again).
+
+    """
+    return read_json(Path(folder) / name, run_file_remedy(folder))
+
+
+def run_finished(folder: str | os.PathLike) -> bool:
+    """Whether the run in ``folder`` finished: its ``metrics.json`` exists *and* parses.
+
+    ``metrics.json`` is written last, atomically; one that does not parse (a disk that filled, a
+    broken copy) marks no finished run, so ``make study`` runs it again instead of skipping it.
+    """
+    return json_parses(Path(folder) / "metrics.json")
+
+
 def recorded_data_hash(folder: str | os.PathLike) -> str | None:
     """The ``data_hash`` in a run folder's ``params.json`` (None: no such file or no hash)."""
     p = Path(folder) / "params.json"
-    return json.loads(p.read_text()).get("data_hash") if p.is_file() else None
+    return read_run_json(folder, "params.json").get("data_hash") if p.is_file() else None
 
 
 def _for_data(folder: Path, data_hash: str | None) -> Path:
@@ -169,6 +279,8 @@ def _current_data_hash(params: dict[str, Any]) -> str | None:
     ``data_hash``; :func:`execute_notebook` checks it before it skips a finished run, so other
     data under the same parameters get a run of their own instead of the committed results.
     """
+    if isinstance(params.get("scene"), str) and isinstance(params.get("eurosat_task"), str):
+        return _current_preprocessing_hash(params)
     if not isinstance(params.get("dataset"), str):
         return None
     from . import data
@@ -182,7 +294,27 @@ def _current_data_hash(params: dict[str, Any]) -> str | None:
     return _DATA_HASHES[key][1]
 
 
-_DATA_HASHES: dict[tuple[str, str], tuple[float, str | None]] = {}
+_DATA_HASHES: dict[tuple[str, ...], tuple[float, str | None]] = {}
+
+
+def _current_preprocessing_hash(params: dict[str, Any]) -> str | None:
+    """Notebook 02's data hash now: its scene and the EuroSAT MS files it cuts (None: no scene here).
+
+    Once per scene, bands, task and data root per minute, like :func:`_current_data_hash`.
+    """
+    from . import data, sentinel2
+
+    scene = resolve_path(params["scene"])
+    root = data.resolve_data_dir(params.get("data_dir") or None)
+    key = (str(scene), "|".join(map(str, params.get("bands") or [])), params["eurosat_task"], str(root))
+    now = time.monotonic()
+    if key not in _DATA_HASHES or now - _DATA_HASHES[key][0] > 60:
+        found = None
+        if scene.exists():
+            product = sentinel2.open_l2a(scene, *([params["bands"]] if params.get("bands") else []))
+            found = sentinel2.preprocessing_data_hash(product, params["eurosat_task"], root)
+        _DATA_HASHES[key] = (now, found)
+    return _DATA_HASHES[key][1]
 
 
 def git_commit() -> str:
@@ -255,8 +387,8 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        """Whether the run has written its ``metrics.json``."""
-        return (self.dir / "metrics.json").exists()
+        """Whether the run has written its ``metrics.json`` (one that parses: :func:`run_finished`)."""
+        return run_finished(self.dir)
 
     @property
     def staged(self) -> bool:
@@ -265,6 +397,10 @@ class Run:
 
     def path(self, name: str) -> Path:
         """Path of an artefact this session writes (in :attr:`out`; sub-folders are created)."""
+        if not self.staged and self.finished:
+            raise RunConflictError(f"run {shown_path(self.dir)} finished (its metrics.json is written) "
+                                   f"and is never written into after that: save {name} before "
+                                   "run.log_metrics(...), which comes last")
         p = self.out / name
         p.parent.mkdir(parents=True, exist_ok=True)
         return RunFile(p)
@@ -310,8 +446,8 @@ class Run:
         """
         p = self.dir / "metrics.json"
         new = json.loads(json.dumps(_jsonable(metrics)))
-        if p.exists():
-            old, now = json.loads(p.read_text()), new
+        if run_finished(self.dir):
+            old, now = read_run_json(self.dir, "metrics.json"), new
             differ = sorted(k for k in old.keys() | now.keys()
                             if not (k in now and k not in old and k in ADDED_METRICS) and (
                                 k not in old or k not in now or (
@@ -325,12 +461,12 @@ class Run:
                 f"{self.out}. Delete the run folder to redo it, or change a parameter."
             )
         atomic_write(p, json.dumps(new, indent=2, sort_keys=True) + "\n")
+        release_run(self.dir)  # metrics.json is the folder's last file: its writer is done
         return RunFile(p)
 
     def metrics(self) -> dict[str, Any]:
         """The stored metrics (empty while the run is unfinished)."""
-        p = self.dir / "metrics.json"
-        return json.loads(p.read_text()) if p.exists() else {}
+        return read_run_json(self.dir, "metrics.json") if run_finished(self.dir) else {}
 
 
 class NotebookParams(dict):
@@ -369,7 +505,31 @@ def start_run(params: dict[str, Any], data_hash: str | None = None, stage: str |
                          "or stage='...'")
     params = dict(params)
     d = _for_data(run_dir(stage, params), data_hash)
-    d.mkdir(parents=True, exist_ok=True)
+    info = _provenance(stage, params, data_hash, extra)
+    if not run_finished(d):
+        lock_run(d)  # before anything is written into the folder; released by log_metrics
+    try:
+        if (d / "params.json").exists():
+            old = read_run_json(d, "params.json")
+            if old.get("data_hash") not in (None, data_hash):  # a data variant folder made on yet other data
+                raise RunConflictError(f"run {d} was made on other data (hash {old['data_hash']}, now {data_hash})")
+        if run_finished(d):  # finished before, or while this session waited for the lock
+            release_run(d)
+            # keep the provenance of the finished run; this session writes beside it, in the cache
+            out = rerun_dir(d)
+            atomic_write(out / "params.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+            _seed_checkpoints(d, out)
+            return Run(stage, params, d, out)
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write(d / "params.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+    except BaseException:
+        release_run(d)
+        raise
+    return Run(stage, params, d)
+
+
+def _provenance(stage: str, params: dict[str, Any], data_hash: str | None, extra: dict[str, Any]) -> dict:
+    """What ``params.json`` records besides the parameters: code, data and library versions."""
     info = {
         "stage": stage, "params": _jsonable(params), "params_hash": params_hash(params),
         "data_hash": data_hash, "code_version": git_commit(), "lcc_utils": __version__,
@@ -383,19 +543,7 @@ def start_run(params: dict[str, Any], data_hash: str | None = None, stage: str |
         info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except ImportError:  # pragma: no cover - torch is a hard dependency
         pass
-    p = d / "params.json"
-    if p.exists():
-        old = json.loads(p.read_text())
-        if old.get("data_hash") not in (None, data_hash):  # a data variant folder made on yet other data
-            raise RunConflictError(f"run {d} was made on other data (hash {old['data_hash']}, now {data_hash})")
-        if (d / "metrics.json").exists():
-            # keep the provenance of the finished run; this session writes beside it, in the cache
-            out = rerun_dir(d)
-            atomic_write(out / "params.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
-            _seed_checkpoints(d, out)
-            return Run(stage, params, d, out)
-    atomic_write(p, json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return Run(stage, params, d)
+    return info
 
 
 def _seed_checkpoints(folder: Path, out: Path) -> None:
@@ -471,18 +619,83 @@ def _literal_assignments(source: str) -> dict[str, Any] | None:
     return out or None
 
 
-def notebook_defaults(notebook: str | os.PathLike) -> dict[str, Any]:
-    """The default values of a notebook's ``parameters`` cell (read from the file)."""
+def _parameters_source(notebook: str | os.PathLike) -> str:
+    """The source of a notebook's one cell tagged ``parameters`` (read from the file)."""
     import nbformat
 
     nb = nbformat.read(str(notebook), as_version=4)
     cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(cells) != 1:
         raise ValueError(f"{notebook} must have exactly one cell tagged 'parameters' (found {len(cells)})")
-    values = _literal_assignments(cells[0].source)
+    return cells[0].source
+
+
+def notebook_defaults(notebook: str | os.PathLike) -> dict[str, Any]:
+    """The default values of a notebook's ``parameters`` cell (read from the file)."""
+    values = _literal_assignments(_parameters_source(notebook))
     if values is None:
         raise ValueError(f"{notebook}: the parameters cell must hold only `name = <literal>` lines")
     return values
+
+
+def _annotations(source: str) -> dict[str, str]:
+    """``{name: annotation}`` of a parameters cell: ``seed: int = 0`` -> ``"int"`` (a string one unquoted)."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return {}
+    return {n.target.id: n.annotation.value if isinstance(n.annotation, ast.Constant) else ast.unparse(n.annotation)
+            for n in body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+
+
+#: What a parameters cell's annotation admits. ``str`` is not enforced: a few text parameters also
+#: take a list or a mapping (05's ``budget``), as their comments say.
+_ANNOTATED_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (numbers.Integral,), "float": (numbers.Real,), "bool": (bool, np.bool_), "list": (list,), "dict": (dict,)}
+#: Parameters that count something (images, pixels, epochs, resamples): 0 or less is never meant.
+#: Before this check ``batch_size=0`` trained silently with the recipe's 64 while params.json said 0.
+POSITIVE_PARAMS = ("batch_size", "image_size", "epochs", "patch_size", "window_size", "stride",
+                   "num_threads", "n_boot", "n_per_class", "block_size", "samples_per_class",
+                   "scoring_epochs", "scoring_image_size", "target_image_size", "target_epochs",
+                   "calib_batches")
+
+
+def _param_problem(name: str, value: Any, annotation: str, default: Any) -> str | None:
+    """Why ``value`` does not fit parameter ``name`` (None: it fits)."""
+    m = re.fullmatch(r"Optional\[(\w+)\]|(\w+)", annotation.replace(" ", ""))
+    if not m or (value is None and m.group(1)):
+        return None
+    kind = m.group(1) or m.group(2)
+    want = _ANNOTATED_TYPES.get(kind)
+    if want is None:
+        return None
+    if not isinstance(value, want) or (kind in ("int", "float") and isinstance(value, (bool, np.bool_))):
+        if kind in ("list", "dict") and isinstance(value, str):
+            example = json.dumps({name: default if default not in (None, [], {}) else value})
+            return (f"{name} is a {kind} but was given the text {value!r}: papermill's -p passes text; "
+                    f"give a {kind} as YAML/JSON with -y, e.g. -y '{example}'")
+        return f"{name}={value!r} must be a{'n' if kind == 'int' else ''} {kind}, not {type(value).__name__}"
+    if name in POSITIVE_PARAMS and kind in ("int", "float") and value < 1:
+        return f"{name}={value!r} must be at least 1"
+    return None
+
+
+def check_params(values: dict[str, Any], source: str, notebook: str) -> None:
+    """Check parameter values against the annotations of the parameters cell ``source``.
+
+    Called before any run folder exists (by :func:`notebook_params` in the kernel, by
+    :func:`resolve_params` before a kernel starts), so a wrong value never becomes a folder
+    whose ``params.json`` records something the run did not do.
+
+    Raises:
+        ValueError: naming every parameter that does not fit, and how to pass it.
+
+    """
+    notes, defaults = _annotations(source), _literal_assignments(source) or {}
+    problems = [p for k, v in values.items() if k in notes
+                and (p := _param_problem(k, v, notes[k], defaults.get(k))) is not None]
+    if problems:
+        raise ValueError(f"invalid parameter(s) for {notebook}: " + "; ".join(problems))
 
 
 def _which_notebook(namespace: dict[str, Any], names: set[str]) -> str:
@@ -543,6 +756,9 @@ def notebook_params(namespace: dict[str, Any]) -> NotebookParams:
         path = Path(str(known))
         nb_file = path if path.is_file() else notebooks_dir() / path.name
         declared = [notebook_defaults(nb_file)]
+        source = _parameters_source(nb_file)
+    else:
+        source = next((src for src, _ in literal if not src.lstrip().startswith("# Parameters")), "")
     if not declared:
         raise ValueError("notebook_params(globals()) found no executed parameters cell (a cell of "
                          "`name = <literal>` lines): run the parameters cell first")
@@ -556,7 +772,9 @@ def notebook_params(namespace: dict[str, Any]) -> NotebookParams:
     missing = [k for k in names if k not in namespace]
     if missing:
         raise ValueError(f"parameters {missing} are not defined: run the parameters cell")
-    return NotebookParams({k: namespace[k] for k in names}, notebook)
+    values = {k: namespace[k] for k in names}
+    check_params(values, source, notebook)
+    return NotebookParams(values, notebook)
 
 
 def resolve_params(notebook: str | os.PathLike, params: dict[str, Any]) -> dict[str, Any]:
@@ -566,6 +784,7 @@ def resolve_params(notebook: str | os.PathLike, params: dict[str, Any]) -> dict[
     if unknown:
         raise ValueError(f"unknown parameter(s) {_unknown_names(unknown, list(defaults))} for "
                          f"{Path(notebook).name}; it takes: {', '.join(defaults)}")
+    check_params(params, _parameters_source(notebook), Path(notebook).name)
     return {**defaults, **params}
 
 
@@ -586,7 +805,7 @@ def find_run(notebook: str, params: dict[str, Any] | None = None, finished: bool
     nb = notebook_path(notebook)
     full = resolve_params(nb, dict(params or {}))
     d = _for_data(run_dir(notebook_stage(nb), full), data_hash or _current_data_hash(full))
-    if finished and not (d / "metrics.json").is_file():
+    if finished and not run_finished(d):
         # papermill -p passes scalars; a list or dict parameter needs -y (YAML, of which JSON is a part)
         args = " ".join(f"-p {k} {v}" if isinstance(v, str) else
                         f"-y '{json.dumps({k: v})}'" if isinstance(v, (list, dict)) else f"-p {k} {json.dumps(v)}"
@@ -683,6 +902,10 @@ def tidy_executed_notebook(path: str | os.PathLike, max_px: int = 700) -> int:
     return before - path.stat().st_size
 
 
+#: Arguments of every kernel the project starts: no IPython history written to the user's profile.
+KERNEL_ARGUMENTS = ("--HistoryManager.enabled=False", "--HistoryManager.hist_file=:memory:")
+
+
 @functools.cache
 def ipc_kernel_manager() -> type:
     """A Jupyter kernel manager that talks to its kernel over IPC sockets instead of TCP.
@@ -690,7 +913,7 @@ def ipc_kernel_manager() -> type:
     A local kernel needs no network port; over TCP without CurveZMQ keys every ipykernel
     warns "Kernel is running over TCP without encryption" once per run. Each kernel's sockets
     are files with a name of their own in Jupyter's runtime folder (never in the project), and
-    go with the kernel.
+    go with the kernel. The kernels write no IPython history (:data:`KERNEL_ARGUMENTS`).
     """
     import uuid
 
@@ -707,6 +930,15 @@ def ipc_kernel_manager() -> type:
             # the working directory) is shared by the kernels that Dask workers start side by side
             os.makedirs(jupyter_runtime_dir(), exist_ok=True)
             return os.path.join(jupyter_runtime_dir(), f"lcc-kernel-{uuid.uuid4().hex}-ipc")
+
+        def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+            # a study's hundreds of kernels would fill the user's IPython history (and contend for its
+            # sqlite file); the cells are in the executed notebook. IPython's `In` (read by
+            # notebook_params) is kept in memory either way. A setting given twice kills the kernel
+            # at start (nbclient already passes hist_file), so each is added once.
+            given = {a.split("=")[0] for a in extra_arguments or []}
+            return super().format_kernel_cmd([*(extra_arguments or []),
+                                              *(a for a in KERNEL_ARGUMENTS if a.split("=")[0] not in given)])
 
     return IPCKernelManager
 
@@ -743,20 +975,35 @@ def execute_notebook(
         The run folder and whether the notebook was executed (False: skipped).
 
     """
-    import papermill as pm
-
     notebook = resolve_path(notebook)
     full = resolve_params(notebook, params or {})
     d = run_dir(notebook_stage(notebook), full)
     if (d / "params.json").is_file():  # made on this data, or on other data with the same parameters?
         d = _for_data(d, _current_data_hash(full))
-    finished = (d / "metrics.json").exists()
+    finished = run_finished(d)  # a metrics.json that does not parse is no finished run: rerun it
     if finished and not (force or refresh):
         return d, False
+    if (d / "metrics.json").exists() and not finished:
+        print(f"{shown_path(d / 'metrics.json')} does not parse: the run is not finished; running it again",
+              flush=True)
+    if not finished:  # the kernel writes the folder under this process's lock (LOCK_ENV)
+        lock_run(d)
+    try:
+        return _execute(notebook, params, d, finished, kernel, refresh)
+    finally:
+        release_run(d)
+
+
+def _execute(notebook: Path, params: dict[str, Any] | None, d: Path, finished: bool, kernel: str | None,
+             refresh: bool) -> tuple[Path, bool]:
+    """The body of :func:`execute_notebook`, run while this process holds the folder's lock."""
+    import papermill as pm
+
     existed = d.exists()
     target = (rerun_dir(d) if finished else d) / notebook.name
-    previous = os.environ.get(NOTEBOOK_ENV)
+    saved = {k: os.environ.get(k) for k in (NOTEBOOK_ENV, LOCK_ENV)}
     os.environ[NOTEBOOK_ENV] = notebook.name  # the kernel inherits it: notebook_params knows its file
+    os.environ[LOCK_ENV] = str(lock_path(d))
     try:
         with atomic_path(target, keep_on_error=True) as tmp:
             pm.execute_notebook(str(notebook), str(tmp), parameters=params or {},
@@ -764,7 +1011,7 @@ def execute_notebook(
                                 cwd=str(project_root()), progress_bar=False,
                                 kernel_manager_class=ipc_kernel_manager())
             tidy_executed_notebook(tmp)
-        if not (d / "metrics.json").exists():
+        if not run_finished(d):
             raise RuntimeError(f"{notebook.name} finished but wrote no metrics.json in {d}: "
                                "the notebook must call run.log_metrics(...) last")
         if finished and refresh:  # the same results: the study means this one write
@@ -778,10 +1025,11 @@ def execute_notebook(
                            f"executed notebook shows the traceback) is in {failed}. "
                            f"{type(err).__name__}: {err}") from err
     finally:
-        if previous is None:
-            os.environ.pop(NOTEBOOK_ENV, None)
-        else:
-            os.environ[NOTEBOOK_ENV] = previous
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return d, True
 
 
@@ -812,8 +1060,8 @@ def collect_runs(stage: str | None = None, folders: list[Path] | None = None) ->
         Path(f) / "metrics.json" for f in folders if (Path(f) / "metrics.json").is_file()]
     for m in found:
         d = m.parent
-        info = json.loads((d / "params.json").read_text()) if (d / "params.json").exists() else {}
-        metrics = json.loads(m.read_text())
+        info = read_run_json(d, "params.json") if (d / "params.json").exists() else {}
+        metrics = read_run_json(d, "metrics.json")
         try:
             shown = str(d.relative_to(project_root()))
         except ValueError:

@@ -14,12 +14,14 @@ import hashlib
 import json
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from lcc_utils.constants import PAPER_B_SPLIT_FRACTIONS
+from lcc_utils.files import broken, read_json
 from lcc_utils.paths import atomic_write, cache_dir
 
 if TYPE_CHECKING:
@@ -222,11 +224,7 @@ def get_split(
     path = sdir / (f"{ds.name}-{ds.hash}-{kind}-seed{seed}-test{test_fraction}-val{val_fraction}"
                    + (f"-block{block_size_m:g}" if groups is not None else "") + ".json")
     if path.exists():
-        d = json.loads(path.read_text())
-        tr, va, te = (np.asarray(d[k], dtype=np.int64) for k in ("train", "val", "test"))
-        if _indices_hash(tr, va, te) != d["hash"]:
-            raise ValueError(f"split file {path} is corrupt (content hash mismatch); delete it")
-        return Split(tr, va, te, seed, kind, d["hash"])
+        return _read_split(path, seed, kind)
     idx = np.arange(len(ds), dtype=np.int64)
     train_all, test = _two_way(ds.labels, idx, test_fraction, seed, groups, "test_fraction")
     train, val = _two_way(ds.labels, train_all, val_fraction, seed + 1, groups, "val_fraction")
@@ -235,6 +233,19 @@ def get_split(
                                    "seed": seed, "hash": h, "train": train.tolist(),
                                    "val": val.tolist(), "test": test.tolist()}))
     return Split(train, val, test, seed, kind, h)
+
+
+def _read_split(path: Path, seed: int, kind: str) -> Split:
+    """A split file of the cache, checked against its own content hash, or an error naming it."""
+    remedy = ("Delete it (or run `make clean-cache`): the next run makes the same split again from its seed")
+    d = read_json(path, remedy)
+    missing = sorted({"train", "val", "test", "hash"} - d.keys())
+    if missing:
+        raise broken(path, f"a split file without {missing}", remedy)
+    tr, va, te = (np.asarray(d[k], dtype=np.int64) for k in ("train", "val", "test"))
+    if _indices_hash(tr, va, te) != d["hash"]:
+        raise broken(path, "a corrupt split file (its indices do not match its content hash)", remedy)
+    return Split(tr, va, te, seed, kind, d["hash"])
 
 
 # --------------------------------------------------------------------------- distances between splits

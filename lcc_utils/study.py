@@ -46,6 +46,7 @@ from pathlib import Path
 import pandas as pd
 
 from .cluster import CLUSTERS
+from .files import read_json
 from .paths import figures_dir, project_root, resolve_data_dir, runs_root
 from .runs import execute_notebook, notebook_defaults
 
@@ -80,7 +81,7 @@ def profile_runs(notebook: Path, profile: str) -> list[dict]:
     f = project_root() / "profiles" / f"{notebook.stem}.json"
     if not f.exists():
         return [{}]
-    spec = json.loads(f.read_text())
+    spec = read_json(f, f"A tracked profile: fix it by hand, or restore it with `git checkout -- profiles/{f.name}`")
     unknown = sorted(set(spec) - set(PROFILES))
     if unknown:
         raise ValueError(f"{f}: unknown profile name(s) {unknown}; allowed: {', '.join(PROFILES)}")

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from lcc_utils import paper_a, paper_b, runs, training
@@ -59,12 +58,12 @@ def _rebuilt(staged: Path, folder: Path) -> bool:
         return False
 
     def key(d: Path) -> str:
-        info = json.loads((d / "params.json").read_text())
+        info = runs.read_run_json(d, "params.json")
         return runs.params_hash(info.get("params", info))
 
     if key(staged) != key(folder):
         return False
-    return bool(torch.load(ckpt / "last.pt", map_location="cpu", weights_only=False).get("finished"))
+    return bool(training.read_checkpoint(ckpt / "last.pt").get("finished"))
 
 
 def checkpoint_folder(
@@ -93,7 +92,7 @@ def checkpoint_folder(
         if not _rebuilt(staged, d):  # another process may have rebuilt it while we waited
             if d.parent.name == "models":
                 paper_b.retrain_model(d, data_dir=data_dir, out=staged.parent.parent)
-            elif json.loads((d / "params.json").read_text()).get("stage") == "train":
+            elif runs.read_run_json(d, "params.json").get("stage") == "train":
                 paper_a.retrain_run(d, data_dir=data_dir, out=staged)
             else:
                 raise ValueError(f"{d}: not a trained folder of notebook 04 or 06")
@@ -134,7 +133,7 @@ def reopen_trained(
     # a rebuilt paper-B network writes its normalization beside its checkpoint, in the cache
     for src in (d, checkpoint_folder(d, rebuild=False)):
         if (src / "normalization.json").is_file():
-            info["normalization"] = json.loads((src / "normalization.json").read_text())
+            info["normalization"] = runs.read_run_json(src, "normalization.json")
             break
     return net, info
 
@@ -182,8 +181,7 @@ def backbone(backbone_run: Mapping[str, Any], *, model: str, dataset: str,
                          "e.g. -y '{\"backbone_run\": {\"dataset\": \"eurosat\", \"fraction\": 1.0}}'")
     # the backbone's data are looked for under this run's data root (a location, not hashed)
     folder = runs.find_run("04_train", {**backbone_run, **({"data_dir": str(data_dir)} if data_dir else {})})
-    info = json.loads((folder / "params.json").read_text())
-    params = dict(info["params"])
+    params = dict(runs.read_run_json(folder, "params.json")["params"])
     if params["model"] != model:
         raise ValueError(f"backbone_run={dict(backbone_run)} is a {params['model']} run; this run trains "
                          f"{model}: the architectures must match")
@@ -191,12 +189,12 @@ def backbone(backbone_run: Mapping[str, Any], *, model: str, dataset: str,
         raise ValueError(f"backbone_run={dict(backbone_run)} was trained on {dataset} itself: its training "
                          "split holds other seeds' test images; pretrain on another dataset")
     ckpt = checkpoint_folder(folder, data_dir=data_dir) / training.CHECKPOINT_DIR / "best.pt"
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["model"]
+    state = training.read_checkpoint(ckpt)["model"]
     digest = hashlib.sha256()
     for k in sorted(state):
         digest.update(k.encode())
         digest.update(state[k].detach().cpu().contiguous().numpy().tobytes())
-    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics = runs.read_run_json(folder, "metrics.json")
     shown = {k: params[k] for k in ("dataset", "model", "coreset", "fraction", "seed", "image_size")}
     description = (f"in-project pretrained: 04 run {runs.shown_path(folder)} {json.dumps(shown, sort_keys=True)}, "
                    f"test accuracy {metrics['test_accuracy']:.4f}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import math
 import os
 import random
@@ -27,12 +26,33 @@ import pandas as pd
 import torch
 from torch import nn
 
+from lcc_utils.files import broken, load_torch, read_json
 from lcc_utils.inference import mixed_precision as _autocast
 from lcc_utils.inference import predict, resolve_device
 from lcc_utils.paths import atomic_path, atomic_write
 from lcc_utils.progress import tqdm
 
 CHECKPOINT_DIR = "checkpoints"
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A training checkpoint (``last.pt`` / ``best.pt``), or an error naming it and the remedy.
+
+    Checkpoints are never committed and always rebuildable: a broken one (a zero-byte
+    ``best.pt``, a ``last.pt`` cut short by a full disk) is deleted with its folder, and the run
+    trains again from the first epoch.
+
+    Raises:
+        BrokenFileError: the file is empty, truncated or not a checkpoint.
+
+    """
+    path = Path(path)
+    remedy = (f"Delete the folder {path.parent} (checkpoints are not committed): running the run "
+              "again, or lcc_utils.trained.reopen_trained, trains it from the first epoch")
+    ckpt = load_torch(path, remedy)
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise broken(path, "holds no model state (not a checkpoint of lcc_utils.training)", remedy)
+    return ckpt
 HISTORY_COLUMNS = (
     "epoch", "step", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds",
 )
@@ -420,7 +440,7 @@ def train(
     best_state: dict[str, torch.Tensor] = {}
 
     if last_path is not None and last_path.exists():
-        ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
+        ckpt = read_checkpoint(last_path)
         if ckpt["fingerprint"] != fingerprint:
             raise ValueError(
                 f"{last_path} belongs to a different run (recipe, epochs, seed or training "
@@ -443,7 +463,7 @@ def train(
         start_epoch = ckpt["epoch"] + 1
         step, period = ckpt.get("step", 0), list(ckpt.get("period", [0.0, 0, 0]))
         _set_rng_state(ckpt["rng"])
-        best_state = torch.load(best_path, map_location="cpu", weights_only=False)["model"]
+        best_state = read_checkpoint(best_path)["model"]
         resumed = True
     else:
         seed_everything(seed)
@@ -622,12 +642,14 @@ def load_checkpoint(folder: str | os.PathLike) -> tuple[nn.Module, dict[str, Any
     pfile = folder / "params.json"
     if not pfile.is_file():
         raise FileNotFoundError(f"{folder}: no params.json (not a run folder)")
-    info = json.loads(pfile.read_text())
+    from lcc_utils.runs import run_file_remedy
+
+    info = read_json(pfile, run_file_remedy(folder))
     params = dict(info.get("params", info))
     best = folder / CHECKPOINT_DIR / "best.pt"
     if not best.is_file():
         raise FileNotFoundError(f"{best} is missing (checkpoints are not committed)")
-    ckpt = torch.load(best, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(best)
     num_classes = int(ckpt.get("num_classes") or len(params["classes"]))
     in_chans = int(params.get("in_chans") or ckpt.get("in_chans") or _first_conv_in_chans(ckpt["model"]))
     arch = {k: params[k] for k in ARCH_KEYS if k in params}

@@ -120,7 +120,7 @@ def ci_runs(tmp_path_factory) -> Path:
 @pytest.mark.integration
 @pytest.mark.notebooks
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
-def test_notebook_executes_matches_expected_metrics_and_passes_nbval(nb, shared_data, ci_runs, monkeypatch):
+def test_notebook_executes_matches_expected_metrics_and_passes_nbval(nb, shared_data, ci_runs, monkeypatch, tmp_path):
     monkeypatch.setenv("LCC_RUNS_DIR", str(ci_runs))
     monkeypatch.setenv("LCC_DATA_DIR", str(shared_data))
     for before in NOTEBOOKS[: NOTEBOOKS.index(nb)]:  # earlier stages' products (skipped if done)
@@ -146,6 +146,8 @@ def test_notebook_executes_matches_expected_metrics_and_passes_nbval(nb, shared_
     r = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
          "--nbval-cell-timeout", "900", "--sanitize-with", str(ROOT / "tests" / "nbval_sanitize.cfg"), str(out)],
-        cwd=ci_runs, env={**os.environ, runs.NOTEBOOK_ENV: nb.name}, capture_output=True, text=True, timeout=1800,
+        # nbval starts its own kernel, which would write the user's IPython history: a profile of its own
+        cwd=ci_runs, env={**os.environ, runs.NOTEBOOK_ENV: nb.name, "IPYTHONDIR": str(tmp_path / "ipython")},
+        capture_output=True, text=True, timeout=1800,
     )
     assert r.returncode == 0, f"nbval failed for {nb.name}:\n{r.stdout[-4000:]}\n{r.stderr[-2000:]}"

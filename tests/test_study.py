@@ -48,7 +48,7 @@ def _toy(path: Path, body: str) -> Path:
     return path
 
 
-def test_dask_runs_a_stage_after_the_stage_it_reads(tmp_path, monkeypatch):
+def test_dask_runs_a_stage_after_the_stage_it_reads(tmp_path, tmp_cache, monkeypatch):
     """Stage 05 reads every stage-04 run: on two Dask workers it starts only after both finished."""
     slow = _toy(tmp_path / "04_toy.ipynb", "time.sleep(2)\nrun.log_metrics({'v': value, 't': time.time()})")
     late = _toy(tmp_path / "05_late.ipynb",
@@ -63,7 +63,7 @@ def test_dask_runs_a_stage_after_the_stage_it_reads(tmp_path, monkeypatch):
     assert m["seen"] == 2 and m["t0"] >= m["last_t"]
 
 
-def test_a_failed_run_is_named_and_the_others_still_run(tmp_path):
+def test_a_failed_run_is_named_and_the_others_still_run(tmp_path, tmp_cache):
     ok = _toy(tmp_path / "04_ok.ipynb", "run.log_metrics({'v': value})")
     bad = _toy(tmp_path / "04_bad.ipynb", "raise RuntimeError('boom in the notebook')")
     with pytest.raises(RuntimeError, match=r"1 of 2 run\(s\) failed: 04_bad"):
@@ -104,13 +104,15 @@ def test_cluster_choices_and_bad_input():
         study.dispatch([], "", jobs=0)
 
 
-def test_slurm_workers_are_single_threaded_jobs():
+def test_slurm_workers_are_single_threaded_jobs(tmp_path):
     """The SLURM path builds a job script of one single-threaded worker (nothing is submitted)."""
     pytest.importorskip("dask_jobqueue")
     import dask
     from dask_jobqueue import SLURMCluster
 
-    with dask.config.set({"jobqueue.slurm.memory": "4GB", "jobqueue.slurm.walltime": "02:00:00",
+    # its scheduler runs here: scratch space in the test's folder, not dask-scratch-space/ in /tmp
+    with dask.config.set({"temporary-directory": str(tmp_path),
+                          "jobqueue.slurm.memory": "4GB", "jobqueue.slurm.walltime": "02:00:00",
                          "jobqueue.slurm.job-extra-directives": ["--gres=gpu:1"]}):
         c = SLURMCluster(cores=1, processes=1)
         try:

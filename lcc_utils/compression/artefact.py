@@ -32,6 +32,7 @@ from lcc_utils.compression.size import (
     _state_entries,
     arch_hash,
 )
+from lcc_utils.files import broken
 from lcc_utils.paths import atomic_path
 
 #: File extension of compressed artefacts (git-ignored under runs/).
@@ -210,13 +211,19 @@ def save_compressed(model: nn.Module, report: CompressionReport, path: str | os.
     return path
 
 
+#: What to do about a broken artefact: compression writes it again from the trained model.
+_ARTEFACT_REMEDY = ("Delete it: rerunning the compression (notebook 05's run, or save_compressed) writes it "
+                    "again from the trained model")
+
+
 def _read_artefact(path: Path) -> tuple[dict[str, Any], memoryview]:
     if not path.is_file():
         raise FileNotFoundError(f"compressed artefact {path} does not exist")
     data = path.read_bytes()
     fixed = len(_MAGIC) + 6
+    remedy = _ARTEFACT_REMEDY
     if len(data) < fixed + _CHECKSUM_BYTES or data[:4] != _MAGIC:
-        raise ValueError(f"{path} is not an lcc compressed artefact (bad magic or too short)")
+        raise broken(path, f"not an lcc compressed artefact (bad magic or too short: {len(data)} bytes)", remedy)
     version, head_len = struct.unpack("<HI", data[4:fixed])
     if version not in (1, _VERSION):
         raise ValueError(f"{path}: artefact format version {version} is not supported "
@@ -224,14 +231,14 @@ def _read_artefact(path: Path) -> tuple[dict[str, Any], memoryview]:
     try:
         header = json.loads(zlib.decompress(data[fixed:fixed + head_len]))
     except (zlib.error, ValueError) as exc:
-        raise ValueError(f"{path}: truncated or corrupted artefact (unreadable header)") from exc
+        raise broken(path, "truncated or corrupted artefact (unreadable header)", remedy) from exc
     expected = fixed + head_len + header["payload_bytes"] + _CHECKSUM_BYTES
     if len(data) != expected:
-        raise ValueError(f"{path}: truncated or corrupted artefact: {len(data)} bytes, "
-                         f"header promises {expected}")
+        raise broken(path, f"truncated or corrupted artefact: {len(data)} bytes, header promises {expected}",
+                     remedy)
     if hashlib.sha256(data[:-_CHECKSUM_BYTES]).digest() != data[-_CHECKSUM_BYTES:]:
-        raise ValueError(f"{path}: sha256 checksum mismatch, the artefact is corrupted "
-                         f"(changed or truncated after it was written)")
+        raise broken(path, "sha256 checksum mismatch, the artefact is corrupted (changed or truncated after "
+                           "it was written)", remedy)
     return header, memoryview(data)[fixed + head_len:-_CHECKSUM_BYTES]
 
 

@@ -71,6 +71,7 @@ from lcc_utils.sentinel2.product import (
     LAYOUTS,
     L2AProduct,
     open_l2a,
+    preprocessing_data_hash,
     product_hash,
 )
 from lcc_utils.sentinel2.windows import (
@@ -86,7 +87,7 @@ from lcc_utils.splits import SPLIT_FRACTIONS, SPLITS, spatial_split
 
 __all__ = [
     # product
-    "BASELINE_0400_DATE", "LAYOUTS", "L2AProduct", "open_l2a", "product_hash",
+    "BASELINE_0400_DATE", "LAYOUTS", "L2AProduct", "open_l2a", "preprocessing_data_hash", "product_hash",
     # windows
     "ProductReader", "WindowData", "grid_windows", "iter_windows", "read_overview", "read_window",
     # aligned GeoTIFF

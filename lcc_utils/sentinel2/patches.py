@@ -27,6 +27,7 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 
 from lcc_utils.constants import SCL_CLASSES, SCL_MASK_CLASSES, SCL_VEGETATION_LABELS
+from lcc_utils.files import broken, read_json, read_npz
 from lcc_utils.paths import atomic_path, atomic_write
 from lcc_utils.sentinel2.product import L2AProduct
 from lcc_utils.sentinel2.windows import WindowData, grid_windows, iter_windows
@@ -137,13 +138,17 @@ def load_patchset(path: str | os.PathLike) -> PatchSet:
     for p in (npz, js):
         if not p.exists():
             raise FileNotFoundError(f"patch set file {p} is missing")
-    d = json.loads(js.read_text())
-    with np.load(npz, allow_pickle=False) as a:
-        ps = PatchSet(x=a["x"], y=a["y"], classes=d["classes"], bands=tuple(d["bands"]),
-                      crs=a["crs"], bounds=a["bounds"], split=a["split"], block=a["block"],
-                      meta=d["meta"])
+    remedy = ("Delete the patch set's .npz and .json: rerunning notebook 02 (or the notebook-06/07 "
+              "run that reads it) builds it again")
+    d = read_json(js, remedy)
+    missing = sorted({"classes", "bands", "meta", "hash"} - d.keys())
+    if missing:
+        raise broken(js, f"a patch set index without {missing}", remedy)
+    a = read_npz(npz, remedy, ("x", "y", "crs", "bounds", "split", "block"))
+    ps = PatchSet(x=a["x"], y=a["y"], classes=d["classes"], bands=tuple(d["bands"]),
+                  crs=a["crs"], bounds=a["bounds"], split=a["split"], block=a["block"], meta=d["meta"])
     if ps.hash != d["hash"]:
-        raise ValueError(f"{npz}: content hash {ps.hash} != recorded {d['hash']}; file corrupt")
+        raise broken(npz, f"content hash {ps.hash} != recorded {d['hash']}; file corrupt", remedy)
     return ps
 
 

@@ -432,3 +432,25 @@ def product_hash(product: L2AProduct) -> str:
         h.update(meta.read_bytes())
     h.update("|".join(product.bands).encode())
     return h.hexdigest()[:16]
+
+
+def preprocessing_data_hash(product: L2AProduct, eurosat_task: str = "none",
+                            data_dir: str | os.PathLike | None = None) -> str:
+    """The data identity of a notebook-02 run: its scene and, when it cuts them, the EuroSAT MS files.
+
+    02 builds paper B's EuroSAT MS patch sets too (``eurosat_task`` binary, multiclass or both):
+    other EuroSAT MS files must give another run, not the committed one. Without EuroSAT patch
+    sets it is :func:`product_hash` alone; with them a hash of the product hash and EuroSAT MS's
+    content hash (:func:`lcc_utils.data.current_hash`; a missing dataset is fetched first, or its
+    error says how).
+    """
+    from lcc_utils import data
+
+    ph = product_hash(product)
+    if eurosat_task == "none":
+        return ph
+    ms = data.current_hash("eurosat_ms", data_dir)
+    if ms is None:
+        data.fetch_dataset("eurosat_ms", data_dir)
+        ms = data.current_hash("eurosat_ms", data_dir)
+    return hashlib.sha256(f"{ph}|eurosat_ms:{ms}".encode()).hexdigest()[:16]

@@ -1,0 +1,332 @@
+"""Fault probes (issue 23): a broken project file, a second writer, a bad parameter, a read-only root.
+
+Each test breaks one thing the way it breaks in practice (a file cut short by a full disk, a
+zero-byte file, two copies of one run) and asserts what the user then reads: the file named,
+what is wrong and what to do -- or, where the project can do the right thing itself, that it does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+from lcc_utils import data, runs, training
+from lcc_utils.files import BrokenFileError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _truncate(path: Path, keep: float = 0.5) -> None:
+    """Cut ``path`` to ``keep`` of its bytes, as a full disk or an interrupted copy leaves it."""
+    raw = path.read_bytes()
+    path.write_bytes(raw[: int(len(raw) * keep)])
+
+
+def _finished_run(**metrics) -> runs.Run:
+    run = runs.start_run({"dataset": "eurosat", "seed": 0}, data_hash="abc", stage="train")
+    run.save_table(pd.DataFrame({"a": [1]}), "t")
+    run.log_metrics(metrics or {"acc": 0.5})
+    return run
+
+
+# ----------------------------------------------------------------------------- run JSON
+@pytest.mark.parametrize("name", ["metrics.json", "params.json"])
+def test_a_truncated_run_json_names_the_file_and_how_to_rerun(name):
+    run = _finished_run()
+    _truncate(run.dir / name)
+    with pytest.raises(BrokenFileError, match=rf"{name}: not valid JSON .*truncated") as err:
+        runs.collect_runs("train")
+    assert str(run.dir / name) in str(err.value)
+    assert "Delete the run folder runs/train/" in str(err.value) and "`make study` reruns" in str(err.value)
+    assert "papermill notebooks/04_train.ipynb" in str(err.value)
+
+
+def test_a_metrics_json_that_does_not_parse_is_no_finished_run():
+    run = _finished_run()
+    (run.dir / "metrics.json").write_bytes(b"")
+    assert not run.finished and not runs.run_finished(run.dir) and run.metrics() == {}
+    again = runs.start_run({"dataset": "eurosat", "seed": 0}, data_hash="abc", stage="train")
+    assert not again.staged, "an unparsable metrics.json must be rerun in place, not reopened read-only"
+    again.log_metrics({"acc": 0.5})
+    assert json.loads((run.dir / "metrics.json").read_text()) == {"acc": 0.5}
+
+
+def _toy_notebook(path: Path) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("from lcc_utils import runs"),
+        nbformat.v4.new_code_cell("value = 2  # a number", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("run = runs.start_run(runs.notebook_params(globals()))\n"
+                                  "run.log_metrics({'double': value * 2})"),
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_the_study_reruns_a_run_whose_metrics_json_is_truncated(tmp_path, tmp_cache):
+    nb = _toy_notebook(tmp_path / "09_toy.ipynb")
+    d, executed = runs.execute_notebook(nb, {"value": 5})
+    assert executed
+    _truncate(d / "metrics.json")
+    d2, executed2 = runs.execute_notebook(nb, {"value": 5})
+    assert d2 == d and executed2, "a truncated metrics.json was taken for a finished run"
+    assert json.loads((d / "metrics.json").read_text()) == {"double": 10}
+    assert runs.execute_notebook(nb, {"value": 5}) == (d, False)  # now finished: skipped
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _trained(tmp_path: Path) -> Path:
+    from test_training import TINY, make_loaders, tiny_model
+
+    training.train(tiny_model(), make_loaders(), TINY, epochs=1, device="cpu", run_dir=tmp_path)
+    return tmp_path / training.CHECKPOINT_DIR
+
+
+def test_a_truncated_last_checkpoint_names_the_file_and_the_remedy(tmp_path):
+    from test_training import TINY, make_loaders, tiny_model
+
+    ckpt = _trained(tmp_path)
+    _truncate(ckpt / "last.pt")
+    with pytest.raises(BrokenFileError, match=r"last\.pt: unreadable .*truncated") as err:
+        training.train(tiny_model(), make_loaders(), TINY, epochs=1, device="cpu", run_dir=tmp_path)
+    assert f"Delete the folder {ckpt}" in str(err.value) and "from the first epoch" in str(err.value)
+
+
+def test_a_zero_byte_best_checkpoint_names_the_file(tmp_path):
+    ckpt = _trained(tmp_path)
+    (ckpt / "best.pt").write_bytes(b"")
+    (tmp_path / "params.json").write_text(json.dumps({"params": {"model": "lightweight_cnn"}}))
+    with pytest.raises(BrokenFileError, match=r"best\.pt: empty file \(0 bytes\): not a checkpoint\. Delete"):
+        training.load_checkpoint(tmp_path)
+
+
+# ----------------------------------------------------------------------------- decoded-array cache
+@pytest.mark.parametrize("fault", ["truncated raw", "zero-byte raw", "truncated json"])
+def test_a_broken_decoded_array_cache_names_the_file_and_clean_cache(synthetic_root, tmp_cache, fault):
+    data.load_dataset("eurosat", synthetic_root)
+    raw = next((tmp_cache / "decoded").glob("eurosat-*.raw"))
+    meta = raw.with_suffix(".json")
+    if fault == "truncated raw":
+        _truncate(raw)
+    elif fault == "zero-byte raw":
+        raw.write_bytes(b"")
+    else:
+        _truncate(meta)
+    broken = meta if fault == "truncated json" else raw
+    with pytest.raises(BrokenFileError) as err:
+        data.load_dataset("eurosat", synthetic_root)
+    msg = str(err.value)
+    assert msg.startswith(f"{broken}: ") and "make clean-cache" in msg
+    assert f"delete {meta.name} and {raw.name}" in msg and "decodes the images again" in msg
+    for f in (raw, meta):  # the remedy works
+        f.unlink()
+    assert len(data.load_dataset("eurosat", synthetic_root)) > 0
+
+
+def test_a_truncated_split_file_names_the_file(synthetic_root, tmp_cache):
+    ds = data.load_dataset("eurosat", synthetic_root)
+    data.get_split(ds, seed=0)
+    f = next((tmp_cache / "splits").glob("*.json"))
+    _truncate(f)
+    with pytest.raises(BrokenFileError, match=r"not valid JSON .* Delete it .*same split again") as err:
+        data.get_split(ds, seed=0)
+    assert str(err.value).startswith(str(f))
+
+
+# ----------------------------------------------------------------------------- one writer per folder
+_SECOND_COPY = """
+from lcc_utils import runs
+try:
+    run = runs.start_run({"dataset": "eurosat", "seed": 0}, data_hash="abc", stage="train")
+    print("STAGED" if run.staged else "WRITER")
+except runs.RunLockedError as err:
+    print("LOCKED", err)
+"""
+
+
+def _second_copy() -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", _SECOND_COPY], env=env, capture_output=True, text=True,
+                         timeout=120, check=True)
+    return out.stdout.strip()
+
+
+def test_a_second_copy_of_a_running_run_stops_naming_the_folder_and_the_holder(tmp_cache):
+    run = runs.start_run({"dataset": "eurosat", "seed": 0}, data_hash="abc", stage="train")
+    assert runs.lock_path(run.dir).is_relative_to(tmp_cache / "locks"), "the lock is outside the tracked tree"
+    before = sorted(p.name for p in run.dir.iterdir())
+    out = _second_copy()
+    assert out.startswith("LOCKED run folder runs/train/eurosat-0-"), out
+    assert f"pid {os.getpid()} on host" in out and "one writer per run folder" in out
+    assert sorted(p.name for p in run.dir.iterdir()) == before, "the second copy wrote into the folder"
+    run.log_metrics({"acc": 0.5})  # releases the lock: a later copy reopens the finished run read-only
+    assert _second_copy() == "STAGED"
+
+
+def test_nothing_is_written_into_a_folder_after_its_metrics_json():
+    run = _finished_run()
+    with pytest.raises(runs.RunConflictError, match=r"finished .* save confusion\.csv before run\.log_metrics"):
+        run.save_table(pd.DataFrame({"a": [1]}), "confusion")
+    assert not (run.dir / "confusion.csv").exists()
+
+
+# ----------------------------------------------------------------------------- data root
+def test_a_read_only_data_root_lacking_a_dataset_gives_the_download_instructions(tmp_path, monkeypatch):
+    root = tmp_path / "readonly"
+    root.mkdir()
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if self.is_relative_to(root):
+            raise OSError(30, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(data.DatasetNotFoundError) as err:
+        data.fetch_dataset("eurosat", root)
+    msg = str(err.value)
+    assert f"the data root {root} is not writable (Read-only file system)" in msg
+    assert "Download EuroSAT.zip from one of:" in msg and "LCC_DATA_DIR" in msg
+    assert not np.any([p.name == "archives" for p in root.iterdir()])
+
+
+# ----------------------------------------------------------------------------- parameters
+def test_a_zero_batch_size_stops_before_any_run_folder(monkeypatch):
+    """04 under papermill ``-p batch_size 0``: once trained with 64 while params.json said 0."""
+    monkeypatch.setenv(runs.NOTEBOOK_ENV, "04_train.ipynb")
+    cell = "batch_size: int = 64  # images per step\nseed: int = 0  # seed"
+    ns = {"In": ["from lcc_utils import runs", cell, "# Parameters\nbatch_size = 0\n"],
+          "batch_size": 0, "seed": 0}
+    with pytest.raises(ValueError, match=r"invalid parameter\(s\) for 04_train.ipynb: batch_size=0 must be at least 1"):
+        runs.notebook_params(ns)
+    with pytest.raises(ValueError, match="batch_size=0 must be at least 1"):
+        runs.execute_notebook(runs.notebook_path("04"), {"batch_size": 0})
+    assert not runs.runs_root().exists(), "a refused parameter made a run folder"
+
+
+@pytest.mark.parametrize(("notebook", "name", "text"), [
+    ("05", "train_run", "runs/train/eurosat-plain_cnn-random-0.05-0-1a2b3c4d"),
+    ("05", "methods", "lap"),
+])
+def test_a_list_or_dict_parameter_given_as_text_says_to_use_yaml(notebook, name, text):
+    nb = runs.notebook_path(notebook)
+    kind = type(runs.notebook_defaults(nb)[name]).__name__
+    with pytest.raises(ValueError, match=rf"{name} is a {kind} but was given the text '{text}': papermill's -p "
+                                         rf"passes text; give a {kind} as YAML/JSON with -y, e\.g\. -y '") as err:
+        runs.execute_notebook(nb, {name: text})
+    example = str(err.value).split("-y '")[1].rstrip("'")
+    assert isinstance(json.loads(example)[name], (list, dict))  # the example itself is valid
+    assert not runs.runs_root().exists()
+
+
+def test_every_notebook_default_and_profile_run_passes_the_parameter_checks():
+    from lcc_utils import study
+
+    for nb in study.notebooks():
+        for profile in study.PROFILES:
+            for params in study.profile_runs(nb, profile):
+                runs.resolve_params(nb, params)
+        ci = ROOT / "tests" / "notebook_params" / f"{nb.stem}.json"
+        runs.resolve_params(nb, json.loads(ci.read_text()))  # the CI parameters of test_notebooks
+        runs.check_params(runs.notebook_defaults(nb), runs._parameters_source(nb), nb.name)
+
+
+# ----------------------------------------------------------------------------- traces left behind
+def test_dask_scratch_space_goes_to_the_cache_not_the_system_temp_dir(tmp_cache):
+    """Scheduler and workers alike: by default each makes dask-scratch-space/ in the system temp dir."""
+    from lcc_utils import cluster
+
+    with cluster.open_client("local", jobs=1) as client:
+        dirs = client.run(lambda dask_worker: dask_worker.local_directory)
+        dirs["scheduler"] = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.local_directory)
+    assert len(dirs) == 2 and all(Path(d).is_relative_to(tmp_cache / "dask-scratch") for d in dirs.values()), dirs
+
+
+def test_kernels_started_by_the_project_write_no_ipython_history(tmp_path, tmp_cache, monkeypatch):
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))  # the kernel's profile, inherited
+    nb = _toy_notebook(tmp_path / "09_toy.ipynb")
+    d, executed = runs.execute_notebook(nb, {"value": 3})
+    assert executed and json.loads((d / "metrics.json").read_text()) == {"double": 6}  # `In` still read
+    assert not list((tmp_path / "ipython").rglob("history.sqlite")), "the kernel wrote IPython history"
+
+
+# ----------------------------------------------------------------------------- bad images
+def test_the_same_image_in_two_class_folders_is_named(synthetic_root, tmp_path, tmp_cache):
+    import shutil
+
+    from lcc_utils import constants as C
+
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root / "eurosat", root / "eurosat")
+    folder = root / C.DATASET_SUBDIRS["eurosat"]
+    shutil.copyfile(folder / "Forest" / "Forest_1.jpg", folder / "River" / "River_99.jpg")
+    with pytest.raises(data.BadImageError, match=r"Forest/Forest_1\.jpg and .*River/River_99\.jpg: the same "
+                                                 r"image \(identical bytes\) in two class folders, so it has "
+                                                 r"two labels \(1 such pair\(s\)\); remove the copy"):
+        data.load_dataset("eurosat", root)
+    n = len(data.load_dataset("eurosat", synthetic_root))
+    with pytest.warns(UserWarning, match="skipped 2 bad file"):
+        ds = data.load_dataset("eurosat", root, on_bad="skip")
+    assert len(ds) == n + 1 - 2 and "Forest/Forest_1.jpg" not in ds.files
+    assert ("River/River_99.jpg", "the same image in two class folders") in ds.skipped
+
+
+def test_an_all_nodata_multispectral_tile_is_named(synthetic_root, tmp_path, tmp_cache):
+    import shutil
+
+    import rasterio
+
+    from lcc_utils import constants as C
+
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root / "eurosat-ms", root / "eurosat-ms")
+    f = root / C.DATASET_SUBDIRS["eurosat_ms"] / "Forest" / "Forest_1.tif"
+    with rasterio.open(f, "r+") as dst:
+        dst.write(np.zeros((dst.count, dst.height, dst.width), dtype=np.uint16))
+    with pytest.raises(data.BadImageError, match=r"Forest_1\.tif: every pixel is no data \(0 in every band\): "
+                                                 r"an empty tile, not an image of its class"):
+        data.load_dataset("eurosat_ms", root, download=False)
+
+
+# ----------------------------------------------------------------------------- data identity of 02
+def test_notebook_02s_data_hash_covers_the_eurosat_ms_files_it_cuts(synthetic_root, tmp_path, tmp_cache):
+    """Other EuroSAT MS files must give another 02 run, not the committed patch sets."""
+    import shutil
+
+    import make_s2_fixtures as fx
+
+    from lcc_utils import constants as C
+    from lcc_utils import sentinel2 as s2
+
+    product = s2.open_l2a(fx.make_cog_product(tmp_path / "cogs", 64))
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root / "eurosat-ms", root / "eurosat-ms")
+    scene_only = s2.preprocessing_data_hash(product, "none", root)
+    both = s2.preprocessing_data_hash(product, "both", root)
+    assert scene_only == s2.product_hash(product) and both != scene_only
+    assert s2.preprocessing_data_hash(product, "binary", root) == both  # the same files cut
+    f = root / C.DATASET_SUBDIRS["eurosat_ms"] / "Forest" / "Forest_1.tif"
+    f.write_bytes(f.read_bytes()[:-1] + bytes([f.read_bytes()[-1] ^ 1]))  # one bit of one file
+    assert s2.preprocessing_data_hash(product, "both", root) != both
+    assert s2.preprocessing_data_hash(product, "none", root) == scene_only
+
+
+@pytest.mark.integration
+def test_the_committed_02_run_records_the_hash_of_its_scene_and_eurosat_ms(shared_data, tmp_cache, monkeypatch):
+    """scripts/migrate_preprocessing_hash.py moved it (its patch sets rebuilt with the same hashes): the
+    study still finds it finished on the shared data and skips it (the check execute_notebook makes)."""
+    monkeypatch.setenv("LCC_RUNS_DIR", str(ROOT / "runs"))
+    full = runs.resolve_params(runs.notebook_path("02"), {"data_dir": str(shared_data)})
+    folder = runs.run_dir("sentinel2", full)
+    assert runs.run_finished(folder)
+    assert runs.recorded_data_hash(folder) == runs._current_data_hash(full) != runs.recorded_data_hash(
+        ROOT / "runs" / "mapping" / "binary-S2A-29RKH-20200219-0-L2A-baa3d32c")  # 08's: the product alone
