@@ -38,7 +38,7 @@ from lcc_utils.constants import (
     PAPER_A_PRUNING_LEVEL_CR,
     UCMERCED_CLASSES,
 )
-from lcc_utils.paths import atomic_write, project_root, resolve_path, runs_root
+from lcc_utils.paths import atomic_write, resolve_path, runs_root
 
 
 # --------------------------------------------------------------------------- notebook 03
@@ -61,11 +61,7 @@ def scoring_record(
     :data:`coresets.MAX_NEVER_LEARNED` and ``cost_ratio`` below
     :data:`coresets.MAX_COST_RATIO` (the notebook checks both and says so).
     """
-    path = Path(scores_file).resolve()
-    try:
-        shown = str(path.relative_to(project_root()))
-    except ValueError:
-        shown = str(path)
+    shown = runs.shown_path(scores_file)  # cache/coreset_scores/<file>, wherever the cache is
     meta = next(iter(scores.values())).meta
     rec: dict[str, Any] = {
         "scores_file": shown,
@@ -408,7 +404,8 @@ def retrain_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None =
     out = Path(out) if out is not None else runs.rerun_dir(run_dir)
     info = runs.read_run_json(run_dir, "params.json")
     atomic_write(out / "params.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
-    params = dict(info["params"])
+    # 04's defaults fill parameters added after the run was made (runs.ADDED_PARAMS)
+    params = runs.resolve_params(runs.notebook_path("04_train"), dict(info["params"]))
     stored_dir = params.get("data_dir") or ""
     if data_dir is not None:
         params["data_dir"] = str(data_dir)

@@ -355,10 +355,12 @@ def shown_path(path: str | os.PathLike) -> str:
     """``path`` as a notebook may show it, naming no machine.
 
     Relative to the project (``runs/...``, ``cache/...``); a file under a runs folder elsewhere
-    (``LCC_RUNS_DIR``) as ``runs/<stage>/...``; anything else by its name only.
+    (``LCC_RUNS_DIR``) as ``runs/<stage>/...``, under a cache elsewhere (``LCC_CACHE_DIR``) as
+    ``cache/...``; anything else by its name only.
     """
     path = Path(path).resolve()
-    for base, prefix in ((runs_root().resolve(), "runs/"), (project_root().resolve(), "")):
+    for base, prefix in ((runs_root().resolve(), "runs/"), (project_root().resolve(), ""),
+                         (cache_dir().resolve(), "cache/")):
         try:
             return prefix + path.relative_to(base).as_posix()
         except ValueError:
@@ -483,6 +485,22 @@ class NotebookParams(dict):
         self.stage = notebook_stage(notebook)
 
 
+def _recorded_params(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` as ``params.json`` records them: a data root beside the project as a relative path.
+
+    The study resolves ``data_dir`` to an absolute path; recorded relative to the project
+    (``../shared/data``, which :func:`lcc_utils.paths.resolve_data_dir` resolves the same way) it
+    names no machine. A root elsewhere stays as given (it is a location, not in the hash).
+    """
+    out = _jsonable(params)
+    d = out.get("data_dir")
+    if isinstance(d, str) and os.path.isabs(d):
+        here = project_root().resolve()
+        if Path(d).resolve().is_relative_to(here.parent):
+            out["data_dir"] = os.path.relpath(Path(d).resolve(), here)
+    return out
+
+
 def start_run(params: dict[str, Any], data_hash: str | None = None, stage: str | None = None,
               **extra: Any) -> Run:
     """Open (or reopen) the run folder for ``params`` and write its ``params.json``.
@@ -531,7 +549,7 @@ def start_run(params: dict[str, Any], data_hash: str | None = None, stage: str |
 def _provenance(stage: str, params: dict[str, Any], data_hash: str | None, extra: dict[str, Any]) -> dict:
     """What ``params.json`` records besides the parameters: code, data and library versions."""
     info = {
-        "stage": stage, "params": _jsonable(params), "params_hash": params_hash(params),
+        "stage": stage, "params": _recorded_params(params), "params_hash": params_hash(params),
         "data_hash": data_hash, "code_version": git_commit(), "lcc_utils": __version__,
         "python": platform.python_version(), "platform": platform.platform(),
         **{k: _jsonable(v) for k, v in extra.items()},

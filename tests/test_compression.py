@@ -512,7 +512,7 @@ def test_prepare_compression_on_a_trained_run(synthetic_root, tmp_cache, tmp_pat
     params = dict(dataset="eurosat", model="lightweight_cnn", coreset="random", fraction=1.0,
                   seed=0, image_size=16, batch_size=16, device="cpu", recipe="paper_a", epochs=1,
                   data_dir=str(synthetic_root), pretrained=False, weights="",
-                  scoring_model="lightweight_cnn", scoring_epochs=2, steps=0, scoring_image_size=16)
+                  scoring_model="lightweight_cnn", scoring_epochs=2, steps=0, scoring_image_size=16, backbone_run={})
     run_dir = tmp_path / "train-run"
     run_dir.mkdir()
     setup = PA.prepare_training(**params)

@@ -304,7 +304,7 @@ def _trained_run(synthetic_root):
     params = dict(dataset="eurosat", model="lightweight_cnn", coreset="random", fraction=1.0, seed=0,
                   image_size=16, batch_size=16, device="cpu", recipe="paper_a", epochs=1,
                   data_dir=str(synthetic_root), pretrained=False, weights="",
-                  scoring_model="lightweight_cnn", scoring_epochs=2, steps=0, scoring_image_size=16)
+                  scoring_model="lightweight_cnn", scoring_epochs=2, steps=0, scoring_image_size=16, backbone_run={})
     setup = paper_a.prepare_training(**params)
     run = runs.start_run(params, data_hash=setup.ds.hash, stage="train")
     res = training.train(setup.model, setup.loaders, setup.recipe, epochs=1, device="cpu",

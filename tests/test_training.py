@@ -245,7 +245,7 @@ def test_reopen_trained_rebuilds_a_run_without_checkpoints(shared_data, tmp_path
               "coreset": "margin", "fraction": 0.1, "seed": 0, "epochs": 2, "steps": 0,
               "image_size": 16, "batch_size": 32, "device": "cpu", "pretrained": False,
               "weights": "", "recipe": "paper_a", "scoring_model": "lightweight_cnn",
-              "scoring_epochs": 2, "scoring_image_size": 16}
+              "scoring_epochs": 2, "scoring_image_size": 16, "backbone_run": {}}
     setup = prepare_training(**params)
     run = tmp_path / "run"
     res = train(setup.model, setup.loaders, setup.recipe, epochs=2, device="cpu", run_dir=run,
@@ -320,7 +320,7 @@ def test_prepare_training_loads_weights_by_band_name(synthetic_root, tmp_cache, 
     params = dict(dataset="eurosat", model="lightweight_cnn", coreset="random", fraction=1.0,
                   seed=0, image_size=16, batch_size=16, device="cpu", recipe="paper_a", epochs=1,
                   data_dir=str(synthetic_root), pretrained=False, weights=str(path),
-                  scoring_model="lightweight_cnn", scoring_epochs=2, steps=0, scoring_image_size=16)
+                  scoring_model="lightweight_cnn", scoring_epochs=2, steps=0, scoring_image_size=16, backbone_run={})
     setup = prepare_training(**params)
     assert torch.equal(setup.model.features[0].weight, src["features.0.weight"][:, [2, 1, 0]])
     assert setup.weights_description.endswith(
