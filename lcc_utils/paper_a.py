@@ -32,6 +32,7 @@ from torch import nn
 
 from lcc_utils import coresets, data, models, runs, stats, training
 from lcc_utils.compression import ADAPTIVE_METHODS
+from lcc_utils.compression.variants import with_spec_ratios
 from lcc_utils.constants import (
     EUROSAT_CLASSES,
     PAPER_A_PQ_BEST,
@@ -1073,7 +1074,9 @@ def collect_results(root: str | os.PathLike | None = None,
     for res in files:
         if not (res.parent / "metrics.json").is_file():
             continue
-        df = pd.read_csv(res)
+        df = with_spec_ratios(pd.read_csv(res))  # fine-tuned rows: their variant's CR (issue 21)
+        if "cr_disk" in df and "cr" in df:
+            df["cr_gap"] = df["cr_disk"] / df["cr"] - 1.0
         df["compression_run"] = res.parent.name
         frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -342,11 +342,38 @@ def evaluate_variants(model: nn.Module, variants: list[dict[str, Any]], test_loa
             ft_spec = {**spec, "method": f"{spec['method']}+ft"}
             rows.append({**row(f"{name}+ft", ft_spec, fmodel, freport), "finetuned": True,
                          "finetune_steps": steps, "finetune_lr": lr, "finetune_s": ft_s})
-    df = pd.DataFrame(rows)
+    df = with_spec_ratios(pd.DataFrame(rows))
     df["cr_gap"] = df["cr_disk"] / df["cr"] - 1.0
     # One family per run: every variant against the same fp32 model on the same images.
     df["mcnemar_p_holm"] = holm(df["mcnemar_p"].to_numpy(dtype=float))
     return df
+
+
+#: The computed CRs a fine-tuned row takes from the variant it fine-tunes.
+SPEC_RATIOS = ("cr_paper", "cr", "cr_sparsity_bits_only")
+
+
+def with_spec_ratios(results: pd.DataFrame) -> pd.DataFrame:
+    """Fine-tuned rows (``<variant>+ft``) get their variant's computed CRs.
+
+    The fine-tune keeps the variant's pruning masks and bit-widths, so it is the same
+    compression. Recomputed from the fine-tuned weights, a 4-bit model's weights that rounding
+    put on zero would count as pruned (paper A's ``1/(1-s)``), e.g. 8.0 -> 13.4 for one 4-bit
+    model: a CR the artefact does not have. ``cr_disk`` stays measured on the row's own file.
+    Applied to every new result, and by :func:`lcc_utils.paper_a.collect_results` to results
+    written before this rule (issue 21).
+    """
+    if "finetuned" not in results or not results["finetuned"].fillna(False).astype(bool).any():
+        return results
+    out = results.copy()
+    base = out.set_index("variant")
+    for i in out.index[out["finetuned"].fillna(False).astype(bool)]:
+        variant = str(out.at[i, "variant"]).removesuffix("+ft")
+        if variant in base.index:
+            for col in SPEC_RATIOS:
+                if col in out:
+                    out.at[i, col] = base.at[variant, col]
+    return out
 
 
 def _paired_vs_fp32(y: np.ndarray, base_pred: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
