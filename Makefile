@@ -1,6 +1,6 @@
 # lcc: two commands on a fresh machine.
 #   make study [PROFILE=quick|smoke|paper] [ONLY="03 04"] [LCC_DATA_DIR=...]  -- set up, prepare data, run the notebooks
-#   make reproduce [PROFILE=smoke] [ONLY=...] [EXACT=1]         -- rerun committed runs, compare metrics
+#   make reproduce [PROFILE=smoke] [ONLY=...] [MATCH=regex] [EXACT=1] -- rerun committed runs, compare metrics
 #   make test                                                  -- set up, run the whole test suite
 #   make test-browser                                          -- JupyterLab in headless Chromium (installs it)
 #   make setup TORCH=cpu                                       -- Linux without a GPU: CPU-only torch, no CUDA wheels
@@ -57,7 +57,7 @@ study: setup
 # Re-execute the committed runs of PROFILE into a scratch root (cache/reproduce/) and compare every
 # metric with stated tolerances; EXACT=1 for a rerun on the machine that made them.
 reproduce: setup
-	$(PY) -m lcc_utils.reproduce --profile $(PROFILE) --jobs $(JOBS) $(if $(ONLY),--only $(ONLY)) $(if $(EXACT),--exact)
+	$(PY) -m lcc_utils.reproduce --profile $(PROFILE) --jobs $(JOBS) $(if $(ONLY),--only $(ONLY)) $(if $(MATCH),--match '$(MATCH)') $(if $(EXACT),--exact)
 
 test: setup
 	$(PY) -m pytest tests

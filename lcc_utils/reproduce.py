@@ -58,6 +58,7 @@ from .runs import (
     ADDED_METRICS,
     LOCATION_METRICS,
     TIMING_METRICS,
+    notebook_path,
     notebook_stage,
     read_run_json,
     resolve_params,
@@ -206,6 +207,19 @@ def reproduce(profile: str, only: list[str] | None = None, jobs: int = 1, cluste
         src = committed_root / stage / run_dir(stage, resolve_params(nb, params)).name
         dst = scratch / stage / src.name
         if (src / "metrics.json").is_file() and not dst.exists():
+            _copy_run(src, dst)
+            copied.append(str(dst.relative_to(scratch)))
+    # A run that starts from another run of its own stage (04's backbone_run) reads that run as
+    # committed when the selection leaves it out (its model is then retrained from its params).
+    chosen = {f.name for _, _, f in present}
+    for nb, params, _ in present:
+        ref = resolve_params(nb, params).get("backbone_run")
+        if not ref:
+            continue
+        bb_nb = notebook_path("04_train")
+        src = committed_root / "train" / run_dir("train", resolve_params(bb_nb, dict(ref))).name
+        dst = scratch / "train" / src.name
+        if src.name not in chosen and (src / "metrics.json").is_file() and not dst.exists():
             _copy_run(src, dst)
             copied.append(str(dst.relative_to(scratch)))
     # A reproduction re-derives everything a run derives: it gets a cache of its own, so no coreset
