@@ -39,7 +39,7 @@ from lcc_utils.constants import (
     PAPER_A_PRUNING_LEVEL_CR,
     UCMERCED_CLASSES,
 )
-from lcc_utils.paths import atomic_write, resolve_path, runs_root
+from lcc_utils.paths import atomic_write, project_root, resolve_path, runs_root
 
 
 # --------------------------------------------------------------------------- notebook 03
@@ -464,10 +464,13 @@ def regime(params: Mapping[str, Any]) -> str:
     one regime: a claim is stated for the regime it was tested in (issue 21).
     """
     bb = params.get("backbone_run")
+    # ``weights`` is the 04 parameter (a file path or "") or, in collect_runs' rows, the metric
+    # that describes it ("random init", "imagenet (timm hub)", "file:...")
+    weights = params.get("weights")
+    weights = weights if isinstance(weights, str) else ""
     init = ("pretrained" if isinstance(bb, Mapping) and bb else
-            "imagenet" if params.get("pretrained") is True else
-            "weights file" if params.get("weights") not in (None, "") and params.get("weights") == params.get("weights")
-            else "scratch")
+            "imagenet" if params.get("pretrained") is True or weights.startswith("imagenet") else
+            "scratch" if weights in ("", "random init") else "weights file")
     steps = params.get("steps")
     steps = int(steps) if steps is not None and steps == steps else 0
     if float(params.get("fraction", 1.0)) < 1.0 and steps > 0:
@@ -622,6 +625,33 @@ def plot_table1(table: pd.DataFrame, model: str | None = None) -> Figure:
     return fig
 
 
+def convergence_table(runs_df: pd.DataFrame) -> pd.DataFrame:
+    """Is each regime's budget converged? Per dataset x regime x fraction x coreset, over seeds.
+
+    ``val_rise`` (:func:`val_rise`, points gained over the last 30 % of the steps) is recomputed
+    from every run's ``history.csv``, so runs made before it was recorded are covered too;
+    ``coreset_fit`` (the kept model on its own coreset) is read where the run recorded it. Issue
+    21's rule: a budget is converged when random's median rise is below 1 point.
+    """
+    rows = []
+    for r in with_regime(runs_df).to_dict("records"):
+        folder = Path(str(r["run_dir"]))  # collect_runs: relative to the project, else absolute
+        hist = (folder if folder.is_absolute() else project_root() / folder) / "history.csv"
+        rise = val_rise(pd.read_csv(hist)) if hist.is_file() else float("nan")
+        rows.append({"dataset": r["dataset"], "model": r["model"], "regime": r["regime"],
+                     "fraction": r["fraction"], "coreset": r["coreset"], "seed": r["seed"], "val_rise": rise,
+                     "coreset_fit": r.get("coreset_train_accuracy", float("nan"))})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    g = df.groupby(["dataset", "model", "regime", "fraction", "coreset"], sort=True)
+    out = g.agg(n_seeds=("seed", "nunique"), val_rise_median=("val_rise", "median"),
+                val_rise_min=("val_rise", "min"), val_rise_max=("val_rise", "max"),
+                coreset_fit_mean=("coreset_fit", "mean")).reset_index()
+    out["converged"] = out["val_rise_median"] < 1.0
+    return out
+
+
 def pretraining_gain(runs_df: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
     """Pretrained minus from-scratch accuracy of the same coresets at the same budget, paired by seed.
 
@@ -766,9 +796,12 @@ def table1_metrics(table: pd.DataFrame, runs_found: int, expected: int) -> dict[
     return out
 
 
-def regime_metrics(gain: pd.DataFrame, probes: pd.DataFrame) -> dict[str, Any]:
-    """Notebook 09's metrics of the pretraining gain and of the linear probes."""
+def regime_metrics(gain: pd.DataFrame, probes: pd.DataFrame, convergence: pd.DataFrame) -> dict[str, Any]:
+    """Notebook 09's metrics of the pretraining gain, the linear probes and random's convergence."""
     out: dict[str, Any] = {}
+    for r in convergence[convergence["coreset"] == "random"].itertuples() if len(convergence) else []:
+        reg = re.sub(r"[^a-z0-9]+", "-", str(r.regime).lower()).strip("-")
+        out[f"val_rise_{r.dataset}_{r.model}_{reg}_random_{r.fraction:g}"] = round(float(r.val_rise_median), 4)
     for r in gain.itertuples():
         key = f"gain_{r.dataset}_{r.model}_{r.coreset}_{r.fraction:g}_{r.budget.replace(' ', '')}"
         out[f"{key}_points"] = round(float(r.gain), 4)
