@@ -1,6 +1,7 @@
 # lcc: two commands on a fresh machine.
 #   make study [PROFILE=quick|smoke|paper] [ONLY="03 04"] [LCC_DATA_DIR=...]  -- set up, prepare data, run the notebooks
 #   make reproduce [PROFILE=smoke] [ONLY=...] [EXACT=1]         -- rerun committed runs, compare metrics
+#   make demo                                                  -- every notebook once, small, real data (~10 min)
 #   make test                                                  -- set up, run the whole test suite
 #   make test-browser                                          -- JupyterLab in headless Chromium (installs it)
 #   make setup TORCH=cpu                                       -- Linux without a GPU: CPU-only torch, no CUDA wheels
@@ -26,7 +27,7 @@ LOCK_PYTHON := 3.11
 UV ?= uv
 export LCC_DATA_DIR LCC_KERNEL JOBS
 
-.PHONY: setup study reproduce data verify-data test test-browser lint benchmarks clean-cache lock
+.PHONY: setup demo study reproduce data verify-data test test-browser lint benchmarks clean-cache lock
 
 # The venv is rebuilt when the pinned versions or the package metadata change.
 $(VENV)/.installed: $(LOCK) pyproject.toml
@@ -50,6 +51,11 @@ data: setup
 # fingerprint index; fails when a file changed behind the index's back; rebuilds the index.
 verify-data: setup
 	$(PY) -m lcc_utils.data --verify
+
+# The first command to try: 01 -> 09 once each at the smoke settings into cache/demo/ (wiped first),
+# one line per run and a summary; nothing tracked changes.
+demo: setup
+	$(PY) -m lcc_utils.demo
 
 study: setup
 	$(PY) -m lcc_utils.study --profile $(PROFILE) $(if $(ONLY),--only $(ONLY))

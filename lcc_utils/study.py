@@ -75,7 +75,14 @@ def expand_grid(notebook: Path, grid: dict) -> list[dict]:
 
 
 def profile_runs(notebook: Path, profile: str) -> list[dict]:
-    """Parameter sets of ``notebook`` under ``profile`` (one run with the defaults if none are listed)."""
+    """Parameter sets of ``notebook`` under ``profile`` (one run with the defaults if none are listed).
+
+    ``demo`` is one run of each notebook picked from ``smoke`` (:func:`lcc_utils.demo.demo_runs`).
+    """
+    if profile == "demo":
+        from .demo import demo_runs
+
+        return demo_runs(notebook)
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
     f = project_root() / "profiles" / f"{notebook.stem}.json"
