@@ -23,33 +23,8 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from .paths import cache_dir, project_root, resolve_data_dir
-
-#: Which smoke run of a notebook the demo runs (the first whose parameters include these);
-#: notebooks not named here run their first smoke run. 01: the 910-image EuroSAT MS sample
-#: (the one dataset the later stages read); 04: the random coreset (05 compresses it); 06: the
-#: binary task (08 maps with it).
-DEMO_CHOICE: dict[str, dict[str, Any]] = {
-    "01_data": {"dataset": "eurosat_ms"},
-    "04_train": {"coreset": "random"},
-    "06_evaluation": {"task": "binary"},
-}
-#: Parameters the demo sets over the smoke run's (09 tabulates the demo's own 04/05 grid).
-DEMO_OVERRIDE: dict[str, dict[str, Any]] = {"09_paper_a_tables": {"profile": "demo"}}
-
-
-def demo_runs(notebook: Path) -> list[dict]:
-    """The one run of ``notebook`` in the demo (a smoke run, see :data:`DEMO_CHOICE`)."""
-    from .study import profile_runs
-
-    smoke = profile_runs(notebook, "smoke")
-    want = DEMO_CHOICE.get(notebook.stem, {})
-    pick = next((r for r in smoke if all(r.get(k) == v for k, v in want.items())), None)
-    if pick is None:
-        raise ValueError(f"profiles/{notebook.stem}.json: no smoke run with {want} for the demo")
-    return [{**pick, **DEMO_OVERRIDE.get(notebook.stem, {})}]
 
 
 def demo_root() -> Path:
@@ -128,7 +103,7 @@ def summary(rows: list[dict], width: int = 120) -> str:
 def run_demo(data_dir: str | None = None) -> list[dict]:
     """Run the demo; return one row per notebook (notebook, run_dir, executed, seconds[, error])."""
     from .cluster import worker_environment
-    from .study import execute_run, notebooks, prepare_data, study_plan
+    from .study import demo_runs, execute_run, notebooks, prepare_data, study_plan
 
     root = demo_root()
     shutil.rmtree(root, ignore_errors=True)  # a demo always computes

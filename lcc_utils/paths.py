@@ -63,10 +63,28 @@ def resolve_path(path: str | os.PathLike) -> Path:
     return _resolve(path)
 
 
+def in_checkout(root: Path | None = None) -> bool:
+    """Whether ``root`` (default: :func:`project_root`) is a project checkout (``pyproject.toml`` + ``lcc_utils/``)."""
+    root = project_root() if root is None else root
+    return (root / "pyproject.toml").is_file() and (root / "lcc_utils").is_dir()
+
+
 def cache_dir() -> Path:
-    """Decoded-array and split cache: ``LCC_CACHE_DIR``, else ``<root>/cache`` (git-ignored)."""
+    """Decoded-array and split cache: ``LCC_CACHE_DIR``, else ``<root>/cache`` (git-ignored).
+
+    Outside a project checkout (the package installed from a wheel, run from another folder) the
+    cache goes to the user's cache folder (``platformdirs.user_cache_dir("lcc")``, e.g.
+    ``~/.cache/lcc``), never into whatever folder the command happens to run in.
+    """
     env = os.environ.get("LCC_CACHE_DIR")
-    d = _resolve(env) if env else project_root() / "cache"
+    if env:
+        d = _resolve(env)
+    elif in_checkout():
+        d = project_root() / "cache"
+    else:
+        from platformdirs import user_cache_dir
+
+        d = Path(user_cache_dir("lcc", appauthor=False))
     d.mkdir(parents=True, exist_ok=True)
     return d
 
