@@ -406,6 +406,8 @@ def plot_map(path: str | os.PathLike, max_size: int = 1500, title: str | None = 
     handles = [Patch(color=cc, label=n) for cc, n in zip(cols, classes, strict=True)]
     handles.append(Patch(color="#dddddd", label="masked (SCL cloud/cirrus/nodata)"))
     ax.legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.9)
+    ax.ticklabel_format(axis="both", style="plain", useOffset=False)  # metres as written, no 1e6 offset
+    ax.tick_params(axis="x", labelrotation=30)
     ax.set_xlabel(f"easting (m, {prof['crs']})")
     ax.set_ylabel("northing (m)")
     ax.set_title(title or Path(path).name)

@@ -594,7 +594,7 @@ def plot_table1(table: pd.DataFrame, model: str | None = None) -> Figure:
     t = t[(t["fraction"] < 1.0) & (t["coreset"] != "random")]
     panels = sorted({(d, f) for d, f in zip(t["dataset"], t["fraction"], strict=True)})
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.6 * max(1, len(panels)), 3.8),
-                             squeeze=False, sharey=True)
+                             squeeze=False, sharey=True, sharex=True)  # one x scale: panels compare
     paper_cols = [c for c in t.columns if c.startswith("paper_") and c != "paper_wins"]
     for ax, (dataset, fraction) in zip(axes[0], panels, strict=False):
         part = t[(t["dataset"] == dataset) & (t["fraction"] == fraction)].reset_index(drop=True)

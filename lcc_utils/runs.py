@@ -379,6 +379,22 @@ def shown_path(path: str | os.PathLike) -> str:
     return data_relative(path)  # data:<rel> under the data root, else the name
 
 
+def rounded(obj: Any, ndigits: int = 4) -> Any:
+    """``obj`` with every float rounded to ``ndigits`` decimals (dicts and lists too), for printing.
+
+    ``1.5500000000000114`` -> ``1.55``: what a notebook prints of a dict of metrics or budgets;
+    the files keep full precision.
+    """
+    if isinstance(obj, dict):
+        return {k: rounded(v, ndigits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(rounded(v, ndigits) for v in obj)
+    if isinstance(obj, float) or (hasattr(obj, "dtype") and getattr(obj, "ndim", 1) == 0
+                                  and np.issubdtype(obj.dtype, np.floating)):
+        return round(float(obj), ndigits)
+    return obj
+
+
 def machine_free(obj: Any) -> Any:
     """``obj`` (JSON-able) with every absolute path string shown as :func:`shown_path` names it.
 
