@@ -616,8 +616,12 @@ def plot_table1(table: pd.DataFrame, model: str | None = None) -> Figure:
                xlabel="test accuracy minus random (points)")
         ax.grid(alpha=0.3)
     axes[0][0].invert_yaxis()
+    if not panels:  # only random (or full-data) runs: nothing to set beside random
+        axes[0][0].text(0.5, 0.5, "no coreset run beside a random one at the same fraction:\nnothing to compare",
+                        ha="center", va="center", transform=axes[0][0].transAxes)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=2, frameon=False)
+    if handles:
+        fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=2, frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 

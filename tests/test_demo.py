@@ -17,14 +17,15 @@ def test_demo_runs_every_notebook_once_in_dependency_order():
     plan = [(nb.stem, demo_params) for nb in dict.fromkeys(nb for nb, _ in study.study_plan("smoke"))
             for demo_params in study.demo_runs(nb)]
     stems = [s for s, _ in plan]
-    assert sorted(stems) == [nb.stem for nb in study.notebooks()] and len(set(stems)) == len(stems)
+    assert sorted(set(stems)) == [nb.stem for nb in study.notebooks()]
+    assert stems.count("04_train") == 2 and len(stems) == len(study.notebooks()) + 1  # 09 compares two coresets
     assert stems.index("07_ablation") < stems.index("06_evaluation") < stems.index("08_mapping")
-    p = dict(plan)
+    p = dict(plan[::-1])  # the first run of each notebook
     assert p["01_data"]["dataset"] == "eurosat_ms" and p["04_train"]["coreset"] == "random"
     assert p["09_paper_a_tables"] == {"profile": "demo"}
     # what 09 and 05 look up is what the demo ran: one 04 run, one 05 run
     nb04, nb05 = (study.notebooks()[i] for i in (3, 4))
-    assert study.profile_runs(nb04, "demo") == [p["04_train"]]
+    assert study.profile_runs(nb04, "demo") == [q for s, q in plan if s == "04_train"]
     assert study.profile_runs(nb05, "demo") == [p["05_compression"]]
     assert p["05_compression"]["train_run"].items() <= p["04_train"].items()
 
@@ -102,3 +103,23 @@ def test_pyproject_lists_every_third_party_import():
             "jupyter_core": "jupyter-core", "dask_jobqueue": "dask-jobqueue"}
     missing = [m for m in third if f'"{dist.get(m, m).lower()}' not in text]
     assert not missing, f"imported by lcc_utils but not in pyproject.toml: {missing}"
+
+
+def test_table1_figure_shares_x_and_says_when_there_is_nothing_to_compare():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from lcc_utils import paper_a
+
+    rows = [{"model": "plain_cnn", "dataset": "eurosat", "fraction": f, "coreset": c, "diff_vs_random": d,
+             "ci_low": d - 1, "ci_high": d + 1} for f, c, d in ((0.05, "random", 0.0), (0.05, "margin", -8.0),
+                                                               (0.1, "random", 0.0), (0.1, "margin", 1.0))]
+    fig = paper_a.plot_table1(pd.DataFrame(rows))
+    a, b = fig.axes[:2]
+    assert a.get_xlim() == b.get_xlim() and "(points)" in a.get_xlabel()
+    only_random = paper_a.plot_table1(pd.DataFrame([r for r in rows if r["coreset"] == "random"]))
+    assert "nothing to compare" in only_random.axes[0].texts[0].get_text()
+    plt.close("all")
