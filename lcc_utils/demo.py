@@ -115,7 +115,8 @@ def run_demo(data_dir: str | None = None) -> list[dict]:
     order = [nb for nb, _ in study_plan("smoke")]
     books = list(dict.fromkeys(order)) or notebooks()
     plan = [(nb, p) for nb in books for p in demo_runs(nb)]
-    print(f"demo: {len(plan)} notebooks on the data in {data}; runs in {_shown(root / 'runs')}/", flush=True)
+    print(f"demo: {len(plan)} runs of {len(books)} notebooks on the data in {data}; runs in {_shown(root / 'runs')}/",
+          flush=True)
     env, rows = worker_environment(), []
     for i, (nb, params) in enumerate(plan, 1):
         t0 = time.perf_counter()
