@@ -74,16 +74,16 @@ def summary(rows: list[dict], width: int = 120) -> str:
     from .study import notebooks, profile_runs
 
     full = {nb.stem[:2]: len(profile_runs(nb, "quick")) for nb in notebooks()}
-    lines = [f"{'notebook':<22} {'s':>5}  headline"]
+    lines = [f"{'notebook':<26} {'s':>4}  headline"]
     for r in rows:
         stage = r["notebook"][:2]
         if r.get("error"):
             head = f"FAILED: {r['error']}"
         else:
             head = headline(stage, json.loads((Path(r["run_dir"]) / "metrics.json").read_text()))
-        lines.append(f"{r['notebook']:<22} {r['seconds']:>5.0f}  {head}")
+        lines.append(f"{r['notebook']:<26} {r['seconds']:>4.0f}  {head}")
         where = f"{_shown(Path(r['run_dir']))}/" if r.get("run_dir") else "no run folder"
-        lines.append(f"{'':<29}{where} | quick study: {full.get(stage, 0)} run(s)")
+        lines.append(f"{'':<33}{where} | quick study: {full.get(stage, 0)} run(s)")
     figs = demo_root() / "figures"
     n_figs = len(list(figs.glob("*.png"))) if figs.is_dir() else 0
     total = sum(r["seconds"] for r in rows)
@@ -96,7 +96,7 @@ def summary(rows: list[dict], width: int = 120) -> str:
     ]
     out = []
     for line in lines:
-        out += textwrap.wrap(line, width, subsequent_indent=" " * 29, break_on_hyphens=False) or [""]
+        out += textwrap.wrap(line, width, subsequent_indent=" " * 33, break_on_hyphens=False) or [""]
     return "\n".join(out)
 
 

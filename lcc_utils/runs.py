@@ -596,7 +596,7 @@ def _provenance(stage: str, params: dict[str, Any], data_hash: str | None, extra
         "stage": stage, "params": _recorded_params(params), "params_hash": params_hash(params),
         "data_hash": data_hash, "code_version": git_commit(), "lcc_utils": __version__,
         "python": platform.python_version(), "platform": platform.platform(),
-        **{k: _jsonable(v) for k, v in extra.items()},
+        **{k: machine_free(_jsonable(v)) for k, v in extra.items()},  # e.g. 04's scores_file: cache/...
     }
     try:
         import torch
