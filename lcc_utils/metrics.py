@@ -264,9 +264,12 @@ def plot_ndvi_errors(
                label=name)
     ticks = [f"{b}\nn={n}" for b, n in zip(first["bin"], first["n"], strict=True)]
     ax.set_xticks(x, ticks, fontsize=7, rotation=45, ha="right", rotation_mode="anchor")
-    for xi, n in zip(x, first["n"], strict=True):  # an empty bin has no error rate, not a zero one
-        if n == 0:
-            ax.text(xi, 0.02, "no test\npatches", ha="center", va="bottom", fontsize=6, color="grey")
+    # a bin without bars is said: no patches (no error rate), or patches that every model got right
+    rates = np.vstack([tb["error_rate"].fillna(0).to_numpy() for tb in tables.values()])
+    for xi, n, top in zip(x, first["n"], rates.max(axis=0), strict=True):
+        if n == 0 or top == 0:
+            ax.text(xi, 0.02, "no test\npatches" if n == 0 else "no\nerrors", ha="center", va="bottom",
+                    fontsize=6, color="grey")
     ax.set_ylabel("error rate (share of the bin's patches)")
     ax.set_xlabel("patch mean NDVI (bin; n = test patches)")
     ax.set_ylim(0, 1)

@@ -60,7 +60,7 @@ def table1() -> None:
     """09's Table 1 figure (``paper_a_table1.csv``), for the model most runs trained (as 09 picks it)."""
     for d in sorted((RUNS / "paper_a_tables").glob("*/paper_a_table1.csv")):
         models = Counter(json.loads(f.read_text())["params"]["model"] for f in (RUNS / "train").glob("*/params.json"))
-        _save(paper_a.plot_table1(pd.read_csv(d), model=models.most_common(1)[0][0]), "paper_a_table1")
+        _save(paper_a.plot_table1(pd.read_csv(d), model=models.most_common(1)[0][0]), "paper_a_tables_paper_a_table1")
 
 
 if __name__ == "__main__":

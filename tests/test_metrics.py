@@ -139,6 +139,8 @@ def test_ndvi_error_figure_ticks_do_not_overlap_and_an_empty_bin_is_said():
         boxes = [lb.get_window_extent(r) for lb in ax.get_xticklabels() if lb.get_text()]
         assert len(boxes) == len(t) and not _overlaps(boxes), _overlaps(boxes)
         assert sum("no test" in tx.get_text() for tx in ax.texts) == int((t["n"] == 0).sum())
+        right = int(((t["n"] > 0) & (t["error_rate"] == 0)).sum())  # bins every model got right
+        assert sum("no\nerrors" in tx.get_text() for tx in ax.texts) == right
         assert "(" in ax.get_ylabel() and "n = test patches" in ax.get_xlabel()
         plt.close(fig)
 
