@@ -1,6 +1,7 @@
 # lcc: two commands on a fresh machine.
 #   make study [PROFILE=quick|smoke|paper] [ONLY="03 04"] [LCC_DATA_DIR=...]  -- set up, prepare data, run the notebooks
 #   make reproduce [PROFILE=smoke] [ONLY=...] [MATCH=regex] [EXACT=1] -- rerun committed runs, compare metrics
+#   make demo                                                  -- every notebook once, small, real data (~10 min)
 #   make test                                                  -- set up, run the whole test suite
 #   make test-browser                                          -- JupyterLab in headless Chromium (installs it)
 #   make setup TORCH=cpu                                       -- Linux without a GPU: CPU-only torch, no CUDA wheels
@@ -10,6 +11,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# the package's command (pyproject [project.scripts]): lcc demo | study | reproduce | verify-data
+LCC := $(PY) -m lcc_utils.cli
 PROFILE ?= quick
 # JOBS: Dask workers = runs at a time (CPU training uses one thread per run); JOBS=1 runs serially
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
@@ -26,7 +29,7 @@ LOCK_PYTHON := 3.11
 UV ?= uv
 export LCC_DATA_DIR LCC_KERNEL JOBS
 
-.PHONY: setup study reproduce data verify-data test test-browser lint benchmarks clean-cache lock
+.PHONY: setup demo study reproduce data verify-data test test-browser lint benchmarks clean-cache lock
 
 # The venv is rebuilt when the pinned versions or the package metadata change.
 $(VENV)/.installed: $(LOCK) pyproject.toml
@@ -44,20 +47,25 @@ endif
 setup: $(VENV)/.installed
 
 data: setup
-	$(PY) -m lcc_utils.study --prepare-only
+	$(LCC) study --prepare-only
 
 # Full content re-hash of every dataset (and indexed Sentinel-2 product), ignoring the
 # fingerprint index; fails when a file changed behind the index's back; rebuilds the index.
 verify-data: setup
-	$(PY) -m lcc_utils.data --verify
+	$(LCC) verify-data
+
+# The first command to try: 01 -> 09 once each at the smoke settings into cache/demo/ (wiped first),
+# one line per run and a summary; nothing tracked changes.
+demo: setup
+	$(LCC) demo
 
 study: setup
-	$(PY) -m lcc_utils.study --profile $(PROFILE) $(if $(ONLY),--only $(ONLY))
+	$(LCC) study --profile $(PROFILE) $(if $(ONLY),--only $(ONLY))
 
 # Re-execute the committed runs of PROFILE into a scratch root (cache/reproduce/) and compare every
 # metric with stated tolerances; EXACT=1 for a rerun on the machine that made them.
 reproduce: setup
-	$(PY) -m lcc_utils.reproduce --profile $(PROFILE) --jobs $(JOBS) $(if $(ONLY),--only $(ONLY)) $(if $(MATCH),--match '$(MATCH)') $(if $(EXACT),--exact)
+	$(LCC) reproduce --profile $(PROFILE) --jobs $(JOBS) $(if $(ONLY),--only $(ONLY)) $(if $(MATCH),--match '$(MATCH)') $(if $(EXACT),--exact)
 
 test: setup
 	$(PY) -m pytest tests

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from rasterio.windows import Window
 from torch import nn
 
-from lcc_utils.paths import atomic_path
+from lcc_utils.paths import atomic_path, data_relative
 from lcc_utils.sentinel2 import L2AProduct, ProductReader, grid_windows
 
 from .progress import tqdm
@@ -294,7 +294,7 @@ def classify_scene(
                              f"{n_classes} classes")
         dst.update_tags(CLASSES=json.dumps(dict(enumerate(names))), MODE=mode,
                         PRECISION=precision,
-                        PATCH_SIZE=ps_, STRIDE=st, SOURCE=str(product.path),
+                        PATCH_SIZE=ps_, STRIDE=st, SOURCE=data_relative(product.path),
                         BAND_2="probability of the predicted class, percent (0-100)")
     dt = time.perf_counter() - t0
     npx = product.width * product.height
@@ -406,6 +406,8 @@ def plot_map(path: str | os.PathLike, max_size: int = 1500, title: str | None = 
     handles = [Patch(color=cc, label=n) for cc, n in zip(cols, classes, strict=True)]
     handles.append(Patch(color="#dddddd", label="masked (SCL cloud/cirrus/nodata)"))
     ax.legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.9)
+    ax.ticklabel_format(axis="both", style="plain", useOffset=False)  # metres as written, no 1e6 offset
+    ax.tick_params(axis="x", labelrotation=30)
     ax.set_xlabel(f"easting (m, {prof['crs']})")
     ax.set_ylabel("northing (m)")
     ax.set_title(title or Path(path).name)
@@ -581,7 +583,31 @@ def write_map_cogs(map_path: str | os.PathLike, class_path: str | os.PathLike,
                     rio_copy(work[name], tmp, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=int(blocksize),
                              OVERVIEW_RESAMPLING=resampling, OVERVIEWS="AUTO")
     atomic_write(class_path.with_name(class_path.name + ".aux.xml"), _category_xml(classes))
-    return {"class_cog": str(class_path), "probability_cog": str(prob_path), "classes": classes}
+    atomic_write(class_path.with_suffix(".qml"), qgis_style(classes))
+    return {"class_cog": str(class_path), "probability_cog": str(prob_path), "classes": classes,
+            "qgis_style": str(class_path.with_suffix(".qml"))}
+
+
+def qgis_style(classes: Sequence[str]) -> str:
+    """A QGIS layer style (``.qml``) for a class map: a paletted renderer with each class's name and colour.
+
+    QGIS loads ``<name>.qml`` beside ``<name>.tif`` by itself when the layer is added, so the
+    map opens with the legend of :func:`class_colors` (nodata transparent).
+    """
+    from xml.sax.saxutils import quoteattr
+
+    colors = class_colors(classes)
+    hexes = {i: "#{:02x}{:02x}{:02x}".format(*colors[i][:3]) for i in range(len(classes))}
+    entries = "".join(f'        <paletteEntry value="{i}" color="{hexes[i]}" alpha="{colors[i][3]}" '
+                      f"label={quoteattr(c)}/>\n" for i, c in enumerate(classes))
+    return ("<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+            '<qgis version="3.28" styleCategories="Symbology">\n  <pipe>\n'
+            '    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">\n'
+            "      <rasterTransparency/>\n      <colorPalette>\n" + entries
+            + "      </colorPalette>\n    </rasterrenderer>\n"
+            '    <brightnesscontrast brightness="0" contrast="0"/>\n'
+            '    <huesaturation saturation="0" colorizeOn="0" grayscaleMode="0"/>\n'
+            '    <rasterresampler maxOversample="2"/>\n  </pipe>\n  <blendMode>0</blendMode>\n</qgis>\n')
 
 
 def check_cog(path: str | os.PathLike) -> dict[str, Any]:

@@ -250,9 +250,11 @@ def plot_ndvi_errors(
     with_hist = ndvi is not None
     if with_hist and correct is None:
         raise ValueError("correct is required with ndvi (True where the model is right)")
-    fig, axes = plt.subplots(1, 2 if with_hist else 1, figsize=(11 if with_hist else 6, 4))
-    ax = axes[0] if with_hist else axes
     first = next(iter(tables.values()))
+    bar_w = max(6.0, 0.75 * len(first))  # about 0.75 in per bin: the tick labels never overlap
+    fig, axes = plt.subplots(1, 2 if with_hist else 1, figsize=(bar_w + (5 if with_hist else 0), 4.2),
+                             gridspec_kw={"width_ratios": [bar_w, 5]} if with_hist else None)
+    ax = axes[0] if with_hist else axes
     x = np.arange(len(first))
     width = 0.8 / len(tables)
     for i, (name, tb) in enumerate(tables.items()):
@@ -261,9 +263,15 @@ def plot_ndvi_errors(
         ax.bar(x + (i - (len(tables) - 1) / 2) * width, tb["error_rate"].fillna(0), width,
                label=name)
     ticks = [f"{b}\nn={n}" for b, n in zip(first["bin"], first["n"], strict=True)]
-    ax.set_xticks(x, ticks, fontsize=7)
-    ax.set_ylabel("error rate")
-    ax.set_xlabel("patch mean NDVI")
+    ax.set_xticks(x, ticks, fontsize=7, rotation=45, ha="right", rotation_mode="anchor")
+    # a bin without bars is said: no patches (no error rate), or patches that every model got right
+    rates = np.vstack([tb["error_rate"].fillna(0).to_numpy() for tb in tables.values()])
+    for xi, n, top in zip(x, first["n"], rates.max(axis=0), strict=True):
+        if n == 0 or top == 0:
+            ax.text(xi, 0.02, "no test\npatches" if n == 0 else "no\nerrors", ha="center", va="bottom",
+                    fontsize=6, color="grey")
+    ax.set_ylabel("error rate (share of the bin's patches)")
+    ax.set_xlabel("patch mean NDVI (bin; n = test patches)")
     ax.set_ylim(0, 1)
     if len(tables) > 1:
         ax.legend(fontsize=7)

@@ -597,7 +597,7 @@ def plot_table1(table: pd.DataFrame, model: str | None = None) -> Figure:
     t = t[(t["fraction"] < 1.0) & (t["coreset"] != "random")]
     panels = sorted({(d, f) for d, f in zip(t["dataset"], t["fraction"], strict=True)})
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.6 * max(1, len(panels)), 3.8),
-                             squeeze=False, sharey=True)
+                             squeeze=False, sharey=True, sharex=True)  # one x scale: panels compare
     paper_cols = [c for c in t.columns if c.startswith("paper_") and c != "paper_wins"]
     for ax, (dataset, fraction) in zip(axes[0], panels, strict=False):
         part = t[(t["dataset"] == dataset) & (t["fraction"] == fraction)].reset_index(drop=True)
@@ -619,8 +619,12 @@ def plot_table1(table: pd.DataFrame, model: str | None = None) -> Figure:
                xlabel="test accuracy minus random (points)")
         ax.grid(alpha=0.3)
     axes[0][0].invert_yaxis()
+    if not panels:  # only random (or full-data) runs: nothing to set beside random
+        axes[0][0].text(0.5, 0.5, "no coreset run beside a random one at the same fraction:\nnothing to compare",
+                        ha="center", va="center", transform=axes[0][0].transAxes)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=2, frameon=False)
+    if handles:
+        fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=2, frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 

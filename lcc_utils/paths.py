@@ -63,10 +63,54 @@ def resolve_path(path: str | os.PathLike) -> Path:
     return _resolve(path)
 
 
+#: Prefix of a path under the data root (``data:sentinel2-l2a/S2A_...``): a notebook default that
+#: follows ``data_dir`` / ``LCC_DATA_DIR`` instead of assuming where the data are.
+DATA_PREFIX = "data:"
+
+
+def resolve_data_path(path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Path:
+    """``data:<rel>`` under the data root (:func:`resolve_data_dir`), anything else as :func:`resolve_path`."""
+    s = str(path)
+    if s.startswith(DATA_PREFIX):
+        return resolve_data_dir(data_dir) / s[len(DATA_PREFIX):]
+    return resolve_path(path)
+
+
+def in_checkout(root: Path | None = None) -> bool:
+    """Whether ``root`` (default: :func:`project_root`) is a project checkout (``pyproject.toml`` + ``lcc_utils/``)."""
+    root = project_root() if root is None else root
+    return (root / "pyproject.toml").is_file() and (root / "lcc_utils").is_dir()
+
+
+def data_relative(path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> str:
+    """``path`` named without the machine: ``data:<rel>`` under the data root, project-relative, else its name.
+
+    For what the project writes into files (GeoTIFF tags, reports): ``data:sentinel2-l2a/S2A_...``
+    reads the same on every machine, whatever the data root is called there.
+    """
+    p = Path(path).resolve()
+    for base, prefix in ((resolve_data_dir(data_dir).resolve(), "data:"), (project_root().resolve(), "")):
+        if p.is_relative_to(base):
+            return prefix + p.relative_to(base).as_posix()
+    return p.name
+
+
 def cache_dir() -> Path:
-    """Decoded-array and split cache: ``LCC_CACHE_DIR``, else ``<root>/cache`` (git-ignored)."""
+    """Decoded-array and split cache: ``LCC_CACHE_DIR``, else ``<root>/cache`` (git-ignored).
+
+    Outside a project checkout (the package installed from a wheel, run from another folder) the
+    cache goes to the user's cache folder (``platformdirs.user_cache_dir("lcc")``, e.g.
+    ``~/.cache/lcc``), never into whatever folder the command happens to run in.
+    """
     env = os.environ.get("LCC_CACHE_DIR")
-    d = _resolve(env) if env else project_root() / "cache"
+    if env:
+        d = _resolve(env)
+    elif in_checkout():
+        d = project_root() / "cache"
+    else:
+        from platformdirs import user_cache_dir
+
+        d = Path(user_cache_dir("lcc", appauthor=False))
     d.mkdir(parents=True, exist_ok=True)
     return d
 

@@ -85,11 +85,20 @@ def plot_sample_grid(images: list[list[np.ndarray]], row_labels: list[str], titl
     return fig
 
 
+def band_unit(bands: list[str]) -> str:
+    """The y label of band values: reflectance for Sentinel-2 bands (B01..B12, B8A), else 8-bit values / 255."""
+    import re
+
+    if bands and all(re.fullmatch(r"B(\d\d|8A)", str(b)) for b in bands):
+        return "reflectance (DN / 10000)"
+    return "pixel value / 255 (8-bit RGB)"
+
+
 def plot_band_statistics(stats: pd.DataFrame, title: str = "") -> Figure:
-    """Mean +- std reflectance per band (a DataFrame from :func:`lcc_utils.data.band_statistics`)."""
+    """Mean +- std per band (a DataFrame from :func:`lcc_utils.data.band_statistics`), in the bands' unit."""
     fig, ax = plt.subplots(figsize=(8, 3.2))
     ax.errorbar(stats["band"], stats["mean"], yerr=stats["std"], fmt="o-", capsize=3)
-    ax.set(title=title, xlabel="band", ylabel="reflectance (DN / 10000)")
+    ax.set(title=title, xlabel="band", ylabel=band_unit(list(stats["band"])))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -6,7 +6,8 @@ itself. What a bar does depends on who is watching (:func:`progress_mode`):
 * ``bar``: a live bar. In JupyterLab (or VS Code) the notebook widget of ``tqdm.auto``; in a
   terminal the text bar.
 * ``final``: nothing while it runs, then one plain line on stdout when a bar that is kept
-  (``leave=True``) closes, e.g. ``train paper_a: 100% 15/15 [09:41, 38.7s/epoch]``. Bars
+  (``leave=True``) closes, e.g. ``train paper_a: 100% 15/15 [09:41, 38.7s/epoch, val_acc=0.912, best=12]``
+  (an early stop: ``100% 7/7 [..., stopped=early at 7/30 (patience 5)]``). Bars
   nested inside another (``leave=False``: batches of an epoch, windows of a scene) print
   nothing. This is the mode of a notebook kernel that no person watches -- papermill, nbval,
   ``make study`` -- so an executed copy under ``runs/`` holds a few readable lines instead of
@@ -78,8 +79,9 @@ class FinalLine(std.tqdm):
         fmt = dict(self.format_dict)
         super().close()
         if keep:
-            fmt["bar_format"] = "{desc}{percentage:.0f}% {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}]" \
-                if fmt.get("total") else "{desc}{n_fmt} [{elapsed}, {rate_fmt}]"
+            # the postfix too (validation accuracy, best epoch, an early stop): what the run ended with
+            fmt["bar_format"] = "{desc}{percentage:.0f}% {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]" \
+                if fmt.get("total") else "{desc}{n_fmt} [{elapsed}, {rate_fmt}{postfix}]"
             fmt["prefix"] = f"{fmt['prefix']}: " if fmt.get("prefix") else ""
             print(self.format_meter(**fmt).strip(), file=sys.stdout, flush=True)
 

@@ -46,7 +46,7 @@ import pandas as pd
 
 from . import __version__
 from .files import json_parses, read_json
-from .paths import atomic_path, atomic_write, cache_dir, project_root, resolve_path, runs_root
+from .paths import atomic_path, atomic_write, cache_dir, data_relative, project_root, resolve_path, runs_root
 
 #: Parameters that say *where* things are, not *what* is computed: left out of the hash.
 LOCATION_PARAMS = ("data_dir",)
@@ -97,9 +97,20 @@ def _at_added_default(name: str, value: Any) -> bool:
     return name in ADDED_PARAMS and _jsonable(value) == _jsonable(ADDED_PARAMS[name])
 
 
+#: Scene defaults written as ``data:<rel>`` (under the data root) were ``../shared/data/<rel>``
+#: when runs were committed: hashed as before, so those runs keep their folders.
+_DATA_SCENE_HASHED_AS = "../shared/data/"
+
+
+def _hashed(name: str, value: Any) -> Any:
+    if name == "scene" and isinstance(value, str) and value.startswith("data:"):
+        return _DATA_SCENE_HASHED_AS + value[len("data:"):]
+    return value
+
+
 def params_hash(params: dict[str, Any]) -> str:
     """Short sha256 of the parameters that define a run (location parameters excluded)."""
-    core = {k: _jsonable(v) for k, v in sorted(params.items())
+    core = {k: _hashed(k, _jsonable(v)) for k, v in sorted(params.items())
             if k not in LOCATION_PARAMS and not _at_added_default(k, v)}
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:8]
 
@@ -365,7 +376,40 @@ def shown_path(path: str | os.PathLike) -> str:
             return prefix + path.relative_to(base).as_posix()
         except ValueError:
             continue
-    return path.name
+    return data_relative(path)  # data:<rel> under the data root, else the name
+
+
+def rounded(obj: Any, ndigits: int = 4) -> Any:
+    """``obj`` with every float rounded to ``ndigits`` decimals (dicts and lists too), for printing.
+
+    ``1.5500000000000114`` -> ``1.55``: what a notebook prints of a dict of metrics or budgets;
+    the files keep full precision.
+    """
+    if isinstance(obj, dict):
+        return {k: rounded(v, ndigits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(rounded(v, ndigits) for v in obj)
+    if isinstance(obj, float) or (hasattr(obj, "dtype") and getattr(obj, "ndim", 1) == 0
+                                  and np.issubdtype(obj.dtype, np.floating)):
+        return round(float(obj), ndigits)
+    return obj
+
+
+def machine_free(obj: Any) -> Any:
+    """``obj`` (JSON-able) with every absolute path string shown as :func:`shown_path` names it.
+
+    What a run writes names no machine (``/home/...``, ``/tmp/...``): a report that kept the
+    paths a function returned (08's ``map_report.json``) records ``runs/...``, ``cache/...``
+    or ``data:...`` instead.
+    """
+    if isinstance(obj, dict):
+        return {k: machine_free(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [machine_free(v) for v in obj]
+    if isinstance(obj, str) and len(obj) > 1 and "\n" not in obj and (
+            obj.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", obj)):
+        return shown_path(obj)
+    return obj
 
 
 @dataclass
@@ -414,9 +458,9 @@ class Run:
         return RunFile(p)
 
     def save_json(self, obj: Any, name: str) -> Path:
-        """Write ``obj`` as ``<name>.json``."""
+        """Write ``obj`` as ``<name>.json`` (absolute paths in it shown machine-free: :func:`machine_free`)."""
         p = self.path(f"{name}.json")
-        atomic_write(p, json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
+        atomic_write(p, json.dumps(machine_free(_jsonable(obj)), indent=2, sort_keys=True) + "\n")
         return RunFile(p)
 
     def save_figure(self, fig: Any, name: str, publish: bool = False, dpi: int = 150) -> Path:
@@ -552,7 +596,7 @@ def _provenance(stage: str, params: dict[str, Any], data_hash: str | None, extra
         "stage": stage, "params": _recorded_params(params), "params_hash": params_hash(params),
         "data_hash": data_hash, "code_version": git_commit(), "lcc_utils": __version__,
         "python": platform.python_version(), "platform": platform.platform(),
-        **{k: _jsonable(v) for k, v in extra.items()},
+        **{k: machine_free(_jsonable(v)) for k, v in extra.items()},  # e.g. 04's scores_file: cache/...
     }
     try:
         import torch

@@ -54,8 +54,12 @@ PROFILES = ("smoke", "quick", "paper")
 
 
 def notebooks() -> list[Path]:
-    """The numbered notebooks in ``notebooks/``, in number order."""
-    return sorted((project_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    """The numbered notebooks in ``notebooks/``, in number order (a missing folder is an error naming it)."""
+    folder = project_root() / "notebooks"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no notebooks folder; run from a project checkout (git clone), "
+                                "or set LCC_PROJECT_ROOT to one")
+    return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
 
 
 def expand_grid(notebook: Path, grid: dict) -> list[dict]:
@@ -75,10 +79,19 @@ def expand_grid(notebook: Path, grid: dict) -> list[dict]:
 
 
 def profile_runs(notebook: Path, profile: str) -> list[dict]:
-    """Parameter sets of ``notebook`` under ``profile`` (one run with the defaults if none are listed)."""
+    """Parameter sets of ``notebook`` under ``profile`` (one run with the defaults if none are listed).
+
+    ``demo`` is one run of each notebook picked from ``smoke`` (:func:`demo_runs`, ``make demo``).
+    """
+    if profile == "demo":
+        return demo_runs(notebook)
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
-    f = project_root() / "profiles" / f"{notebook.stem}.json"
+    folder = project_root() / "profiles"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no profiles folder (the study's parameter grids); run from a project "
+                                "checkout (git clone), or set LCC_PROJECT_ROOT to one")
+    f = folder / f"{notebook.stem}.json"
     if not f.exists():
         return [{}]
     spec = read_json(f, f"A tracked profile: fix it by hand, or restore it with `git checkout -- profiles/{f.name}`")
@@ -98,6 +111,32 @@ def profile_runs(notebook: Path, profile: str) -> list[dict]:
             seen.add(key)
             unique.append(r)
     return unique
+
+
+#: Which smoke run of a notebook ``make demo`` runs (the first whose parameters include these);
+#: notebooks not named here run their first smoke run; ``None``: every smoke run. 01: the
+#: 910-image EuroSAT MS sample (the one dataset the later stages read); 04: random and forgetting
+#: (05 compresses the random one; 09's Table 1 sets forgetting beside it); 06: the binary task
+#: (08 maps with it).
+DEMO_CHOICE: dict[str, dict | None] = {
+    "01_data": {"dataset": "eurosat_ms"},
+    "04_train": None,
+    "06_evaluation": {"task": "binary"},
+}
+#: Parameters the demo sets over the smoke run's (09 tabulates the demo's own 04/05 runs).
+DEMO_OVERRIDE: dict[str, dict] = {"09_paper_a_tables": {"profile": "demo"}}
+
+
+def demo_runs(notebook: Path) -> list[dict]:
+    """The runs of ``notebook`` in ``make demo``: smoke runs, one per notebook but 04's (:data:`DEMO_CHOICE`)."""
+    smoke = profile_runs(notebook, "smoke")
+    want = DEMO_CHOICE.get(notebook.stem, {})
+    if want is None:
+        return [{**r, **DEMO_OVERRIDE.get(notebook.stem, {})} for r in smoke]
+    pick = next((r for r in smoke if all(r.get(k) == v for k, v in want.items())), None)
+    if pick is None:
+        raise ValueError(f"profiles/{notebook.stem}.json: no smoke run with {want} for the demo")
+    return [{**pick, **DEMO_OVERRIDE.get(notebook.stem, {})}]
 
 
 def profile_runs_root(profile: str) -> Path:

@@ -471,9 +471,11 @@ def train(
     order = np.argsort(train_idx, kind="stable")
     sorted_idx = train_idx[order]
     t_session, elapsed = time.perf_counter(), 0.0
-    epoch_bar = tqdm(range(start_epoch, epochs + 1), desc=f"train {recipe.name}", unit="epoch",
-                     initial=start_epoch - 1, total=epochs, disable=finished)
-    for epoch in epoch_bar:
+    # advanced by hand after each epoch: a bar iterated over stops one short when the loop breaks
+    # on its last epoch (``50% 1/2`` after both epochs ran)
+    epoch_bar = tqdm(desc=f"train {recipe.name}", unit="epoch", initial=start_epoch - 1, total=epochs,
+                     disable=finished)
+    for epoch in range(start_epoch, epochs + 1):
         if finished:
             break
         t0 = time.perf_counter()
@@ -563,6 +565,11 @@ def train(
             atomic_write(Path(run_dir) / "history.csv", _history_frame(history).to_csv(index=False))
         if on_epoch_end is not None and row is not None:
             on_epoch_end(epoch, row)
+        epoch_bar.update(1)
+        if stopped_early:  # a finished run, not an aborted one: the final line says so (100 % of what ran)
+            epoch_bar.total = epoch
+            epoch_bar.set_postfix(val_acc=f"{val['accuracy']:.3f}" if row else "-", best=best_epoch,
+                                  stopped=f"early at {epoch}/{epochs} (patience {recipe.patience})")
         if finished:
             break
     epoch_bar.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "lcc_utils"
 #: Study-level modules (glue between notebooks and engines), top to bottom. An engine importing
 #: one of these would be an upward import.
-STUDY = ("reproduce", "study", "trained", "paper_a", "paper_b")
+STUDY = ("cli", "demo", "reproduce", "study", "trained", "paper_a", "paper_b")
 
 
 def _module_name(path: Path) -> str:

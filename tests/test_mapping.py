@@ -231,3 +231,52 @@ def test_model_bands_must_match_the_scene():
         mp.check_model_bands(["B02", "B8A"], ["B02", "B08"], model_source="model.tif")
     with pytest.raises(ValueError, match="another order"):
         mp.check_model_bands(["B03", "B02"], ["B02", "B03"])
+
+
+def test_qgis_style_names_and_colours_every_class(product, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    out = tmp_path / "map.tif"
+    mp.classify_scene(product, tiny_cnn(), out, patch_size=16, stride=8, mean=MEAN, std=STD,
+                      classes=["non_vegetation", "vegetation"], window_size=24, progress=False)
+    cogs = mp.write_map_cogs(out, tmp_path / "map_class.tif", tmp_path / "map_probability.tif")
+    qml = tmp_path / "map_class.qml"  # QGIS loads <name>.qml beside <name>.tif by itself
+    assert cogs["qgis_style"] == str(qml)
+    entries = ET.parse(qml).getroot().findall("./pipe/rasterrenderer/colorPalette/paletteEntry")
+    assert [(e.get("value"), e.get("label"), e.get("color")) for e in entries] == [
+        ("0", "non_vegetation", "#d9b26f"), ("1", "vegetation", "#2ca25f")]
+    with rasterio.open(out) as src:  # the scene named under the data root or by its name, no machine path
+        assert not src.tags()["SOURCE"].startswith("/")
+
+
+@pytest.mark.integration
+@pytest.mark.notebooks
+def test_notebook_08_maps_with_a_committed_06_run_and_writes_no_machine_path(shared_data, monkeypatch):
+    """08 by hand on a committed smoke 06 run (its checkpoint rebuilt in the cache): it runs, and no
+    file of its run folder names this machine (GeoTIFF tags, JSON, CSV, the executed notebook, the style)."""
+    from lcc_utils import paths, runs
+
+    monkeypatch.setenv("LCC_DATA_DIR", str(shared_data))
+    root = Path(__file__).resolve().parents[1]
+    d, executed = runs.execute_notebook(runs.notebook_path("08_mapping"), {
+        "run": "runs/smoke/evaluation/binary-8736b067", "compare_exact": False, "stride": 32})
+    assert executed and (d / "metrics.json").is_file()
+    names = {p.name for p in d.iterdir()}
+    assert {"map_class.tif", "map_probability.tif", "map_class.qml", "map_report.json"} <= names
+    assert "map.tif" not in names  # the two-band working map stays in the cache
+    machine = {str(root), str(shared_data), str(paths.cache_dir().resolve()), str(Path.home()), "/tmp/"}
+    found = {}
+    for f in d.rglob("*"):
+        if not f.is_file():
+            continue
+        if f.suffix == ".tif":
+            with rasterio.open(f) as src:
+                text = repr([src.tags(), *(src.tags(b) for b in range(1, src.count + 1))])
+        elif f.suffix == ".png":
+            continue
+        else:
+            text = f.read_text(errors="replace")
+        hits = sorted(m for m in machine if m in text)
+        if hits:
+            found[f.name] = hits
+    assert not found, f"machine paths in {runs.shown_path(d)}: {found}"

@@ -117,3 +117,42 @@ def test_ndvi_binned_errors_wilson_interval_and_default_edges():
     assert (row["n"], row["n_wrong"]) == (2, 1)
     assert row["ci95_lo"] == pytest.approx(0.0945, abs=1e-3)  # Wilson 1/2
     assert row["ci95_hi"] == pytest.approx(0.9055, abs=1e-3)
+
+
+def _overlaps(boxes) -> list[tuple[int, int]]:
+    return [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes)) if boxes[i].overlaps(boxes[j])]
+
+
+def test_ndvi_error_figure_ticks_do_not_overlap_and_an_empty_bin_is_said():
+    """Paper B's default bins (many, narrow): each tick label has its own room; an empty bin is labelled."""
+    rng = np.random.default_rng(0)
+    ndvi = np.concatenate([rng.uniform(-0.2, 0.1, 60), rng.uniform(0.4, 0.9, 60)])  # nothing in 0.1-0.4
+    y = (ndvi > 0.3).astype(int)
+    p = np.where(rng.random(120) < 0.2, 1 - y, y)
+    t = metrics.ndvi_binned_errors(ndvi, y, p)
+    assert (t["n"] == 0).any()
+    for tables in (t, {"lightweight_cnn": t, "random_forest": t, "svm": t}):
+        fig = metrics.plot_ndvi_errors(tables, ndvi, y == p)
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        r = fig.canvas.get_renderer()
+        boxes = [lb.get_window_extent(r) for lb in ax.get_xticklabels() if lb.get_text()]
+        assert len(boxes) == len(t) and not _overlaps(boxes), _overlaps(boxes)
+        assert sum("no test" in tx.get_text() for tx in ax.texts) == int((t["n"] == 0).sum())
+        right = int(((t["n"] > 0) & (t["error_rate"] == 0)).sum())  # bins every model got right
+        assert sum("no\nerrors" in tx.get_text() for tx in ax.texts) == right
+        assert "(" in ax.get_ylabel() and "n = test patches" in ax.get_xlabel()
+        plt.close(fig)
+
+
+def test_band_axes_carry_their_units_and_sizes_are_rounded():
+    from lcc_utils import plots
+
+    stats = pd.DataFrame({"band": ["R", "G", "B"], "mean": [0.4, 0.4, 0.3], "std": [0.1, 0.1, 0.1]})
+    assert plots.plot_band_statistics(stats).axes[0].get_ylabel() == "pixel value / 255 (8-bit RGB)"
+    stats["band"] = ["B02", "B03", "B8A"]
+    assert plots.plot_band_statistics(stats).axes[0].get_ylabel() == "reflectance (DN / 10000)"
+    from lcc_utils.compression.explorer import _kb
+
+    assert _kb(4726610) == "4.73 MB" and _kb(12345) == "12.3 kB"
+    plt.close("all")

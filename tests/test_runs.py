@@ -422,3 +422,22 @@ def test_refresh_rerenders_a_finished_notebook_only_when_its_results_are_unchang
     with pytest.raises(Exception, match="different metrics"):
         runs.execute_notebook(nb, {"value": 5}, refresh=True)
     assert _snapshot(d) == after
+
+
+def test_rounded_for_printing_and_machine_free_for_files(tmp_path, monkeypatch):
+    import numpy as np
+
+    from lcc_utils import paths
+
+    assert runs.rounded({"lap": [1.5500000000000114, 4.6], "n": 3, "x": np.float32(0.123456)}) == {
+        "lap": [1.55, 4.6], "n": 3, "x": 0.1235}
+    monkeypatch.setenv("LCC_DATA_DIR", str(tmp_path / "data"))
+    scene = tmp_path / "data" / "sentinel2-l2a" / "S2A_X"
+    out = runs.machine_free({"path": str(runs.runs_root() / "mapping" / "m" / "map.tif"), "source": str(scene),
+                             "other": "/somewhere/else/file.tif", "text": "not a path", "n": 1})
+    assert out == {"path": "runs/mapping/m/map.tif", "source": "data:sentinel2-l2a/S2A_X", "other": "file.tif",
+                   "text": "not a path", "n": 1}
+    assert paths.resolve_data_path("data:sentinel2-l2a/S2A_X") == scene
+    # a data: scene hashes as the ../shared/data/ default it replaced: committed 08 runs keep their folders
+    assert runs.params_hash({"scene": "data:a/b", "stride": 16}) == runs.params_hash(
+        {"scene": "../shared/data/a/b", "stride": 16})

@@ -325,3 +325,18 @@ def test_prepare_training_loads_weights_by_band_name(synthetic_root, tmp_cache, 
     assert torch.equal(setup.model.features[0].weight, src["features.0.weight"][:, [2, 1, 0]])
     assert setup.weights_description.endswith(
         "bands:B,G,R (3, from checkpoint); first conv: reordered R,G,B of 3 by name")
+
+
+def test_final_progress_line_shows_what_finished(monkeypatch, capsys):
+    """The kept line of a run nobody watches: every epoch that ran, and an early stop said as such."""
+    monkeypatch.setenv("LCC_PROGRESS", "final")
+    train(tiny_model(), make_loaders(), TINY, epochs=2, device="cpu")
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f"train {TINY.name}: 100% 2/2 [") and "best=" in line, line
+    frozen = Recipe(name="frozen", optimizer="adam", lr=0.0, max_epochs=30, patience=2,
+                    monitor="val_loss", batch_size=16)
+    res = train(tiny_model(), make_loaders(), frozen, device="cpu")
+    n = len(res.history)
+    assert res.stopped_early and n < 30
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"100% {n}/{n} [" in line and f"stopped=early at {n}/30 (patience 2)" in line, line

@@ -36,7 +36,8 @@ def _size_ticks(lo: float, hi: float) -> list[float]:
 
 
 def _kb(v: float) -> str:
-    return f"{v / 1e6:g} MB" if v >= 1e6 else f"{v / 1e3:g} kB"
+    # three significant digits: "4.73 MB", not "4.72661 MB"
+    return f"{v / 1e6:.3g} MB" if v >= 1e6 else f"{v / 1e3:.3g} kB"
 
 
 def plot_accuracy_vs_size(results: pd.DataFrame, paper: pd.DataFrame | None = None,
