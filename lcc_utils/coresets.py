@@ -318,7 +318,7 @@ def score_dataset(
     training of the target model timed in this process (:func:`target_training_seconds`).
     ``pretrained`` starts the proxy from ImageNet weights (the ``paper`` profile's proxy is the
     target backbone itself, fine-tuned briefly at a lower resolution); ``weights``, a
-    :class:`lcc_utils.trained.Backbone`, from an in-project pretrained model instead.
+    :class:`lcc_utils.paper_a.Backbone`, from an in-project pretrained model instead.
     """
     import torch
 
@@ -614,7 +614,7 @@ def coreset_indices(
     ``image_size`` is the PROXY's image size (part of the scores' cache key); ``target`` is
     the target's spec, recorded with scores computed now (:func:`score_dataset`);
     ``pretrained`` starts the proxy from ImageNet weights, ``weights`` (a
-    :class:`lcc_utils.trained.Backbone`) from an in-project pretrained model.
+    :class:`lcc_utils.paper_a.Backbone`) from an in-project pretrained model.
 
     Returns:
         Sorted dataset indices and provenance (scores file, whether scores were computed now,

@@ -15,6 +15,7 @@ Where to find what (the engines know nothing of the study):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -88,7 +89,7 @@ def linear_probe(ds: Any, split: Any, backbone: Any, selected: Mapping[str, Mapp
     """Notebook 03's frozen-feature probe of the coresets (:mod:`lcc_utils.probe`).
 
     Features of every image through the in-project ``backbone`` (a
-    :class:`lcc_utils.trained.Backbone`) at the size it was trained at; each selector's coresets
+    :class:`Backbone`) at the size it was trained at; each selector's coresets
     (``selected``, dataset indices, plus ``random``: the draw notebook 04 trains for ``seed``)
     and :data:`probe.PROBE_DRAWS` other random draws per fraction (class-balanced like 04's,
     seeded ``1000 x (seed + 1) + i``, so no draw repeats 04's) are probed on the test split.
@@ -166,6 +167,74 @@ def probe_over_seeds(folders: list[Path]) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- notebook 04
+@dataclass(frozen=True)
+class Backbone:
+    """An in-project pretrained backbone: the kept model of a finished notebook-04 run.
+
+    Our stand-in for ImageNet weights, which cannot be downloaded here (issue 21): a model
+    trained on all of EuroSAT starts a UC Merced run, its classifier replaced.
+
+    Attributes:
+        folder: The 04 run folder (``runs/train/...``).
+        checkpoint: Its ``best.pt`` (in the run folder, or rebuilt into the cache).
+        params: The 04 run's parameters (how it is named: never by its folder hash).
+        tag: Short identity for cache keys (the run's parameter hash).
+        description: Provenance recorded in a run's ``metrics.json`` (the same on every machine).
+        state_sha256: Hash of the weights (``params.json`` only: bit-identical on one machine,
+            not across processors).
+
+    """
+
+    folder: Path
+    checkpoint: Path
+    params: dict[str, Any]
+    tag: str
+    description: str
+    state_sha256: str
+
+
+def backbone(backbone_run: Mapping[str, Any], *, model: str, dataset: str,
+             data_dir: str | os.PathLike | None = None) -> Backbone | None:
+    """Resolve notebook 03/04's ``backbone_run`` (``{}``: no backbone, None).
+
+    ``backbone_run`` names a finished notebook-04 run by its parameters, as 05's ``train_run``
+    does (04's defaults fill the rest). Its architecture must be ``model``; its dataset must
+    differ from ``dataset``: a backbone trained on one seed's training split of the same dataset
+    has seen other seeds' test images. A fresh clone retrains it first (its checkpoint is not
+    committed; the plain CNN on all of EuroSAT takes about 15-30 min on one core).
+    """
+    if not backbone_run:
+        return None
+    if not isinstance(backbone_run, Mapping):
+        raise ValueError(f"backbone_run={backbone_run!r} must name a notebook-04 run by its parameters, "
+                         "e.g. -y '{\"backbone_run\": {\"dataset\": \"eurosat\", \"fraction\": 1.0}}'")
+    # the backbone's data are looked for under this run's data root (a location, not hashed)
+    folder = runs.find_run("04_train", {**backbone_run, **({"data_dir": str(data_dir)} if data_dir else {})})
+    params = dict(runs.read_run_json(folder, "params.json")["params"])
+    if params["model"] != model:
+        raise ValueError(f"backbone_run={dict(backbone_run)} is a {params['model']} run; this run trains "
+                         f"{model}: the architectures must match")
+    if params["dataset"] == dataset:
+        raise ValueError(f"backbone_run={dict(backbone_run)} was trained on {dataset} itself: its training "
+                         "split holds other seeds' test images; pretrain on another dataset")
+    staged = runs.rerun_dir(folder)
+    source = training.checkpoint_source(
+        folder, staged, lambda: retrain_run(folder, data_dir=data_dir, out=staged))
+    ckpt = source / training.CHECKPOINT_DIR / "best.pt"
+    state = training.read_checkpoint(ckpt)["model"]
+    digest = hashlib.sha256()
+    for k in sorted(state):
+        digest.update(k.encode())
+        digest.update(state[k].detach().cpu().contiguous().numpy().tobytes())
+    metrics = runs.read_run_json(folder, "metrics.json")
+    shown = {k: params[k] for k in ("dataset", "model", "coreset", "fraction", "seed", "image_size")}
+    description = (f"in-project pretrained: 04 run {runs.shown_path(folder)} {json.dumps(shown, sort_keys=True)}, "
+                   f"test accuracy {metrics['test_accuracy']:.4f}")
+    return Backbone(folder, ckpt, params, f"bb{runs.params_hash(params)}", description,
+                    digest.hexdigest()[:16])
+
+
+
 @dataclass
 class TrainingSetup:
     """Everything a paper A training run needs, built from the notebook's parameters.
@@ -265,15 +334,13 @@ def prepare_training(
     weights.
 
     ``backbone_run`` names a finished 04 run on another dataset whose kept model starts this one,
-    its classifier replaced (:func:`lcc_utils.trained.backbone`): the stand-in for ImageNet
+    its classifier replaced (:func:`backbone`): the stand-in for ImageNet
     weights (issue 21). It excludes ``pretrained`` and ``weights``.
     """
-    from lcc_utils import trained  # trained reopens 04 and 06 runs: it sits above this module
-
     if backbone_run and (pretrained or weights):
         raise ValueError(f"backbone_run={backbone_run!r} starts the model from an in-project run: leave "
                          "pretrained False and weights empty")
-    bb = trained.backbone(backbone_run, model=model, dataset=dataset, data_dir=data_dir or None)
+    bb = backbone(backbone_run, model=model, dataset=dataset, data_dir=data_dir or None)
     rec = training.get_recipe(recipe)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         # 0 once fell back to the recipe's 64 while params.json recorded 0

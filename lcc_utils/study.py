@@ -42,9 +42,11 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from . import runs
 from .cluster import CLUSTERS
 from .files import read_json
 from .paths import figures_dir, project_root, resolve_data_dir, runs_root
@@ -174,6 +176,60 @@ READS: dict[str, tuple[str, ...]] = {
     "08": ("06",),  # evaluation_run
     "09": ("03", "04", "05"),  # the linear probes of its 03 grid, Table 1 over its 04 grid, Table 2 over its 05 grid
 }
+#: Parameters that name one run of notebook 04 that a 03 or 04 run starts from (issue 21's
+#: in-project backbone): run-level edges beside the stage-level READS. A 04 run that needs no
+#: coreset scores (random or the whole split, e.g. the backbone itself) does not wait for 03, so
+#: a 03 run scoring with a backbone can wait for it without a cycle.
+SAME_STAGE_REFERENCES = ("backbone_run",)
+
+
+def _memo(fn):
+    """Cache a function of one run ``(nb, params)`` (plans hold hundreds of runs; params are dicts)."""
+    cache: dict[tuple[str, str], Any] = {}
+
+    def wrapped(nb: Path, params: dict):
+        key = (str(nb), json.dumps(params, sort_keys=True))
+        if key not in cache:
+            cache[key] = fn(nb, params)
+        return cache[key]
+
+    return wrapped
+
+
+@_memo
+def _referenced(nb: Path, params: dict) -> frozenset[str]:
+    """Folder names of the 04 runs a run starts from (:data:`SAME_STAGE_REFERENCES`)."""
+    out = set()
+    for key in SAME_STAGE_REFERENCES:
+        ref = params.get(key)
+        if ref:
+            train = runs.notebook_path("04_train")
+            out.add(runs.run_dir("train", runs.resolve_params(train, dict(ref))).name)
+    return frozenset(out)
+
+
+@_memo
+def _folder(nb: Path, params: dict) -> str:
+    stage = runs.notebook_stage(nb)
+    return runs.run_dir(stage, runs.resolve_params(nb, params)).name if nb.stem[:2] == "04" else ""
+
+
+@_memo
+def _reads_stage(nb: Path, params: dict) -> frozenset[str]:
+    """The stages a run waits for: READS, less 03 for a 04 run that needs no coreset scores."""
+    stages = set(READS.get(nb.stem[:2], ()))
+    if nb.stem[:2] == "04":
+        full = runs.resolve_params(nb, params)
+        if float(full.get("fraction", 1.0)) >= 1.0 or full.get("coreset") == "random":
+            stages.discard("03")
+    return frozenset(stages)
+
+
+def waits_for(run: tuple[Path, dict], other: tuple[Path, dict]) -> bool:
+    """Whether ``run`` must wait until ``other`` has finished (stage-level READS, run-level backbones)."""
+    (nb, params), (onb, oparams) = run, other
+    return onb.stem[:2] in _reads_stage(nb, params) or (
+        onb.stem[:2] == "04" and _folder(onb, oparams) in _referenced(nb, params))
 
 
 #: Set to 1 by ``--refresh-notebooks``: finished runs re-render their executed notebook
@@ -193,10 +249,11 @@ def execute_run(notebook: str, params: dict, data_dir: str, env: dict[str, str],
 
 
 def study_plan(profile: str, only: list[str] | None = None) -> list[tuple[Path, dict]]:
-    """The runs of ``profile`` (optionally of the stages in ``only``), in notebook order.
+    """The runs of ``profile`` (optionally of the stages in ``only``), in an order that reads nothing unmade.
 
-    A stage that reads a later-numbered one (06 reads 07's ablation) moves after it, so the
-    serial study never runs a stage before the runs it reads.
+    Notebook order, except that a stage reading a later-numbered one (06 reads 07's ablation)
+    moves after it, and a 04 run another run starts from (a ``backbone_run``) moves before the
+    first run that names it. The serial study never runs a run before the runs it reads.
     """
     pending = [nb for nb in notebooks() if not only or nb.stem in only or nb.stem[:2] in only]
     books = []
@@ -206,7 +263,14 @@ def study_plan(profile: str, only: list[str] | None = None) -> list[tuple[Path, 
                   pending[0])  # a cycle (none today) falls back to notebook order
         books.append(nb)
         pending.remove(nb)
-    return [(nb, p) for nb in books for p in profile_runs(nb, profile)]
+    plan = [(nb, p) for nb in books for p in profile_runs(nb, profile)]
+    for run in list(plan):
+        for other in [o for o in plan if o is not run and waits_for(run, o) and o[0].stem[:2] == "04"
+                      and _folder(*o) in _referenced(*run)]:
+            if plan.index(other) > plan.index(run):
+                plan.remove(other)
+                plan.insert(plan.index(run), other)
+    return plan
 
 
 def dispatch(plan: list[tuple[Path, dict]], data_dir: str, jobs: int = 1, cluster: str = "local",
@@ -254,15 +318,15 @@ def dispatch(plan: list[tuple[Path, dict]], data_dir: str, jobs: int = 1, cluste
         waiting, running = list(plan), {}
         keys = itertools.count()
 
-        def ready(nb: Path) -> bool:
-            busy = {w.stem[:2] for w, _ in waiting} | {r.stem[:2] for r, _ in running.values()}
-            return not set(READS.get(nb.stem[:2], ())) & busy
+        def ready(nb: Path, params: dict) -> bool:
+            busy = [*waiting, *running.values()]
+            return not any(waits_for((nb, params), o) for o in busy if o != (nb, params))
 
         with open_client(cluster, jobs, address) as client:
             pool = as_completed([])
 
             def submit_ready() -> None:
-                for nb, params in [(nb, p) for nb, p in waiting if ready(nb)]:
+                for nb, params in [(nb, p) for nb, p in waiting if ready(nb, p)]:
                     waiting.remove((nb, params))
                     fut = client.submit(execute_run, str(nb), params, data_dir, env, pure=False,
                                         key=f"{nb.stem}-{next(keys)}")

@@ -31,6 +31,7 @@ from lcc_utils.inference import mixed_precision as _autocast
 from lcc_utils.inference import predict, resolve_device
 from lcc_utils.paths import atomic_path, atomic_write
 from lcc_utils.progress import tqdm
+from lcc_utils.runs import params_hash, read_run_json
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -629,6 +630,45 @@ def seconds_per_step(model: nn.Module, loader: Any, recipe: str | Recipe = "pape
 # --------------------------------------------------------------------------- reopening
 #: Architecture options recorded in a trained folder's ``params.json`` (paper B's ablation).
 ARCH_KEYS = ("depth", "filters", "kernel_size", "dropout")
+
+
+def rebuilt(staged: Path, folder: Path) -> bool:
+    """Whether ``staged`` holds a finished rebuild of the trained ``folder`` (same parameters)."""
+    ckpt = staged / CHECKPOINT_DIR
+    if not ((ckpt / "best.pt").is_file() and (ckpt / "last.pt").is_file() and (staged / "params.json").is_file()):
+        return False
+
+    def key(d: Path) -> str:
+        info = read_run_json(d, "params.json")
+        return params_hash(info.get("params", info))
+
+    return key(staged) == key(folder) and bool(read_checkpoint(ckpt / "last.pt").get("finished"))
+
+
+def checkpoint_source(folder: str | os.PathLike, staged: str | os.PathLike,
+                      retrain: Callable[[], None] | None) -> Path:
+    """Where a trained folder's ``best.pt`` is: the folder itself, else its staging folder.
+
+    The staging folder is retrained first (``retrain``) when it holds no finished rebuild; the
+    rebuild holds a lock on it, so two runs that need the same model at once (two workers of a
+    study, or two UC Merced runs on one backbone) train it once: the second waits, then reads it.
+    ``retrain`` None: a missing checkpoint is an error.
+    """
+    from filelock import FileLock
+
+    folder, staged = Path(folder), Path(staged)
+    if (folder / CHECKPOINT_DIR / "best.pt").is_file():
+        return folder
+    if rebuilt(staged, folder):
+        return staged
+    if retrain is None:
+        raise FileNotFoundError(f"{folder / CHECKPOINT_DIR / 'best.pt'} is missing (checkpoints are not "
+                                "committed); reopen it with rebuild=True to retrain it")
+    staged.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(staged) + ".lock"):
+        if not rebuilt(staged, folder):  # another process may have rebuilt it while we waited
+            retrain()
+    return staged
 
 
 def load_checkpoint(folder: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:

@@ -129,7 +129,7 @@ def test_linear_probe_of_a_scoring_split(transfer_root, tmp_cache):
     from lcc_utils import coresets, data
 
     _, ref = _eurosat_backbone(transfer_root)
-    bb = trained.backbone(ref, model="plain_cnn", dataset="ucmerced", data_dir=transfer_root)
+    bb = paper_a.backbone(ref, model="plain_cnn", dataset="ucmerced", data_dir=transfer_root)
     ds = data.load_dataset("ucmerced", data_dir=transfer_root)
     split = data.get_split(ds, seed=0)
     labels = np.asarray(ds.labels)[split.train]

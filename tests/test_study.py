@@ -23,17 +23,33 @@ def test_reads_covers_every_lookup_of_an_earlier_stage():
         code = "\n".join(c.source for c in nbformat.read(str(nb), as_version=4).cells if c.cell_type == "code")
         reads = set(study.READS.get(nb.stem[:2], ()))
         for name in runs.notebook_defaults(nb):
+            if name in study.SAME_STAGE_REFERENCES:  # run-level edges, tested below
+                continue
             if name.endswith("_run"):
                 assert param_stage[name] in reads, f"{nb.stem} reads {name} but READS lacks {param_stage[name]}"
         for num in re.findall(r'find_run\("(\d\d)', code):
             assert num in reads, f"{nb.stem} calls find_run({num}) but READS lacks it"
-    # a stage may read a later-numbered one (06 reads 07's ablation): the plan orders them
-    order = [nb.stem[:2] for nb, _ in study.study_plan("quick")]
-    for stage, reads in study.READS.items():
-        for r in reads:
-            if stage in order and r in order:
-                assert max(i for i, s in enumerate(order) if s == r) < order.index(stage), \
-                    f"the plan runs {stage} before {r}, which it reads"
+    # a stage may read a later-numbered one (06 reads 07's ablation): the plan orders them, and no
+    # run comes before a run it waits for (stage-level READS and run-level backbones)
+    plan = study.study_plan("quick")
+    for i, run in enumerate(plan):
+        later = [o for o in plan[i + 1:] if study.waits_for(run, o)]
+        assert not later, f"the plan runs {run[0].stem} {run[1]} before {later[0][0].stem} {later[0][1]}"
+
+
+def test_a_backbone_run_is_planned_before_the_runs_that_start_from_it():
+    """The quick plan: the EuroSAT full-data 04 run precedes every 03/04 run naming it as backbone_run."""
+    plan = study.study_plan("quick", ["03", "04"])
+    backbone = next(i for i, (nb, p) in enumerate(plan) if nb.stem.startswith("04")
+                    and p.get("dataset") == "eurosat" and p.get("fraction") == 1.0 and "model" not in p)
+    users = [i for i, (_, p) in enumerate(plan) if p.get("backbone_run")]
+    assert users and backbone < min(users)
+    bb_run = plan[backbone]
+    scoring = next(r for r in plan if r[0].stem.startswith("03") and r[1].get("backbone_run"))
+    assert study.waits_for(scoring, bb_run)  # run-level: the 03 scoring run needs the backbone
+    assert not study.waits_for(bb_run, scoring)  # the full-data run needs no scores: no cycle
+    coreset = next(r for r in plan if r[0].stem.startswith("04") and r[1].get("coreset") == "margin")
+    assert study.waits_for(coreset, scoring)  # a selector's 04 run waits for the 03 runs
 
 
 def _toy(path: Path, body: str) -> Path:
