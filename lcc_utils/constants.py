@@ -141,7 +141,7 @@ S2_BOA_OFFSET_SINCE_BASELINE_0400 = -1000.0
 #: Binary vegetation task on EuroSAT MS: the grouping is ours (paper B's labels are private).
 #: Vegetated: land covered by living plants most of the year. River/SeaLake/Highway/
 #: Industrial/Residential are non-vegetated; AnnualCrop is counted as vegetation
-#: (cropland under crop), a choice documented in README.md.
+#: (cropland under crop), a choice documented in docs/data.md.
 EUROSAT_VEGETATION_CLASSES: tuple[str, ...] = (
     "AnnualCrop", "Forest", "HerbaceousVegetation", "Pasture", "PermanentCrop",
 )

@@ -22,7 +22,7 @@ from lcc_utils.constants import PAPER_A_BACKBONES
 # timm 1.0.31 itself accepts ANY img_size (checked for 8..256 px): it pads partial
 # patches/windows and shrinks the 7x7 window to the last feature map (1x1 at 32 px,
 # 2x2 at 64 px, 7x7 at 224 px). We accept only multiples of 32 so no stage pads and the
-# architecture at 224 px is exactly the paper's (7 x 32); choice documented in README.
+# architecture at 224 px is exactly the paper's (7 x 32); choice documented in docs/paper_a.md.
 SWIN_SIZE_MULTIPLE = 32
 
 

@@ -23,7 +23,7 @@ Tolerances, per metric kind (first matching rule of :data:`TOLERANCES`, by metri
   :data:`RATE_FLOOR`), or by :data:`RATE_DEFAULT` where the size is not recorded. ``selection``
   (``best_val_*``: measured on small validation sets, n unknown) gets its own wider tolerance.
   These were checked against a measurement of the effect on this machine (the same runs with
-  another summation order, ``LCC_CPU_THREADS=2``; README "Reproducibility").
+  another summation order, ``LCC_CPU_THREADS=2``; docs/reproducibility.md).
 * ``float``: any other real number, relative tolerance.
 
 A reproduction computes every derived product again in a cache of its own (coreset scores,

@@ -127,7 +127,7 @@ RECIPES: dict[str, Recipe] = {
     # rival, and the comparison then measures the stopping rule. The best-validation
     # checkpoint is kept, as in paper A. AdamW with paper A's clipping and class weights;
     # peak lr 3e-3 and weight decay 0.05 suit BatchNorm CNNs trained from scratch (pilot in
-    # the README). Flips and 90-degree rotations: overhead images have no "up", and on a
+    # docs/paper_a.md). Flips and 90-degree rotations: overhead images have no "up", and on a
     # 32-px image TrivialAugmentWide's colour and shear ops cost more than they teach.
     "fair_cpu": Recipe(
         name="fair_cpu", optimizer="adamw", lr=3e-3, weight_decay=0.05, grad_clip=1.0,

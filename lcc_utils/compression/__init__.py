@@ -30,7 +30,7 @@ One concept per module, all re-exported here:
 * :mod:`~lcc_utils.compression.explorer`: the accuracy-vs-ratio plot and the slider explorer.
 
 The choices the paper leaves open are documented in the module that makes them (and listed
-in the README). The engine knows nothing of training runs or datasets: paper A's study glue
+in docs/paper_a.md). The engine knows nothing of training runs or datasets: paper A's study glue
 (loading a trained run, Tables 2 and 3, run metrics) lives in :mod:`lcc_utils.paper_a`.
 """
 

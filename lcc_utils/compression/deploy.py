@@ -7,7 +7,7 @@ output channel symmetric int8 weights, uint8 activations calibrated on a few tra
 batches; Conv-BatchNorm-ReLU fused), traced and frozen into a TorchScript module so that a
 user loads it without this package: ``torch.jit.load(path)``.
 
-Choices (listed in the README): int8 was chosen over channel pruning and ONNX Runtime by
+Choices (listed in docs/paper_a.md): int8 was chosen over channel pruning and ONNX Runtime by
 measurement (``benchmarks/deploy_benchmark.py``) and because it needs no new dependency;
 the calibration images come from the training split, never the test split; the activation
 observer is a histogram over full 8-bit range (x86's default reduces it to 7 bits, which cost
@@ -47,7 +47,7 @@ def export_int8(model: nn.Module, calib_batches: Iterable, num_batches: int = 8,
         backend: quantized engine, ``"x86"`` or ``"qnnpack"``.
         reduce_range: 7-bit activations (x86's default qconfig), safe on CPUs without VNNI
             where 8-bit products can saturate. False (full 8 bits) kept the full-data plain
-            CNN at 96.69 % vs 96.81 % fp32; True lost 1.26 points (README).
+            CNN at 96.69 % vs 96.81 % fp32; True lost 1.26 points (docs/paper_a.md).
 
     Returns:
         A frozen TorchScript module running int8 convolutions and linear layers.

@@ -8,13 +8,13 @@ identity. At the end the latent fp32 weights are quantized once more with the sa
 per-layer bits, scale granularity and grid, so the result is again an exact
 ``(model, report)`` pair that :func:`~lcc_utils.compression.save_compressed` can write.
 
-Choices (listed in the README): the mask is "every weight that is zero in the compressed
+Choices (listed in docs/paper_a.md): the mask is "every weight that is zero in the compressed
 model", so a weight that a 2^b-1 grid rounded to zero also stays zero; scales are recomputed
 from the latent weights at every step (max|w| / qmax); SGD with momentum 0.9 and a cosine
 learning rate from ``lr`` (1e-3) to 0; BatchNorm statistics are updated (train mode) and the
 training batches are augmented as the training run's recipe did. On the full-data plain CNN,
 P->Q at on-disk CR 9 went from 95.80 % to 96.55 % in 100 steps (fp32 96.65 %, 2,000 test
-images), 95.75 % with frozen BatchNorm statistics (README).
+images), 95.75 % with frozen BatchNorm statistics (docs/paper_a.md).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def finetune_compressed(model: nn.Module, report: CompressionReport, train_loade
         seed: torch seed of the loop (data order is the loader's).
         freeze_bn: keep BatchNorm running statistics as trained (eval mode; its affine
             parameters still learn). Default False: the statistics follow the compressed
-            weights, which recovered more in our measurement (README).
+            weights, which recovered more in our measurement (docs/paper_a.md).
 
     Returns:
         The fine-tuned copy and its report; method ``<method>+ft``.

@@ -5,7 +5,7 @@ The quantized model is *simulated*: its weights hold the de-quantized fp32 value
 :func:`~lcc_utils.compression.load_compressed` use, so a reloaded artefact is bit-identical.
 
 Paper A says only "b-bit quantization" (CR 32/b). Two choices it leaves open are options
-here (listed in the README), both symmetric and uniform:
+here (listed in docs/paper_a.md), both symmetric and uniform:
 
 * **granularity** (:data:`GRANULARITIES`): one fp32 scale per output channel (dim 0,
   ``"channel"``) or one for the whole tensor (``"tensor"``).
@@ -19,7 +19,7 @@ here (listed in the README), both symmetric and uniform:
 One bit is the same in both: sign times a scale equal to the mean ``|w|`` of the kept weights
 (binary-weight-network style). Pruned weights (exact zeros) stay zero through the sparsity
 mask, whatever the grid. The default (:data:`DEFAULT_GRANULARITY`, :data:`DEFAULT_LEVELS`) is
-the combination that reproduces paper A's pattern best; see the README.
+the combination that reproduces paper A's pattern best; see docs/paper_a.md.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ GRANULARITIES = ("channel", "tensor")
 #: Integer grids: all 2^b codes (mid-rise, no zero) or 2^b - 1 codes (mid-tread, with zero).
 LEVELS = ("2^b", "2^b-1")
 #: Defaults: per-tensor scales on the symmetric 2^b-1 grid (int8 style): of the four, the one
-#: closest to paper A's pattern on our models (1-2 bit collapse, 3-4 bit lose most). README.
+#: closest to paper A's pattern on our models (1-2 bit collapse, 3-4 bit lose most). docs/paper_a.md.
 DEFAULT_GRANULARITY = "tensor"
 DEFAULT_LEVELS = "2^b-1"
 

@@ -5,7 +5,7 @@ bit-width and quantization scales) beside the simulated model; :func:`compressio
 turns it into the paper's ratio (original size / compressed size) and
 :func:`size_breakdown` says where the bits go.
 
-Choices the paper leaves open (listed in the README):
+Choices the paper leaves open (listed in docs/paper_a.md):
 
 * Prunable / quantizable tensors are the ``weight`` of every ``nn.Conv2d`` and ``nn.Linear``
   (timm Swin attention ``qkv``/``proj`` and MLP layers included). Biases, normalisation
