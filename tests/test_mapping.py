@@ -111,7 +111,8 @@ def test_bf16_map_agrees_with_fp32(product, tmp_path):
                           precision="fp16")
 
 
-def test_memory_is_flat_as_the_scene_grows(tmp_path):
+def _peak_memory_per_scene_size(tmp_path: Path) -> list[int]:
+    """tracemalloc peaks of one mapping at 64 and 256 px (run in a process of its own)."""
     m = tiny_cnn()
     # warm-up outside the measurement: first-call allocations (lazy imports, GDAL and torch
     # caches) depend on which tests ran before and are not per-pixel memory
@@ -120,8 +121,6 @@ def test_memory_is_flat_as_the_scene_grows(tmp_path):
     peaks = []
     for size in (64, 256):
         p = s2.open_l2a(fx.make_cog_product(tmp_path / f"s{size}", size))
-        # pytest records every warning it sees (rasterio emits one per window transform): a
-        # list that grows with the window count and is the test's memory, not the mapper's
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             tracemalloc.start()
@@ -129,6 +128,22 @@ def test_memory_is_flat_as_the_scene_grows(tmp_path):
                               window_size=32, progress=False)
             peaks.append(tracemalloc.get_traced_memory()[1])
             tracemalloc.stop()
+    return peaks
+
+
+def test_memory_is_flat_as_the_scene_grows(tmp_path):
+    """Measured in a fresh interpreter: tracemalloc counts every thread's allocations, and threads
+    an earlier test left running (a Dask cluster's, a lock's) would be charged to the mapper."""
+    import json
+    import subprocess
+
+    code = (f"import sys, json; sys.path[:0] = [{str(Path(__file__).parent)!r}, "
+            f"{str(Path(__file__).parent / 'fixtures')!r}]\n"
+            "from pathlib import Path; import test_mapping as t\n"
+            f"print(json.dumps(t._peak_memory_per_scene_size(Path({str(tmp_path)!r}))))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    peaks = json.loads(r.stdout.strip().splitlines()[-1])
     # 16x more pixels; a whole-scene map would be >= 256*256 B more, a float input 6x that
     assert peaks[1] - peaks[0] < 64 * 1024, peaks
 
