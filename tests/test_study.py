@@ -36,6 +36,52 @@ def test_reads_covers_every_lookup_of_an_earlier_stage():
                     f"the plan runs {stage} before {r}, which it reads"
 
 
+@pytest.mark.parametrize("profile", study.PROFILES)
+def test_every_reference_of_a_profile_names_a_run_its_earlier_grid_plans(profile):
+    """05's train_run, 03/04's backbone_run, 06-08's *_run, 04's scores, 09's profile: all planned."""
+    study.check_references(profile)
+
+
+def _paper_05_without_device() -> list[dict]:
+    """The paper profile's 05 runs as they were before issue 25: train_run without 04's device."""
+    plan = study.profile_runs(runs.notebook_path("05_compression"), "paper")
+    assert plan and all(p["train_run"].get("device") == "cuda" for p in plan)
+    return [{**p, "train_run": {k: v for k, v in p["train_run"].items() if k != "device"}} for p in plan]
+
+
+def test_a_reference_the_earlier_grid_does_not_plan_is_named_with_stage_and_profile():
+    """The paper bug of issue 25: 05 would have looked for 04 runs made on device 'auto'."""
+    with pytest.raises(study.ProfileReferenceError) as err:
+        study.check_references("paper", {"05": _paper_05_without_device()})
+    msg = str(err.value)
+    assert msg.startswith("24 reference(s) of profile 'paper' name no planned run")
+    assert "profile 'paper': 05_compression" in msg and "names train_run=" in msg
+    assert "the 'paper' grid of 04_train plans no such run" in msg
+    assert "differs in device ('auto' here, 'cuda' there)" in msg
+
+
+def test_scores_and_the_tables_profile_are_references_too():
+    """A 04 coreset run whose scores no 03 run computes; a 09 table over another profile."""
+    with pytest.raises(study.ProfileReferenceError, match=r"profile 'smoke': 04_train .* reads coreset scores"):
+        study.check_references("smoke", {"03": []})
+    with pytest.raises(study.ProfileReferenceError,
+                       match=r"profile 'smoke': 09_paper_a_tables names profile='quick'"):
+        study.check_references("smoke", {"09": [{"profile": "quick"}]})
+    with pytest.raises(study.ProfileReferenceError,
+                       match=r"profile 'quick': 03_coreset_scoring .* names backbone_run=.*grid of 04_train"):
+        study.check_references("quick", {"04": [{"dataset": "ucmerced"}]})
+
+
+def test_the_study_checks_references_before_it_runs_anything(monkeypatch, tmp_path):
+    def broken(profile):
+        raise study.ProfileReferenceError(f"profile {profile!r}: broken")
+    monkeypatch.setenv("LCC_PUBLISH_FIGURES", "0")  # run_study sets it: restored after the test
+    monkeypatch.setattr(study, "check_references", broken)
+    monkeypatch.setattr(study, "dispatch", lambda *a, **k: pytest.fail("dispatched despite a broken reference"))
+    with pytest.raises(study.ProfileReferenceError, match="profile 'paper': broken"):
+        study.run_study("paper", str(tmp_path))
+
+
 def _toy(path: Path, body: str) -> Path:
     nb = nbformat.v4.new_notebook()
     nb.cells = [
