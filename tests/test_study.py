@@ -257,3 +257,48 @@ def test_report_figure_and_files(tmp_path):
     files = reproduce.write_report(report, summary, tmp_path / "rep")
     assert [f.name for f in files] == ["report.csv", "summary.json", "report.png"]
     assert all(f.stat().st_size > 0 for f in files)
+
+
+# ----------------------------------------------------------------------------- paper-smoke
+#: Per backbone, the runs the test executes of the paper-smoke grids: 03's scoring, 04's random
+#: (05's train_run) and margin (scored by the backbone as its own proxy) coresets, 05; then 09.
+PAPER_SMOKE_CORESETS = ("random", "margin")
+
+
+@pytest.mark.paper_smoke
+@pytest.mark.notebooks
+def test_paper_smoke_profile_runs_03_04_05_09_for_all_four_backbones(tmp_path, tmp_cache, monkeypatch):
+    """The paper grids' code paths (four timm backbones, recipe paper_a, backbone-as-proxy scores,
+    05 per backbone, 09's tables) at toy scale on synthetic EuroSAT, before any GPU hour.
+
+    One dataset, two coresets and one fraction of the profile's runs: all of them (both datasets,
+    four coresets, full data) are 57 notebook runs, about a quarter of an hour on one core.
+    """
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+    from make_fixtures import make_eurosat
+
+    make_eurosat(tmp_path / "data", per_class=32)  # 5 % of the training split >= 10 classes
+    monkeypatch.setenv("LCC_RUNS_DIR", str(tmp_path / "runs" / "paper-smoke"))
+    study.check_references("paper-smoke")
+
+    def wanted(nb: Path, p: dict) -> bool:
+        ref = p.get("train_run", p)
+        return nb.stem[:2] == "09" or ref.get("dataset") == "eurosat" and (
+            nb.stem[:2] == "03" or ref.get("coreset") in PAPER_SMOKE_CORESETS and ref.get("fraction") == 0.1)
+
+    plan = [(nb, p) for nb, p in study.study_plan("paper-smoke", ["03", "04", "05", "09"]) if wanted(nb, p)]
+    assert [nb.stem[:2] for nb, _ in plan] == ["03"] * 4 + ["04"] * 8 + ["05"] * 4 + ["09"]
+    backbones = {"convnext_tiny", "swin_tiny", "efficientnetv2_s", "regnety_032"}
+    assert {p["scoring_model"] for nb, p in plan if nb.stem[:2] == "03"} == backbones
+    table = study.dispatch(plan, str(tmp_path / "data"), jobs=1)
+    assert table["executed"].all()
+    trained = runs.collect_runs("train")
+    assert set(trained["model"]) == backbones and (trained["recipe"] == "paper_a").all()
+    assert all(0.0 <= a <= 1.0 for a in trained["test_accuracy"])
+    compressed = sorted((tmp_path / "runs" / "paper-smoke" / "compression").glob("*/metrics.json"))
+    assert len(compressed) == 4
+    m09 = json.loads(next((tmp_path / "runs" / "paper-smoke" / "paper_a_tables").glob("*/metrics.json")).read_text())
+    assert (m09["runs_found"], m09["runs_expected"]) == (8, 40)
+    assert (m09["compression_runs_found"], m09["compression_runs_expected"]) == (4, 8)
