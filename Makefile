@@ -1,5 +1,5 @@
 # lcc: two commands on a fresh machine.
-#   make study [PROFILE=quick|smoke|paper] [ONLY="03 04"] [LCC_DATA_DIR=...]  -- set up, prepare data, run the notebooks
+#   make study [PROFILE=quick|smoke|paper|paper-smoke] [ONLY="03 04"] [LCC_DATA_DIR=...]  -- set up, prepare data, run the notebooks
 #   make reproduce [PROFILE=smoke] [ONLY=...] [EXACT=1]         -- rerun committed runs, compare metrics
 #   make test                                                  -- set up, run the whole test suite
 #   make test-browser                                          -- JupyterLab in headless Chromium (installs it)

@@ -13,9 +13,10 @@ Two segments, no network and no pretrained weights (random initialisation throug
 Every row records images/s, the share of the time the GPU was busy (sampled every 0.2 s with
 ``torch.cuda.utilization()`` or ``nvidia-smi``; NaN where neither answers), the seconds the
 training loop waited for its next batch (loader stall), and the peak GPU memory, in
-``benchmarks/results/gpu_check_<device>.csv``. Timed on an H200 the whole check takes about
-five minutes of its eight (most of it the full-data run); a first look at whether the 224-px
-pipeline keeps the GPU busy before the paper profile's hours.
+``benchmarks/results/gpu_check_<device>.csv``: a first look at whether the 224-px pipeline keeps
+the GPU busy, before the paper profile's hours. Not yet timed on a GPU: from its FLOPs
+(``docs/gpu_costs.md``) the check should take a few minutes of its eight on an H100/H200, most
+of it the full-data run and the CPU-side loader; ``--steps`` and ``--epochs`` shorten it.
 
 ``--dry-run`` runs the same code on the CPU at toy size (32 px, 3 steps, one epoch), into
 ``gpu_check_dry_run.csv``: what CI runs (``tests/test_gpu_check.py``).

@@ -10,7 +10,7 @@ passes (forward + backward), an evaluated image one.
 
 These are **estimates**, upper bounds on images: every 04 run is counted at its full epoch
 budget (paper A's early stopping ends some earlier), validation after every epoch, one pass over
-the test split; 03 counts its proxy's epochs over the training split; 05 one pass over the test
+the test split and one over the coreset; 03 counts its proxy's epochs over the training split; 05 one pass over the test
 split per compression variant plus its fine-tune steps. Data loading, checkpoints and the CPU
 work of 05 (compression itself) are not counted. ``scripts/gpu_check.py`` measures the real
 images/s of ConvNeXt-T at 224 px; where it differs from the rate here, scale the hours.
@@ -77,7 +77,7 @@ def _rows_04(profile: str) -> list[dict]:
         seen = steps * p["batch_size"] if steps else epochs * kept
         out.append({"stage": "04 training", "model": p["model"], "dataset": p["dataset"],
                     "image_size": p["image_size"], "gflops": gflops(p["model"], p["image_size"], CLASSES[p["dataset"]]),
-                    "train_images": seen, "eval_images": epochs * val + test})
+                    "train_images": seen, "eval_images": epochs * val + test + kept})  # + 04's fit on its coreset
     return out
 
 
@@ -89,8 +89,10 @@ def _rows_05(profile: str) -> list[dict]:
         _, _, test = split_sizes(t["dataset"])
         budget = ({m: [2.0, 4.0, 8.0] for m in ("lap", "laq", "pq")} if p["budget"] == "paper"
                   else p["budget"])  # "paper": three CRs per adaptive method (paper A's Table 2)
-        n_variants = len(make_variants(p["methods"], p["levels"], p["bits"], p["importance"], budget, p["scope"],
-                                       p["pq_sparsity"], p["granularity"], p["quant_levels"], p["budget_cr"]))
+        n_variants = len(make_variants(p["methods"], levels=p["levels"], bits=p["bits"], importance=p["importance"],
+                                       budget=budget, scope=p["scope"], pq_sparsity=p["pq_sparsity"],
+                                       granularity=p["granularity"], quant_levels=p["quant_levels"],
+                                       budget_cr=p["budget_cr"]))
         n_variants += len(p["extra_variants"]) + len(p["finetune"]) + 1  # + fine-tuned ones, + the fp32 model
         evaluated = p["max_test_images"] or test
         out.append({"stage": "05 compression", "model": t["model"], "dataset": t["dataset"],
