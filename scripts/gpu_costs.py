@@ -1,11 +1,12 @@
-"""What the paper profile costs on a GPU, per stage and backbone: FLOPs, images, estimated hours.
+"""What the paper profile costs on a GPU, per stage and backbone: FLOPs, images, estimated minutes.
 
 For every run the ``paper`` profile plans (:func:`lcc_utils.study.profile_runs`) of notebooks
 03 (proxy scoring), 04 (training) and 05 (compression), this counts the images each run passes
 through its network and the forward FLOPs per image (:func:`lcc_utils.metrics.count_flops`:
 ``torch.utils.flop_counter``, a multiply-add is 2 FLOPs, convolutions and matrix products only),
-and turns them into GPU hours at a **stated** sustained rate (``--tflops``, default 150 TFLOP/s
-under AMP, about 15 % of an H100/H200's dense BF16 peak). A training image costs three forward
+and turns them into GPU minutes at a **stated** sustained rate (``--tflops``, default 50 TFLOP/s
+under AMP, about 5 % of an H100/H200's dense BF16 peak: ConvNeXt-T would train at ~1,900 images/s at
+224 px). A training image costs three forward
 passes (forward + backward), an evaluated image one.
 
 These are **estimates**, upper bounds on images: every 04 run is counted at its full epoch
@@ -13,9 +14,9 @@ budget (paper A's early stopping ends some earlier), validation after every epoc
 the test split and one over the coreset; 03 counts its proxy's epochs over the training split; 05 one pass over the test
 split per compression variant plus its fine-tune steps. Data loading, checkpoints and the CPU
 work of 05 (compression itself) are not counted. ``scripts/gpu_check.py`` measures the real
-images/s of ConvNeXt-T at 224 px; where it differs from the rate here, scale the hours.
+images/s of ConvNeXt-T at 224 px; where it differs from the rate here, scale the minutes.
 
-Usage: ``python scripts/gpu_costs.py [--tflops 150] [--out docs/gpu_costs.md]``.
+Usage: ``python scripts/gpu_costs.py [--tflops 50] [--out docs/gpu_costs.md]``.
 """
 
 from __future__ import annotations
@@ -102,34 +103,38 @@ def _rows_05(profile: str) -> list[dict]:
     return out
 
 
-def stage_costs(profile: str = "paper", tflops: float = 150.0) -> pd.DataFrame:
-    """Per stage and backbone: runs, forward GFLOPs per image, images, PFLOPs and estimated GPU hours."""
+def stage_costs(profile: str = "paper", tflops: float = 50.0) -> pd.DataFrame:
+    """Per stage and backbone: runs, forward GFLOPs per image, images, PFLOPs and estimated GPU minutes."""
     rows = pd.DataFrame(_rows_03(profile) + _rows_04(profile) + _rows_05(profile))
     rows["pflop"] = rows["gflops"] * (TRAIN_PASSES * rows["train_images"] + rows["eval_images"]) / 1e6
     table = rows.groupby(["stage", "model"], sort=False).agg(
         runs=("gflops", "size"), image_px=("image_size", lambda s: "/".join(map(str, sorted(set(s))))),
         gflops_per_image=("gflops", "max"), train_images=("train_images", "sum"),
         eval_images=("eval_images", "sum"), pflop=("pflop", "sum")).reset_index()
-    table["est_gpu_hours"] = table["pflop"] * 1e15 / (tflops * 1e12) / 3600
+    table["est_gpu_minutes"] = table["pflop"] * 1e15 / (tflops * 1e12) / 60
     return table
 
 
 def markdown(table: pd.DataFrame, tflops: float, profile: str) -> str:
     """The table as ``docs/gpu_costs.md``."""
-    total = table["est_gpu_hours"].sum()
+    total = table["est_gpu_minutes"].sum()
     head = [f"# GPU costs of the `{profile}` profile (estimates)", "",
             f"Written by `python scripts/gpu_costs.py` from `profiles/*.json`. **Estimated** GPU time at an "
-            f"assumed sustained {tflops:g} TFLOP/s (AMP; about 15 % of an H100/H200's dense BF16 peak), not "
+            f"assumed sustained {tflops:g} TFLOP/s (AMP; about 5 % of an H100/H200's dense BF16 peak), not "
             "measured: `make gpu-check` measures ConvNeXt-T's images/s at 224 px on the machine at hand; scale "
-            "the hours by the ratio. Upper bounds on images: every training run at its full epoch budget "
-            "(early stopping ends some sooner), validation every epoch, one pass over the test split; a "
-            "training image is 3 forward passes. FLOPs per image: forward, `torch.utils.flop_counter` "
+            "the minutes by the ratio. Not counted, and likely larger than the GPU time: starting a notebook "
+            "kernel per run (about 10 s each), decoding and resizing images to 224 px on the CPU "
+            "(`BatchLoader`; `gpu-check` reports the loader's stall), checkpoints, and 05's compression "
+            "itself (CPU). Upper bounds on images: every training run at its full epoch budget "
+            "(early stopping ends some sooner), validation every epoch, one pass over the test split and "
+            "one over the coreset; a training image is 3 forward passes. "
+            "FLOPs per image: forward, `torch.utils.flop_counter` "
             "(`lcc_utils.metrics.count_flops`; convolutions and matrix products, a multiply-add is 2), at "
             "the largest image size of the row. 05 compresses on the CPU; only its evaluations are counted.",
             "", "| stage | model | runs | px | GFLOPs / image (fwd) | training images | evaluated images "
-            "| PFLOP | est. GPU hours |", "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+            "| PFLOP | est. GPU minutes |", "|---|---|---:|---|---:|---:|---:|---:|---:|"]
     body = [f"| {r.stage} | {r.model} | {r.runs} | {r.image_px} | {r.gflops_per_image:.2f} | {r.train_images:,} "
-            f"| {r.eval_images:,} | {r.pflop:,.1f} | {r.est_gpu_hours:.2f} |" for r in table.itertuples()]
+            f"| {r.eval_images:,} | {r.pflop:,.1f} | {r.est_gpu_minutes:.1f} |" for r in table.itertuples()]
     return "\n".join(head + body + [f"| **total** | | {table['runs'].sum()} | | | "
                                     f"{table['train_images'].sum():,} | {table['eval_images'].sum():,} | "
                                     f"{table['pflop'].sum():,.1f} | **{total:.1f}** |", ""])
@@ -139,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     """Write the cost table of a profile as markdown."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="paper", choices=study.PROFILES)
-    ap.add_argument("--tflops", type=float, default=150.0, help="assumed sustained TFLOP/s of the GPU")
+    ap.add_argument("--tflops", type=float, default=50.0, help="assumed sustained TFLOP/s of the GPU")
     ap.add_argument("--out", default=str(ROOT / "docs" / "gpu_costs.md"))
     args = ap.parse_args(argv)
     text = markdown(stage_costs(args.profile, args.tflops), args.tflops, args.profile)
