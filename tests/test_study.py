@@ -18,13 +18,18 @@ ROOT = Path(__file__).resolve().parents[1]
 # ----------------------------------------------------------------------------- stage order
 def test_reads_covers_every_lookup_of_an_earlier_stage():
     """Every earlier stage a notebook reads (a ``*_run`` parameter or a ``find_run``) is in READS."""
-    param_stage = {"train_run": "04", "sentinel2_run": "02", "evaluation_run": "06", "ablation_run": "07"}
     for nb in study.notebooks():
         code = "\n".join(c.source for c in nbformat.read(str(nb), as_version=4).cells if c.cell_type == "code")
         reads = set(study.READS.get(nb.stem[:2], ()))
+        refs = study.REFERENCES.get(nb.stem[:2], {})
         for name in runs.notebook_defaults(nb):
             if name.endswith("_run"):
-                assert param_stage[name] in reads, f"{nb.stem} reads {name} but READS lacks {param_stage[name]}"
+                assert name in refs, f"{nb.stem}'s {name} is not in study.REFERENCES: check_references misses it"
+                if name == "backbone_run":
+                    # run-level: a UC Merced 03/04 run reads a EuroSAT 04 run; stage-level READS
+                    # cannot say so without a cycle (04 reads 03). Known gap, issue 25's note.
+                    continue
+                assert refs[name] in reads, f"{nb.stem} reads {name} but READS lacks {refs[name]}"
         for num in re.findall(r'find_run\("(\d\d)', code):
             assert num in reads, f"{nb.stem} calls find_run({num}) but READS lacks it"
     # a stage may read a later-numbered one (06 reads 07's ablation): the plan orders them
