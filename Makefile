@@ -1,5 +1,5 @@
 # lcc: two commands on a fresh machine.
-#   make study [PROFILE=quick|smoke|paper] [ONLY="03 04"] [LCC_DATA_DIR=...]  -- set up, prepare data, run the notebooks
+#   make study [PROFILE=quick|smoke|paper|paper-smoke] [ONLY="03 04"] [LCC_DATA_DIR=...]  -- set up, prepare data, run the notebooks
 #   make reproduce [PROFILE=smoke] [ONLY=...] [MATCH=regex] [EXACT=1] -- rerun committed runs, compare metrics
 #   make demo                                                  -- every notebook once, small, real data (~10 min)
 #   make test                                                  -- set up, run the whole test suite
@@ -7,6 +7,7 @@
 #   make setup TORCH=cpu                                       -- Linux without a GPU: CPU-only torch, no CUDA wheels
 #   make lock                                                  -- recompile the locks from requirements.in (needs uv)
 #   make verify-data                                           -- re-hash every data file, check the cache's index
+#   make gpu-check [DRY_RUN=1]                                 -- first GPU check: ConvNeXt-T 224 px, a Table 1 slice (<= 8 min)
 #   make clean-cache                                           -- delete cache/ (~0.75 GB after the quick study; remade on demand)
 PYTHON ?= python3
 VENV ?= .venv
@@ -29,7 +30,7 @@ LOCK_PYTHON := 3.11
 UV ?= uv
 export LCC_DATA_DIR LCC_KERNEL JOBS
 
-.PHONY: setup demo study reproduce data verify-data test test-browser lint benchmarks clean-cache lock
+.PHONY: setup demo study reproduce data verify-data test test-browser lint benchmarks gpu-check clean-cache lock
 
 # The venv is rebuilt when the pinned versions or the package metadata change.
 $(VENV)/.installed: $(LOCK) pyproject.toml
@@ -80,7 +81,7 @@ test-browser: setup
 	$(PY) -m pytest -m browser tests/test_browser.py -v
 
 lint: setup
-	$(VENV)/bin/ruff check lcc_utils tests benchmarks
+	$(VENV)/bin/ruff check lcc_utils tests scripts benchmarks
 
 # The trained runs the compression benchmarks load (their checkpoints are rebuilt into cache/rerun/
 # from params.json when absent, as on a fresh clone: minutes for the CNN, about an hour for ResNet-18).
@@ -97,6 +98,12 @@ benchmarks: setup
 	$(PY) benchmarks/quantizer_options.py --run $(RESNET_RUN) --out benchmarks/results/quantizer_options_resnet18.csv
 	$(PY) benchmarks/mapping_benchmark.py
 	$(PY) benchmarks/paper_b_models.py
+
+# One H100/H200, no network, no pretrained weights: images/s, GPU busy share, loader stall and peak
+# memory of ConvNeXt-T (paper_a, 224 px) and a UC Merced Table 1 slice, into benchmarks/results/.
+# DRY_RUN=1: the same code on the CPU at toy size (what CI runs).
+gpu-check: setup
+	$(PY) scripts/gpu_check.py $(if $(DRY_RUN),--dry-run)
 
 clean-cache:
 	rm -rf cache

@@ -14,7 +14,15 @@ take the notebook's defaults. A later stage names an earlier run by its paramete
 
 * ``smoke``: minutes in total, for CI;
 * ``quick``: the real CPU-sized study on real data (the default);
-* ``paper``: the papers' full protocol (224 px, 10 epochs, four backbones): GPU work.
+* ``paper``: the papers' full protocol (224 px, 10 epochs, four backbones): GPU work;
+* ``paper-smoke``: the paper grids' shapes (four backbones, both datasets, recipe ``paper_a``,
+  backbone-as-proxy scoring, 05 on each backbone, 09's table) at toy scale on the CPU: 32 px,
+  one or two epochs, a few steps, no pretrained weights. It runs the paper's code paths in
+  minutes before GPU hours are spent on them.
+
+A later stage names earlier runs by their parameters; :func:`check_references` checks, before
+anything runs, that every such name resolves to a run the earlier stage's grid of the same
+profile plans (``make study`` refuses a profile that fails it).
 
 Every run keeps its figures in its run folder. ``make study`` also *publishes* the figures the
 study reports (``run.save_figure(..., publish=True)``): the ``quick`` study's to ``figures/``,
@@ -52,7 +60,7 @@ from .files import read_json
 from .paths import figures_dir, project_root, resolve_data_dir, runs_root
 from .runs import execute_notebook, notebook_defaults
 
-PROFILES = ("smoke", "quick", "paper")
+PROFILES = ("smoke", "quick", "paper", "paper-smoke")
 
 
 def notebooks() -> list[Path]:
@@ -232,6 +240,119 @@ def waits_for(run: tuple[Path, dict], other: tuple[Path, dict]) -> bool:
         onb.stem[:2] == "04" and _folder(onb, oparams) in _referenced(nb, params))
 
 
+#: The parameters by which a stage names one run of an earlier stage (a dict of that run's
+#: parameters; ``{}`` for ``backbone_run`` and ``None`` for ``ablation_run`` name none).
+REFERENCES: dict[str, dict[str, str]] = {
+    "03": {"backbone_run": "04"},  # the proxy starts from an in-project pretrained 04 run
+    "04": {"backbone_run": "04"},
+    "05": {"train_run": "04"},
+    "06": {"sentinel2_run": "02", "ablation_run": "07"},
+    "07": {"sentinel2_run": "02"},
+    "08": {"evaluation_run": "06"},
+}
+#: References that name no run: "none" for these parameters.
+_NO_REFERENCE = {"backbone_run": ({},), "ablation_run": (None,)}
+
+
+class ProfileReferenceError(ValueError):
+    """A later stage of a profile names a run that the earlier stage's grid does not plan."""
+
+
+def _score_key(stage: str, p: dict) -> tuple | None:
+    """The coreset-score cache key a 03 run writes or a 04 run reads (None: a 04 run reads none).
+
+    :func:`lcc_utils.coresets.get_scores` keys scores by dataset, seed, proxy, its epochs and
+    pixels, and its starting weights; a 04 proxy starts from the target's weights only when it
+    is the target backbone itself (:func:`lcc_utils.paper_a.prepare_training`).
+    """
+    from .coresets import get_coreset_method
+
+    if stage == "03":
+        return (p["dataset"], p["seed"], p["scoring_model"], p["scoring_epochs"], p["scoring_image_size"],
+                bool(p["scoring_pretrained"]), json.dumps(p["backbone_run"], sort_keys=True))
+    if not get_coreset_method(p["coreset"]).needs_scores or float(p["fraction"]) >= 1.0:
+        return None
+    same = p["scoring_model"] == p["model"]
+    return (p["dataset"], p["seed"], p["scoring_model"], p["scoring_epochs"], p["scoring_image_size"],
+            bool(p["pretrained"]) and same, json.dumps(p["backbone_run"] if same else {}, sort_keys=True))
+
+
+def _closest(ref: dict, planned: list[dict]) -> str:
+    """How ``ref`` differs from the planned run nearest to it (fewest differing parameters)."""
+    if not planned:
+        return "the earlier grid plans no run at all"
+    def diff(p: dict) -> list[str]:
+        return sorted(k for k in set(ref) | set(p) if k != "data_dir" and ref.get(k) != p.get(k))
+    best = min(planned, key=lambda p: len(diff(p)))
+    return "the nearest planned run differs in " + ", ".join(
+        f"{k} ({ref.get(k)!r} here, {best.get(k)!r} there)" for k in diff(best))
+
+
+def check_references(profile: str, plans: dict[str, list[dict]] | None = None) -> None:
+    """Check that every run a later stage of ``profile`` names is one an earlier grid plans.
+
+    For each reference parameter (:data:`REFERENCES`), the folder :func:`lcc_utils.runs.find_run`
+    would look in (:func:`~lcc_utils.runs.resolve_params` + :func:`~lcc_utils.runs.run_dir`) must
+    be the folder of a run in the earlier stage's grid of the same profile; a 04 run's coreset
+    scores must be ones a 03 run of the grid computes (:func:`_score_key`); 09's ``profile`` must
+    be the profile itself. Catching a parameter the two grids spell differently (``device``:
+    ``"cuda"`` in 04, left at the default in 05's ``train_run``) here costs nothing; in the
+    study it costs the GPU hours before the later stage fails to find its runs.
+
+    Args:
+        profile: One of :data:`PROFILES`.
+        plans: ``{"04": [params, ...], ...}`` to check instead of the profile's grids (a stage
+            left out takes its grid), e.g. a grid under test.
+
+    Raises:
+        ProfileReferenceError: naming, for every broken reference, the profile, the stage, the
+            parameter, the run it names and how it differs from the nearest planned run.
+
+    """
+    from .runs import notebook_stage, resolve_params, run_dir
+
+    books = {nb.stem[:2]: nb for nb in notebooks()}
+    plans = dict(plans or {})
+    for num, nb in books.items():
+        plans.setdefault(num, profile_runs(nb, profile))
+    resolved = {num: [resolve_params(books[num], p) for p in plans[num]] for num in books}
+    folders = {num: {run_dir(notebook_stage(books[num]), p).name for p in resolved[num]} for num in books}
+    problems = []
+    for num, refs in REFERENCES.items():
+        for full, given in zip(resolved.get(num, []), plans.get(num, []), strict=True):
+            for name, earlier in refs.items():
+                ref = full[name]
+                if any(ref == none for none in _NO_REFERENCE.get(name, ())):
+                    continue
+                target = resolve_params(books[earlier], ref)
+                folder = run_dir(notebook_stage(books[earlier]), target).name
+                if folder not in folders[earlier]:
+                    problems.append(
+                        f"profile {profile!r}: {books[num].stem} {json.dumps(given, sort_keys=True)[:200]} names "
+                        f"{name}={json.dumps(ref, sort_keys=True)}, but the {profile!r} grid of "
+                        f"{books[earlier].stem} plans no such run (folder {folder}); "
+                        f"{_closest(target, resolved[earlier])}")
+    if "03" in books and "04" in books:
+        computed = {_score_key("03", p) for p in resolved["03"]}
+        for full, given in zip(resolved["04"], plans["04"], strict=True):
+            key = _score_key("04", full)
+            if key is not None and key not in computed:
+                problems.append(
+                    f"profile {profile!r}: 04_train {json.dumps(given, sort_keys=True)[:200]} reads coreset "
+                    f"scores (dataset, seed, scoring_model, scoring_epochs, scoring_image_size, pretrained, "
+                    f"backbone_run) = {key}, but the {profile!r} grid of 03_coreset_scoring computes none "
+                    f"such; 04 would score the split itself, and 09 would miss its linear probe")
+    for num, nb in books.items():
+        if "profile" in notebook_defaults(nb):
+            for full in resolved[num]:
+                if full["profile"] != profile:
+                    problems.append(f"profile {profile!r}: {nb.stem} names profile={full['profile']!r}, "
+                                    f"so its tables would cover another profile's runs")
+    if problems:
+        raise ProfileReferenceError(f"{len(problems)} reference(s) of profile {profile!r} name no planned run:\n  "
+                                    + "\n  ".join(problems))
+
+
 #: Set to 1 by ``--refresh-notebooks``: finished runs re-render their executed notebook
 #: (:func:`lcc_utils.runs.execute_notebook` with ``refresh``); workers inherit it.
 REFRESH_ENV = "LCC_REFRESH_NOTEBOOKS"
@@ -361,6 +482,7 @@ def run_study(profile: str = "quick", data_dir: str | None = None, only: list[st
     if profile != "quick" and "LCC_FIGURES_DIR" not in os.environ:
         os.environ["LCC_FIGURES_DIR"] = str(figures_dir() / profile)
     os.environ["LCC_RUNS_DIR"] = str(profile_runs_root(profile))
+    check_references(profile)  # before any run: a later stage must find what the earlier ones make
     plan = study_plan(profile, only)
     where = address or (cluster if cluster != "local" else
                         "this process" if jobs == 1 else f"a local Dask cluster of {jobs} workers")

@@ -18,15 +18,20 @@ ROOT = Path(__file__).resolve().parents[1]
 # ----------------------------------------------------------------------------- stage order
 def test_reads_covers_every_lookup_of_an_earlier_stage():
     """Every earlier stage a notebook reads (a ``*_run`` parameter or a ``find_run``) is in READS."""
-    param_stage = {"train_run": "04", "sentinel2_run": "02", "evaluation_run": "06", "ablation_run": "07"}
     for nb in study.notebooks():
         code = "\n".join(c.source for c in nbformat.read(str(nb), as_version=4).cells if c.cell_type == "code")
         reads = set(study.READS.get(nb.stem[:2], ()))
+        refs = study.REFERENCES.get(nb.stem[:2], {})
         for name in runs.notebook_defaults(nb):
             if name in study.SAME_STAGE_REFERENCES:  # run-level edges, tested below
                 continue
             if name.endswith("_run"):
-                assert param_stage[name] in reads, f"{nb.stem} reads {name} but READS lacks {param_stage[name]}"
+                assert name in refs, f"{nb.stem}'s {name} is not in study.REFERENCES: check_references misses it"
+                if name == "backbone_run":
+                    # run-level: a UC Merced 03/04 run reads a EuroSAT 04 run; stage-level READS
+                    # cannot say so without a cycle (04 reads 03). Known gap, issue 25's note.
+                    continue
+                assert refs[name] in reads, f"{nb.stem} reads {name} but READS lacks {refs[name]}"
         for num in re.findall(r'find_run\("(\d\d)', code):
             assert num in reads, f"{nb.stem} calls find_run({num}) but READS lacks it"
     # a stage may read a later-numbered one (06 reads 07's ablation): the plan orders them, and no
@@ -50,6 +55,52 @@ def test_a_backbone_run_is_planned_before_the_runs_that_start_from_it():
     assert not study.waits_for(bb_run, scoring)  # the full-data run needs no scores: no cycle
     coreset = next(r for r in plan if r[0].stem.startswith("04") and r[1].get("coreset") == "margin")
     assert study.waits_for(coreset, scoring)  # a selector's 04 run waits for the 03 runs
+
+
+@pytest.mark.parametrize("profile", study.PROFILES)
+def test_every_reference_of_a_profile_names_a_run_its_earlier_grid_plans(profile):
+    """05's train_run, 03/04's backbone_run, 06-08's *_run, 04's scores, 09's profile: all planned."""
+    study.check_references(profile)
+
+
+def _paper_05_without_device() -> list[dict]:
+    """The paper profile's 05 runs as they were before issue 25: train_run without 04's device."""
+    plan = study.profile_runs(runs.notebook_path("05_compression"), "paper")
+    assert plan and all(p["train_run"].get("device") == "cuda" for p in plan)
+    return [{**p, "train_run": {k: v for k, v in p["train_run"].items() if k != "device"}} for p in plan]
+
+
+def test_a_reference_the_earlier_grid_does_not_plan_is_named_with_stage_and_profile():
+    """The paper bug of issue 25: 05 would have looked for 04 runs made on device 'auto'."""
+    with pytest.raises(study.ProfileReferenceError) as err:
+        study.check_references("paper", {"05": _paper_05_without_device()})
+    msg = str(err.value)
+    assert msg.startswith("24 reference(s) of profile 'paper' name no planned run")
+    assert "profile 'paper': 05_compression" in msg and "names train_run=" in msg
+    assert "the 'paper' grid of 04_train plans no such run" in msg
+    assert "differs in device ('auto' here, 'cuda' there)" in msg
+
+
+def test_scores_and_the_tables_profile_are_references_too():
+    """A 04 coreset run whose scores no 03 run computes; a 09 table over another profile."""
+    with pytest.raises(study.ProfileReferenceError, match=r"profile 'smoke': 04_train .* reads coreset scores"):
+        study.check_references("smoke", {"03": []})
+    with pytest.raises(study.ProfileReferenceError,
+                       match=r"profile 'smoke': 09_paper_a_tables names profile='quick'"):
+        study.check_references("smoke", {"09": [{"profile": "quick"}]})
+    with pytest.raises(study.ProfileReferenceError,
+                       match=r"profile 'quick': 03_coreset_scoring .* names backbone_run=.*grid of 04_train"):
+        study.check_references("quick", {"04": [{"dataset": "ucmerced"}]})
+
+
+def test_the_study_checks_references_before_it_runs_anything(monkeypatch, tmp_path):
+    def broken(profile):
+        raise study.ProfileReferenceError(f"profile {profile!r}: broken")
+    monkeypatch.setenv("LCC_PUBLISH_FIGURES", "0")  # run_study sets it: restored after the test
+    monkeypatch.setattr(study, "check_references", broken)
+    monkeypatch.setattr(study, "dispatch", lambda *a, **k: pytest.fail("dispatched despite a broken reference"))
+    with pytest.raises(study.ProfileReferenceError, match="profile 'paper': broken"):
+        study.run_study("paper", str(tmp_path))
 
 
 def _toy(path: Path, body: str) -> Path:
@@ -227,3 +278,77 @@ def test_report_figure_and_files(tmp_path):
     files = reproduce.write_report(report, summary, tmp_path / "rep")
     assert [f.name for f in files] == ["report.csv", "summary.json", "report.png"]
     assert all(f.stat().st_size > 0 for f in files)
+
+
+# ----------------------------------------------------------------------------- paper-smoke
+#: Per backbone, the runs the test executes of the paper-smoke grids: 03's scoring, 04's random
+#: (05's train_run) and margin (scored by the backbone as its own proxy) coresets, 05; then 09.
+PAPER_SMOKE_CORESETS = ("random", "margin")
+PAPER_A_BACKBONES = ("convnext_tiny", "swin_tiny", "efficientnetv2_s", "regnety_032")
+
+
+def test_paper_smoke_has_the_paper_grids_shapes():
+    """Four backbones on both datasets, recipe paper_a, each its own proxy, 05 per backbone, 09 over it."""
+    plan = study.study_plan("paper-smoke")
+    by = {}
+    for nb, p in plan:
+        by.setdefault(nb.stem[:2], []).append(runs.resolve_params(nb, p))
+    assert {(p["scoring_model"], p["target_model"], p["dataset"]) for p in by["03"]} == {
+        (b, b, d) for b in PAPER_A_BACKBONES for d in ("eurosat", "ucmerced")}
+    assert {(p["model"], p["dataset"]) for p in by["04"]} == {
+        (b, d) for b in PAPER_A_BACKBONES for d in ("eurosat", "ucmerced")}
+    assert all(p["recipe"] == "paper_a" and not p["pretrained"] and p["device"] == "cpu" for p in by["04"])
+    assert all(p["scoring_model"] == p["model"] for p in by["04"] if p["fraction"] < 1)
+    assert {p["train_run"]["model"] for p in by["05"]} == set(PAPER_A_BACKBONES)
+    assert [p["profile"] for p in by["09"]] == ["paper-smoke"]
+    assert not {"02", "06", "07", "08"} & set(by)  # paper B is not part of it
+
+
+@pytest.mark.paper_smoke
+@pytest.mark.notebooks
+@pytest.mark.parametrize("backbone", PAPER_A_BACKBONES)
+def test_paper_smoke_runs_03_04_05_09_on_each_backbone(backbone, tmp_path, tmp_cache, monkeypatch):
+    """The paper grids' code path of one backbone (timm model, recipe paper_a, the backbone as its
+    own proxy, 05's compression, 09's tables) at toy scale on synthetic EuroSAT, before any GPU hour.
+
+    One dataset and two coresets of the profile's runs per backbone (about 5 min per backbone on
+    one busy core; ``-k paper_smoke`` runs all four): all of the profile's runs, both datasets,
+    four coresets and full data, are 57 notebook runs.
+    """
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+    from make_fixtures import make_eurosat
+
+    make_eurosat(tmp_path / "data", per_class=32)  # 5 % of the training split >= 10 classes
+    # 05 reads paper A's Table 2 beside the data root (its budgets are given here: any CRs do)
+    (tmp_path / "papers").mkdir()
+    pd.DataFrame({"model": "convnext_tiny", "dataset": "ucmerced", "coreset": "random", "fraction": 1.0,
+                  "method": ["adaptive_pruning", "adaptive_q", "adaptive_p_to_q"], "accuracy": 90.0,
+                  "cr": [1.6, 4.6, 9.0]}).to_csv(tmp_path / "papers" / "paper_a_table2.csv", index=False)
+    root = tmp_path / "runs" / "paper-smoke"
+    monkeypatch.setenv("LCC_RUNS_DIR", str(root))
+    # the data the later stages hash to find a run's folder (runs.find_run) is the synthetic set
+    monkeypatch.setenv("LCC_DATA_DIR", str(tmp_path / "data"))
+    study.check_references("paper-smoke")
+
+    def wanted(nb: Path, p: dict) -> bool:
+        ref = p.get("train_run", p)
+        return nb.stem[:2] == "09" or ref.get("dataset") == "eurosat" and backbone in (
+            ref.get("model"), ref.get("scoring_model")) and (
+            nb.stem[:2] == "03" or ref.get("coreset") in PAPER_SMOKE_CORESETS and ref.get("fraction") == 0.1)
+
+    plan = [(nb, p) for nb, p in study.study_plan("paper-smoke", ["03", "04", "05", "09"]) if wanted(nb, p)]
+    assert [nb.stem[:2] for nb, _ in plan] == ["03", "04", "04", "05", "09"]
+    table = study.dispatch(plan, str(tmp_path / "data"), jobs=1)
+    assert table["executed"].all()
+    scored = json.loads(next((root / "coresets").glob("*/metrics.json")).read_text())
+    trained = runs.collect_runs("train").set_index("coreset")
+    assert set(trained["model"]) == {backbone} and (trained["recipe"] == "paper_a").all()
+    assert set(trained.index) == set(PAPER_SMOKE_CORESETS)
+    assert trained.loc["margin", "train_size"] == scored["margin_10pct"]  # 04 trains on 03's coreset
+    assert trained["test_accuracy"].between(0, 1).all()
+    assert len(list((root / "compression").glob("*/metrics.json"))) == 1
+    m09 = json.loads(next((root / "paper_a_tables").glob("*/metrics.json")).read_text())
+    assert (m09["runs_found"], m09["runs_expected"]) == (2, 40)
+    assert (m09["compression_runs_found"], m09["compression_runs_expected"]) == (1, 8)

@@ -221,9 +221,10 @@ def test_profiles_and_ci_params_match_the_notebook_parameters(stem):
     root = Path(__file__).resolve().parents[1]
     nb = root / "notebooks" / f"{stem}.ipynb"
     profiles = json.loads((root / "profiles" / f"{stem}.json").read_text())
-    assert set(profiles) == {"smoke", "quick", "paper"}
-    ci = json.loads((root / "tests" / "notebook_params" / f"{stem}.json").read_text())
     from lcc_utils import study
+
+    assert set(profiles) == set(study.PROFILES)
+    ci = json.loads((root / "tests" / "notebook_params" / f"{stem}.json").read_text())
 
     assert "data_dir" not in json.dumps(profiles)
     runs.resolve_params(nb, ci)  # unknown names raise
