@@ -737,6 +737,15 @@ def paper_results(papers_dir: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
+def ndvi_threshold_of(evaluation_dir: str | os.PathLike) -> float | None:
+    """The NDVI threshold a notebook-06 run chose on its validation patches (None: it ran no NDVI baseline)."""
+    m = Path(evaluation_dir) / "metrics.json"
+    if not m.is_file():
+        return None
+    v = json.loads(m.read_text()).get("ndvi_threshold_threshold")
+    return None if v is None else float(v)
+
+
 def load_ablation(ablation_run: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
     """Notebook 07's tables (``ablation_summary``, ``ablation_tests``) of the run named by its parameters."""
     from lcc_utils import runs

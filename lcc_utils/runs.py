@@ -54,6 +54,10 @@ ADDED_PARAMS: dict[str, Any] = {
 #: metric both have agrees. Any other metric present on one side only still is.
 ADDED_METRICS = (
     "val_rise_last30_points", "coreset_train_accuracy",  # 04 (issue 21: convergence, fit)
+    # 08 (issue 22: the desert tile as a specificity control, the NDVI-threshold map beside the CNN's)
+    "scl_not_vegetated_as_non_vegetation", "scl_vegetation_as_vegetation", "binary_labels", "ndvi_threshold",
+    "ndvi_scl_oa", "ndvi_scl_not_vegetated_as_non_vegetation", "ndvi_share_vegetation", "ndvi_share_non_vegetation",
+    "ndvi_share_masked",
 )
 #: Parameters shown first in the readable part of a folder name.
 SLUG_KEYS = ("run", "dataset", "task", "binary_labels", "model", "coreset", "fraction", "method", "scene", "seed")

@@ -198,7 +198,7 @@ def plot_class_ndvi(table: pd.DataFrame, sides: dict[str, str] | None = None, ti
     ax.set_xlabel("patch-mean NDVI of the training patches (L1C TOA)")
     handles = [Patch(color=colors[s], label=s) for s in (VEGETATION, NON_VEGETATION, LEFT_OUT)] if sides else []
     handles.append(Patch(color="#cccccc", label="paper B's transitional NDVI 0.15-0.25 (surface refl.)"))
-    ax.legend(handles=handles, fontsize=8, loc="lower right")
+    ax.legend(handles=handles, fontsize=8, loc="upper left")  # greenest classes on top: their low-NDVI side is empty
     ax.set_title(title or f"NDVI per class, training split; right: share >= {cut:g}")
     fig.tight_layout()
     return fig
