@@ -468,8 +468,6 @@ def scl_agreement(map_path: str | os.PathLike, product: L2AProduct, window_size:
             product has no SCL.
 
     """
-    import pandas as pd
-
     if product.scl is None:
         raise ValueError(f"{product.path}: no SCL band, nothing to validate the map against")
     with rasterio.open(map_path) as src:
@@ -486,14 +484,11 @@ def scl_agreement(map_path: str | os.PathLike, product: L2AProduct, window_size:
             for win in grid_windows(product.height, product.width, int(window_size)):
                 m = src.read(1, window=win)
                 scl = reader.read(win).scl
-                ok = m != MAP_NODATA
-                clear += int(ok.sum())
-                for r, code in enumerate(SCL_REFERENCE):
-                    sel = ok & (scl == code)
-                    cm[r] += np.bincount(m[sel], minlength=len(classes))[: len(classes)]
-                other += int((ok & ~np.isin(scl, list(SCL_REFERENCE))).sum())
-    rows = [f"SCL {c} {'vegetation' if c == 4 else 'not vegetated'}" for c in SCL_REFERENCE]
-    table = pd.DataFrame(cm, index=pd.Index(rows, name="reference"), columns=pd.Index(classes, name="map"))
+                counts, n_other, n_clear = scl_counts(m, scl, len(classes))
+                cm += counts
+                other += n_other
+                clear += n_clear
+    table = scl_confusion_table(cm, classes)
     ref_idx = [classes.index(n) for n in SCL_REFERENCE.values()]
     n = int(cm.sum())
     veg = classes.index("vegetation")
@@ -502,7 +497,210 @@ def scl_agreement(map_path: str | os.PathLike, product: L2AProduct, window_size:
         "reference_pixels": n, "other_scl_pixels": other, "clear_pixels": clear,
         "map_vegetation_share": float(cm[:, veg].sum() / n) if n else float("nan"),
         "reference_vegetation_share": float(cm[0].sum() / n) if n else float("nan"),
+        **scl_specificity(table),
     }
+
+
+def scl_confusion_table(cm: np.ndarray, classes: Sequence[str]) -> Any:
+    """:func:`scl_counts`'s counts as a table: rows ``SCL 4 vegetation`` / ``SCL 5 not vegetated``, columns classes."""
+    import pandas as pd
+
+    rows = [f"SCL {c} {'vegetation' if c == 4 else 'not vegetated'}" for c in SCL_REFERENCE]
+    return pd.DataFrame(np.asarray(cm), index=pd.Index(rows, name="reference"),
+                        columns=pd.Index(list(classes), name="map"))
+
+
+def scl_counts(map_classes: np.ndarray, scl: np.ndarray, n_classes: int) -> tuple[np.ndarray, int, int]:
+    """Pixel counts of one block of a map against SCL: ``(2 x n_classes counts, other SCL, clear)``.
+
+    Row 0 counts the clear map pixels (not :data:`MAP_NODATA`) where SCL is 4 (vegetation), row 1
+    where SCL is 5 (not vegetated), by the map's class; ``other`` the clear pixels of any other
+    SCL class (no reference); ``clear`` all clear pixels.
+    """
+    m, scl = np.asarray(map_classes), np.asarray(scl)
+    if m.shape != scl.shape:
+        raise ValueError(f"map block {m.shape} and SCL block {scl.shape} differ in shape")
+    ok = m != MAP_NODATA
+    cm = np.zeros((2, n_classes), np.int64)
+    for r, code in enumerate(SCL_REFERENCE):
+        cm[r] = np.bincount(m[ok & (scl == code)], minlength=n_classes)[:n_classes]
+    return cm, int((ok & ~np.isin(scl, list(SCL_REFERENCE))).sum()), int(ok.sum())
+
+
+def scl_specificity(table: Any) -> dict[str, float | None]:
+    """Specificity and sensitivity of a binary vegetation map against SCL, from :func:`scl_agreement`'s table.
+
+    ``not_vegetated_as_non_vegetation``: the share of SCL "not vegetated" (5) clear pixels that the
+    map calls non-vegetation. On a bare tile (29RKH: no SCL vegetation at all) this is the number
+    that matters: a correct model maps nearly all of it non-vegetation. ``vegetation_as_vegetation``:
+    the share of SCL vegetation (4) pixels mapped vegetation. None where SCL has no such pixel.
+    """
+    def share(row: str, col: str) -> float | None:
+        n = int(table.loc[row].sum())
+        return float(table.loc[row, col] / n) if n else None
+
+    return {"not_vegetated_as_non_vegetation": share("SCL 5 not vegetated", "non_vegetation"),
+            "vegetation_as_vegetation": share("SCL 4 vegetation", "vegetation")}
+
+
+# --------------------------------------------------------------------------- NDVI-threshold map
+def ndvi_threshold_map(
+    product: L2AProduct,
+    out_path: str | os.PathLike,
+    threshold: float,
+    patch_size: int = 32,
+    stride: int = 16,
+    window_size: int = 1024,
+    classes: Sequence[str] = ("non_vegetation", "vegetation"),
+) -> dict[str, Any]:
+    """Paper B's NDVI baseline as a map, on the CNN map's grid and granularity.
+
+    Each ``stride x stride`` block gets the class of the patch centred on it, as in
+    :func:`classify_scene`: vegetation where the patch's mean NDVI is above ``threshold``
+    (strictly, as ``baselines.NDVIThreshold.predict``), the mean taken over the patch's unmasked
+    pixels (:func:`lcc_utils.spectral.normalized_difference`, NIR = B08, else B8A). The
+    threshold is the one notebook 06 chose on its validation patches. Those were EuroSAT MS L1C
+    top-of-atmosphere patches; here NDVI is the product's own (L2A surface) reflectance, so
+    the threshold crosses a reflectance definition (README, "NDVI").
+
+    The GeoTIFF has :func:`classify_scene`'s layout: band 1 the class (255 = nodata), band 2 the
+    patch-mean NDVI as ``round(50 * (NDVI + 1))`` (0-100).
+    """
+    from lcc_utils.spectral import nir_band, normalized_difference
+
+    ps_, st = int(patch_size), int(stride)
+    _check_geometry(ps_, st, int(window_size))
+    ws = max(st, (int(window_size) // st) * st)
+    nir = nir_band(product.bands, where=product.path.name)
+    veg = list(classes).index("vegetation")
+    halo = (ps_ - st) // 2
+    profile = {
+        "driver": "GTiff", "dtype": "uint8", "count": 2, "width": product.width, "height": product.height,
+        "crs": product.crs, "transform": product.transform, "nodata": MAP_NODATA, "compress": "deflate",
+        "tiled": True, "blockxsize": 256, "blockysize": 256, "BIGTIFF": "IF_SAFER",
+    }
+    counts = np.zeros(256, np.int64)
+    t0 = time.perf_counter()
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp, ProductReader(product) as reader, rasterio.open(tmp, "w", **profile) as dst:
+        dst.descriptions = ("class", "ndvi_scaled (round(50 * (NDVI + 1)))")
+        for win in grid_windows(product.height, product.width, ws):
+            h, w = int(win.height), int(win.width)
+            nh, nw = -(-h // st), -(-w // st)
+            hp, wp = (nh - 1) * st + ps_, (nw - 1) * st + ps_
+            r0, c0 = int(win.row_off) - halo, int(win.col_off) - halo
+            rr0, cc0 = max(r0, 0), max(c0, 0)
+            rr1, cc1 = min(r0 + hp, product.height), min(c0 + wp, product.width)
+            wd = reader.read(Window(cc0, rr0, cc1 - cc0, rr1 - rr0))
+            nd = normalized_difference(wd.x, product.bands, nir, "B04", axis=0, dtype=np.float64)
+            valid = np.zeros((hp, wp), np.float64)
+            val = np.zeros((hp, wp), np.float64)
+            valid[rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = ~wd.mask
+            val[rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = np.where(wd.mask, 0.0, nd)
+            pool = [F.avg_pool2d(torch.from_numpy(a)[None, None], ps_, st)[0, 0, :nh, :nw].numpy()
+                    for a in (val, valid)]
+            mean = np.clip(np.divide(pool[0], pool[1], out=np.zeros_like(pool[0]), where=pool[1] > 0), -1, 1)
+            cls = np.where(mean > threshold, veg, 1 - veg).astype(np.uint8)
+            cls_px = np.repeat(np.repeat(cls, st, 0), st, 1)[:h, :w]
+            nd_px = np.repeat(np.repeat(np.round(50 * (mean + 1)).astype(np.uint8), st, 0), st, 1)[:h, :w]
+            own = wd.mask[int(win.row_off) - rr0:int(win.row_off) - rr0 + h,
+                          int(win.col_off) - cc0:int(win.col_off) - cc0 + w]
+            cls_px[own] = MAP_NODATA
+            nd_px[own] = MAP_NODATA
+            dst.write(np.stack([cls_px, nd_px]), window=win)
+            counts += np.bincount(cls_px.ravel(), minlength=256)
+        dst.update_tags(CLASSES=json.dumps(dict(enumerate(classes))), MODE="ndvi_threshold",
+                        NDVI_THRESHOLD=repr(float(threshold)), PATCH_SIZE=ps_, STRIDE=st, SOURCE=str(product.path))
+    return {"path": str(out_path), "threshold": float(threshold), "seconds": time.perf_counter() - t0,
+            "masked_pixels": int(counts[MAP_NODATA]),
+            "class_pixels": {c: int(counts[k]) for k, c in enumerate(classes)}}
+
+
+def areas_beside_agreement(maps: dict[str, str | os.PathLike], agreement: dict[str, dict[str, Any]]) -> Any:
+    """Class areas of each map, each row beside that map's agreement with SCL.
+
+    An area is only as good as the map: on the desert tile a map that calls bare soil
+    vegetation reports thousands of km^2 of "vegetation". So areas are never shown alone: every
+    row carries the map's ``scl_oa`` and ``scl_not_vegetated_as_non_vegetation``
+    (:func:`scl_specificity`).
+    """
+    import pandas as pd
+
+    frames = []
+    for name, path in maps.items():
+        t = class_area_table(path)
+        t.insert(0, "map", name)
+        a = agreement[name]
+        t["scl_oa"] = a["oa"]
+        t["scl_not_vegetated_as_non_vegetation"] = a["not_vegetated_as_non_vegetation"]
+        frames.append(t)
+    return pd.concat(frames, ignore_index=True)
+
+
+#: Colours of SCL classes in the map panels: 4 vegetation, 5 not vegetated, anything else clear.
+_SCL_PANEL = {4: ("#2ca25f", "SCL 4 vegetation"), 5: ("#d9b26f", "SCL 5 not vegetated"),
+              -1: ("#6a51a3", "other clear SCL class (no reference)")}
+
+
+def plot_map_panels(maps: dict[str, str | os.PathLike], product: L2AProduct,
+                    agreement: dict[str, dict[str, Any]], max_size: int = 700) -> Any:
+    """The maps and SCL side by side on one grid, each map titled with its agreement with SCL.
+
+    ``maps``: title -> binary map GeoTIFF (the CNN's, the NDVI threshold's...); ``agreement``:
+    title -> :func:`scl_agreement`'s summary. The last panel is SCL's own classes on the same
+    10 m grid (masked pixels grey in every panel).
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    from lcc_utils.sentinel2 import read_overview
+
+    n = len(maps) + 1
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 5.2), sharex=True, sharey=True)
+    shape = None
+    for ax, (title, path) in zip(axes, maps.items(), strict=False):
+        a, classes, prof = read_map(path, max_size)
+        shape, b = a.shape, prof["bounds"]
+        cols = [mcolor(c) for c in classes]
+        ax.imshow(np.ma.masked_equal(a, MAP_NODATA), cmap=ListedColormap(cols), vmin=-0.5,
+                  vmax=len(classes) - 0.5, extent=(b.left, b.right, b.bottom, b.top), interpolation="nearest")
+        g = agreement[title]
+        spec = g.get("not_vegetated_as_non_vegetation")
+        ax.set_title(f"{title}\nSCL 5 mapped non-veg.: {'n/a' if spec is None else f'{100 * spec:.1f} %'}"
+                     f" | OA vs SCL 4/5 {100 * g['oa']:.1f} %", fontsize=9)
+    ov = read_overview(product, max_size)
+    scl = ov.scl if ov.scl is not None else np.zeros(ov.mask.shape, np.uint8)
+    code = np.where(scl == 4, 0, np.where(scl == 5, 1, 2))
+    if shape is not None and code.shape != shape:  # read_map and read_overview decimate alike; guard anyway
+        ri = np.minimum((np.arange(shape[0]) * code.shape[0]) // shape[0], code.shape[0] - 1)
+        ci = np.minimum((np.arange(shape[1]) * code.shape[1]) // shape[1], code.shape[1] - 1)
+        code, mask = code[np.ix_(ri, ci)], ov.mask[np.ix_(ri, ci)]
+    else:
+        mask = ov.mask
+    bnd = rasterio.transform.array_bounds(product.height, product.width, product.transform)
+    ax = axes[-1]
+    ax.imshow(np.ma.masked_array(code, mask), cmap=ListedColormap([v[0] for v in _SCL_PANEL.values()]),
+              vmin=-0.5, vmax=2.5, extent=(bnd[0], bnd[2], bnd[1], bnd[3]), interpolation="nearest")
+    ax.set_title("SCL (ESA scene classification), the reference", fontsize=9)
+    for a_ in axes:
+        a_.set_facecolor("#dddddd")
+        a_.tick_params(labelsize=7)
+    handles = [Patch(color=BINARY_HEX[c], label=f"map: {c}") for c in BINARY_HEX]
+    handles += [Patch(color=c, label=lab) for c, lab in _SCL_PANEL.values()]
+    handles.append(Patch(color="#dddddd", label="masked (SCL cloud/cirrus/nodata)"))
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return fig
+
+
+#: Hex colours of the binary classes in figures (the COG colour table's, :data:`BINARY_COLORS`).
+BINARY_HEX = {"non_vegetation": "#d9b26f", "vegetation": "#2ca25f"}
+
+
+def mcolor(cls: str) -> str:
+    """Figure colour of a binary map class (grey for any other class name)."""
+    return BINARY_HEX.get(cls, "#666666")
 
 
 # --------------------------------------------------------------------------- GIS-ready output

@@ -100,28 +100,79 @@ def patchset_file(name: str, content_hash: str) -> Path:
 
 def build_eurosat_patchsets(
     ds: Any, tasks: Sequence[str], *, patch_size: int, bands: Sequence[str], seed: int, block_size_m: float,
-    buffer_m: float = 0.0,
+    buffer_m: float = 0.0, binary_labels: str = "landuse",
 ) -> dict[str, tuple[Any, Path]]:
-    """Notebook 02: cut EuroSAT MS into paper B's patch sets, one per task, and store each by content hash."""
+    """Notebook 02: cut EuroSAT MS into paper B's patch sets, one per task, and store each by content hash.
+
+    ``binary_labels`` (:data:`lcc_utils.sentinel2.labels.BINARY_LABELS`) decides which classes are
+    vegetation in the binary task; a non-default definition is part of the cache file's name.
+    """
     from lcc_utils import sentinel2
 
     out = {}
     for task in tasks:
         ps = sentinel2.eurosat_ms_patchset(ds, task, patch_size=patch_size, bands=tuple(bands), seed=seed,
-                                           block_size_m=block_size_m, buffer_m=buffer_m)
-        path = patchset_file(f"eurosat_ms-{task}-p{patch_size}-seed{seed}", ps.hash)
+                                           block_size_m=block_size_m, buffer_m=buffer_m,
+                                           binary_labels=binary_labels)
+        path = patchset_file(_patchset_name(task, patch_size, seed, binary_labels), ps.hash)
         sentinel2.save_patchset(ps, path)
         out[task] = (ps, path)
     return out
 
 
-def load_eurosat_patchset(sentinel2_run: Mapping[str, Any], task: str, data_dir: str | None = "") -> Any:
+def _patchset_name(task: str, patch_size: int, seed: int, binary_labels: str) -> str:
+    from lcc_utils.sentinel2.labels import DEFAULT_BINARY_LABELS
+
+    extra = f"-{binary_labels}" if task == "binary" and binary_labels != DEFAULT_BINARY_LABELS else ""
+    return f"eurosat_ms-{task}{extra}-p{patch_size}-seed{seed}"
+
+
+def sentinel2_run_for(sentinel2_run: Mapping[str, Any], task: str, binary_labels: str) -> dict[str, Any]:
+    """The parameters of the 02 run that built the patch set of ``task`` under ``binary_labels``.
+
+    ``binary_labels`` of notebooks 06 / 07 names the 02 run's ``binary_labels`` (left out at the
+    default, so the committed runs keep pointing at the same 02 run).
+
+    Raises:
+        ValueError: an unknown label definition, one asked of the 10-class task, or one that
+            contradicts ``sentinel2_run``'s own ``binary_labels``.
+
+    """
+    from lcc_utils.sentinel2.labels import DEFAULT_BINARY_LABELS, get_binary_labels
+
+    get_binary_labels(binary_labels)
+    ref = dict(sentinel2_run)
+    if binary_labels == DEFAULT_BINARY_LABELS:
+        return ref
+    if task != "binary":
+        raise ValueError(f"binary_labels={binary_labels!r} defines the binary task; the {task} task has "
+                         f"no label grouping (leave binary_labels at {DEFAULT_BINARY_LABELS!r})")
+    if ref.get("binary_labels", binary_labels) != binary_labels:
+        raise ValueError(f"binary_labels={binary_labels!r} but sentinel2_run names the 02 run with "
+                         f"binary_labels={ref['binary_labels']!r}: give one of them")
+    return {**ref, "binary_labels": binary_labels}
+
+
+def run_tag(task: str, binary_labels: str = "landuse") -> str:
+    """Name stem of a run's published figures: ``binary``, ``multiclass``, ``binary_ndvi_sides``.
+
+    The default label definition keeps the committed names, so a run of another definition
+    never overwrites the committed figures.
+    """
+    from lcc_utils.sentinel2.labels import DEFAULT_BINARY_LABELS, get_binary_labels
+
+    get_binary_labels(binary_labels)
+    return task if binary_labels == DEFAULT_BINARY_LABELS else f"{task}_{binary_labels}"
+
+
+def load_eurosat_patchset(sentinel2_run: Mapping[str, Any], task: str, data_dir: str | None = "",
+                          binary_labels: str = "landuse") -> Any:
     """The EuroSAT MS patch set of ``task`` that notebook 02 built, found by 02's parameters.
 
     ``sentinel2_run`` names the 02 run by its parameters (overrides of 02's defaults, ``{}`` for
-    the defaults). The patch set is read from the cache by the content hash the run recorded; in
-    a fresh clone (the cache is not committed) it is rebuilt from the run's parameters and must
-    reproduce that hash.
+    the defaults); ``binary_labels`` adds the label definition (:func:`sentinel2_run_for`). The
+    patch set is read from the cache by the content hash the run recorded; in a fresh clone (the
+    cache is not committed) it is rebuilt from the run's parameters and must reproduce that hash.
 
     Raises:
         FileNotFoundError: the 02 run has not finished (the message says how to run it).
@@ -130,20 +181,21 @@ def load_eurosat_patchset(sentinel2_run: Mapping[str, Any], task: str, data_dir:
     """
     from lcc_utils import data, runs, sentinel2
 
-    d = runs.find_run("02", sentinel2_run)
+    d = runs.find_run("02", sentinel2_run_for(sentinel2_run, task, binary_labels))
     params = runs.read_run_json(d, "params.json")["params"]
+    labels = params.get("binary_labels", "landuse")
     want = runs.read_run_json(d, "metrics.json").get(f"eurosat_ms_{task}_hash")
     if want is None:
         raise ValueError(f"the 02 run {d.name} built no EuroSAT MS {task!r} patch set (eurosat_task="
                          f"{params['eurosat_task']!r}); run 02 with -p eurosat_task {task} or both")
     try:
-        ps = sentinel2.load_patchset(patchset_file(f"eurosat_ms-{task}-p{params['patch_size']}-seed{params['seed']}",
+        ps = sentinel2.load_patchset(patchset_file(_patchset_name(task, params["patch_size"], params["seed"], labels),
                                                    want))
     except FileNotFoundError:
         ds = data.load_dataset("eurosat_ms", data_dir or None)
         ps = build_eurosat_patchsets(ds, [task], patch_size=params["patch_size"], bands=params["bands"],
                                      seed=params["seed"], block_size_m=params["eurosat_block_size_m"],
-                                     buffer_m=params.get("eurosat_buffer_m", 0.0))[task][0]
+                                     buffer_m=params.get("eurosat_buffer_m", 0.0), binary_labels=labels)[task][0]
     if ps.hash != want:
         raise ValueError(f"EuroSAT MS {task} patch set rebuilt with hash {ps.hash}, but the 02 run {d.name} "
                          f"recorded {want}: the data or the code differ")
@@ -179,9 +231,25 @@ def patch_loaders(ps: Any, batch_size: int = 32, seed: int = 0) -> dict[str, Any
 
 
 def patch_ndvi(ps: Any, indices: np.ndarray | None = None) -> np.ndarray:
-    """Mean NDVI of each patch of ``ps`` (all patches, or those at ``indices``)."""
+    """Mean NDVI of each patch of ``ps`` (all patches, or those at ``indices``), on :func:`ndvi_reflectance`."""
     x = ps.x if indices is None else ps.x[np.asarray(indices)]
     return baselines.patch_ndvi(x, ps.bands)
+
+
+def ndvi_reflectance(ps: Any) -> str:
+    """Which reflectance the patch NDVI of ``ps`` is computed on (the NDVI threshold, bins and class sides).
+
+    EuroSAT MS patch sets hold L1C top-of-atmosphere reflectance; a scene patch set (02) holds L2A
+    surface reflectance. Paper B's NDVI values (its transitional range 0.15-0.25) are surface NDVI.
+    """
+    from lcc_utils.sentinel2.labels import NDVI_REFLECTANCE
+
+    src = str(ps.meta.get("source", ""))
+    if ps.meta.get("ndvi_reflectance"):
+        return str(ps.meta["ndvi_reflectance"])
+    if "L1C" in src:
+        return NDVI_REFLECTANCE
+    return "L2A surface reflectance" if "L2A" in src or "scene" in src.lower() else "unknown"
 
 
 # --------------------------------------------------------------------------- one model
@@ -239,6 +307,8 @@ def run_neural(
         "dataset": "eurosat_ms", "task": ps.meta.get("task"),
         "patch_size": ps.meta.get("patch_size", size), "split_seed": ps.meta.get("seed"),
         "block_size_m": ps.meta.get("block_size_m"), "buffer_m": ps.meta.get("buffer_m", 0.0),
+        # recorded only off the default, so the folders of committed runs keep their params.json
+        **({"binary_labels": ps.meta["binary_labels"]} if ps.meta.get("binary_labels", "landuse") != "landuse" else {}),
         **{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()},
     }
     mdir = _model_run_dir(run_dir, folder or key, sub_params)
@@ -303,7 +373,8 @@ def retrain_model(model_dir: str | os.PathLike, data_dir: str | None = None,
     ds = data.load_dataset("eurosat_ms", data_dir=data_dir or None)
     ps = sentinel2.eurosat_ms_patchset(ds, task=spec["task"], patch_size=int(spec["patch_size"]),
                                        bands=tuple(params["bands"]), seed=int(spec["split_seed"]),
-                                       block_size_m=float(spec["block_size_m"]), buffer_m=buffer_m)
+                                       block_size_m=float(spec["block_size_m"]), buffer_m=buffer_m,
+                                       binary_labels=params.get("binary_labels", "landuse"))
     if ps.hash != params["patchset_hash"]:
         raise ValueError(f"rebuilt patch set has hash {ps.hash}, the run used "
                          f"{params['patchset_hash']}: the data differ, cannot rebuild {model_dir}")
@@ -573,7 +644,9 @@ def ndvi_errors(ps: Any, results: Mapping[str, Any], bins: Sequence[float] | Non
     """NDVI-binned error rates of every model (seed mean) with cluster-bootstrap 95 % CIs.
 
     Bins default to ``constants.PAPER_B_NDVI_BINS`` (edges at 0.15 and 0.25, paper B's
-    transitional range). Long table: ``model`` + :func:`lcc_utils.stats.binned_error_rates` columns.
+    transitional range, which paper B gives in surface-reflectance NDVI; ours are on the patch set's
+    reflectance, named in the ``ndvi_reflectance`` column: L1C TOA for EuroSAT MS). Long table:
+    ``model`` + :func:`lcc_utils.stats.binned_error_rates` columns.
     """
     from lcc_utils.constants import PAPER_B_NDVI_BINS
 
@@ -588,7 +661,9 @@ def ndvi_errors(ps: Any, results: Mapping[str, Any], bins: Sequence[float] | Non
                                        n_boot=n_boot)
         t.insert(0, "model", rs[0].name)
         frames.append(t)
-    return pd.concat(frames, ignore_index=True)
+    out = pd.concat(frames, ignore_index=True)
+    out["ndvi_reflectance"] = ndvi_reflectance(ps)  # one definition for every bin (README: "NDVI")
+    return out
 
 
 def flat_metrics(results: Mapping[str, Any]) -> dict[str, float]:
@@ -660,6 +735,15 @@ def paper_results(papers_dir: str | os.PathLike) -> pd.DataFrame:
     if not need <= set(df.columns):
         raise ValueError(f"{path}: expected columns {sorted(need)}, found {list(df.columns)}")
     return df
+
+
+def ndvi_threshold_of(evaluation_dir: str | os.PathLike) -> float | None:
+    """The NDVI threshold a notebook-06 run chose on its validation patches (None: it ran no NDVI baseline)."""
+    m = Path(evaluation_dir) / "metrics.json"
+    if not m.is_file():
+        return None
+    v = json.loads(m.read_text()).get("ndvi_threshold_threshold")
+    return None if v is None else float(v)
 
 
 def load_ablation(ablation_run: Mapping[str, Any]) -> dict[str, pd.DataFrame]:

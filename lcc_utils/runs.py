@@ -56,15 +56,20 @@ LOCATION_PARAMS = ("data_dir",)
 #: like every parameter. A new parameter of an existing notebook belongs here.
 ADDED_PARAMS: dict[str, Any] = {
     "backbone_run": {},  # 03/04: in-project pretrained backbone (issue 21); {} = none
+    "binary_labels": "landuse",  # 02/06/07: EuroSAT classes grouped by name (issue 22); sentinel2.labels
 }
 #: Metrics added to a notebook after runs were committed: a rerun of a run committed before
 #: them that now also logs them is not a conflict (nor a failed reproduction), as long as every
 #: metric both have agrees. Any other metric present on one side only still is.
 ADDED_METRICS = (
     "val_rise_last30_points", "coreset_train_accuracy",  # 04 (issue 21: convergence, fit)
+    # 08 (issue 22: the desert tile as a specificity control, the NDVI-threshold map beside the CNN's)
+    "scl_not_vegetated_as_non_vegetation", "scl_vegetation_as_vegetation", "binary_labels", "ndvi_threshold",
+    "ndvi_scl_oa", "ndvi_scl_not_vegetated_as_non_vegetation", "ndvi_share_vegetation", "ndvi_share_non_vegetation",
+    "ndvi_share_masked",
 )
 #: Parameters shown first in the readable part of a folder name.
-SLUG_KEYS = ("run", "dataset", "task", "model", "coreset", "fraction", "method", "scene", "seed")
+SLUG_KEYS = ("run", "dataset", "task", "binary_labels", "model", "coreset", "fraction", "method", "scene", "seed")
 #: Metric names measured by a clock (or memory), not results: a rerun is never compared on them
 #: (here and in :mod:`lcc_utils.reproduce`).
 TIMING_METRICS = r"seconds|_s$|^s_|time|throughput|latency|speed|mpx|peak_mem|memory|cost_ratio|estimate"
@@ -123,7 +128,7 @@ def _slug(params: dict[str, Any]) -> str:
         v = flat.get(k)
         if isinstance(v, dict):
             continue
-        if v in (None, "", []):
+        if v in (None, "", []) or _at_added_default(k, v):  # an added parameter at its old value: old slug
             continue
         s = Path(str(v)).name if k in ("scene", "run") else str(v)
         parts.append(s)

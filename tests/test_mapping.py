@@ -295,3 +295,42 @@ def test_notebook_08_maps_with_a_committed_06_run_and_writes_no_machine_path(sha
         if hits:
             found[f.name] = hits
     assert not found, f"machine paths in {runs.shown_path(d)}: {found}"
+
+
+# --------------------------------------------------------------------------- the desert as a specificity control
+def test_scl_specificity_on_a_tiny_map():
+    veg_classes = ["non_vegetation", "vegetation"]
+    m = np.array([[0, 1, 0], [0, 255, 1]], np.uint8)  # 0 non-vegetation, 1 vegetation, 255 nodata
+    scl = np.array([[5, 5, 5], [4, 5, 6]], np.uint8)   # SCL 6 (water): clear, but no reference
+    cm, other, clear = mp.scl_counts(m, scl, 2)
+    assert cm.tolist() == [[1, 0], [2, 1]] and other == 1 and clear == 5
+    spec = mp.scl_specificity(mp.scl_confusion_table(cm, veg_classes))
+    assert spec["not_vegetated_as_non_vegetation"] == pytest.approx(2 / 3)
+    assert spec["vegetation_as_vegetation"] == 0.0
+    # a desert (no SCL vegetation) mapped almost all non-vegetation: 999 of 1000; no sensitivity to give
+    desert = mp.scl_specificity(mp.scl_confusion_table(np.array([[0, 0], [999, 1]]), veg_classes))
+    assert desert == {"not_vegetated_as_non_vegetation": 0.999, "vegetation_as_vegetation": None}
+    with pytest.raises(ValueError, match="differ in shape"):
+        mp.scl_counts(m, scl[:1], 2)
+
+
+def test_ndvi_threshold_map_and_the_three_panels(product, tmp_path):
+    # the fixture: left half green (NDVI ~0.86, SCL 4), right half bare (NDVI ~0.07, SCL 5)
+    good = tmp_path / "ndvi.tif"
+    rep = mp.ndvi_threshold_map(product, good, threshold=0.3, patch_size=16, stride=8, window_size=24)
+    geo = mp.check_georeference(good, product)
+    assert geo["same_crs"] and geo["same_transform"] and geo["same_shape"]
+    assert rep["masked_pixels"] == int(s2.read_window(product).mask.sum())
+    _, s = mp.scl_agreement(good, product, window_size=24)
+    assert s["not_vegetated_as_non_vegetation"] > 0.85 and s["vegetation_as_vegetation"] > 0.85
+    # a threshold below every patch's NDVI calls the bare half vegetation: specificity 0
+    bad = tmp_path / "all_green.tif"
+    mp.ndvi_threshold_map(product, bad, threshold=-1.0, patch_size=16, stride=8, window_size=24)
+    _, s_bad = mp.scl_agreement(bad, product, window_size=24)
+    assert s_bad["not_vegetated_as_non_vegetation"] == 0.0 and s_bad["vegetation_as_vegetation"] == 1.0
+    agreement = {"NDVI > 0.3": s, "NDVI > -1": s_bad}
+    areas = mp.areas_beside_agreement({"NDVI > 0.3": good, "NDVI > -1": bad}, agreement)
+    green = areas[(areas["map"] == "NDVI > -1") & (areas["class"] == "vegetation")].iloc[0]
+    assert green["scl_not_vegetated_as_non_vegetation"] == 0.0 and green["area_km2"] > 0
+    fig = mp.plot_map_panels({"NDVI > 0.3": good, "NDVI > -1": bad}, product, agreement)
+    assert len(fig.axes) == 3 and "SCL 5 mapped non-veg.: 0.0 %" in fig.axes[1].get_title()

@@ -27,6 +27,7 @@ One module per step, all re-exported here (``from lcc_utils import sentinel2 as 
 * :mod:`.patches`: labelled patch sets and sampling them from a scene
   (:class:`PatchSet`, :func:`extract_patches`, :func:`save_patchset`).
 * :mod:`.adapters`: EuroSAT MS and BigEarthNet (:func:`eurosat_ms_patchset`).
+* :mod:`.labels`: which EuroSAT classes are vegetation in the binary task (``BINARY_LABELS``).
 * :mod:`.plots`: composites, SCL and patch figures.
 
 Band names and NDVI live in :mod:`lcc_utils.spectral`, the spatial block split in
@@ -46,6 +47,7 @@ from lcc_utils.constants import (
     SCL_MASK_CLASSES,
     SCL_VEGETATION_LABELS,
 )
+from lcc_utils.sentinel2 import labels
 from lcc_utils.sentinel2.adapters import (
     BINARY_CLASSES,
     bigearthnet_example_dir,
@@ -96,6 +98,8 @@ __all__ = [
     "PatchSet", "band_stats", "extract_patches", "load_patchset", "save_patchset",
     # adapters
     "BINARY_CLASSES", "bigearthnet_example_dir", "bigearthnet_patches", "eurosat_ms_patchset",
+    # binary labels of EuroSAT MS (module)
+    "labels",
     # figures
     "plot_composites", "plot_patches", "plot_scl",
     # from lcc_utils.spectral and lcc_utils.splits

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from lcc_utils.constants import EUROSAT_VEGETATION_CLASSES, PAPER_B_BANDS
+from lcc_utils.constants import PAPER_B_BANDS
+from lcc_utils.sentinel2 import labels as _labels
 from lcc_utils.sentinel2.patches import PatchSet
 from lcc_utils.spectral import check_bands, normalize_band_name
 from lcc_utils.splits import buffer_drop, spatial_block_names, spatial_split, split_distances
@@ -45,6 +46,7 @@ def eurosat_ms_patchset(
     seed: int = 0,
     block_size_m: float = 50000.0,
     buffer_m: float = 0.0,
+    binary_labels: str = _labels.DEFAULT_BINARY_LABELS,
 ) -> PatchSet:
     """Paper B-style patch set from EuroSAT MS (``data.load_dataset("eurosat_ms")``).
 
@@ -68,9 +70,15 @@ def eurosat_ms_patchset(
             the image centres stand in (default 50 km: 361 blocks on the 910-image sample).
         buffer_m: Optional buffer between the splits: training images whose centre lies
             closer than this to a val/test image are dropped (counted in ``meta``).
+        binary_labels: Which EuroSAT classes are vegetation in the binary task
+            (:data:`lcc_utils.sentinel2.labels.BINARY_LABELS`; ignored for ``multiclass``).
+            ``ndvi_sides`` splits stratified on the ten classes, decides each class's side
+            from its training patches' NDVI and drops the images of classes left out.
 
     The minimum (and median nearest) distance from val / test images to the training
-    images is recorded in ``meta["split_distances"]``.
+    images is recorded in ``meta["split_distances"]``; for the binary task ``meta`` also holds
+    ``binary_labels``, ``class_sides`` and ``class_ndvi`` (each source class's training NDVI,
+    :func:`~lcc_utils.sentinel2.labels.class_ndvi_table`).
 
     """
     tasks = ("binary", "multiclass")
@@ -99,14 +107,16 @@ def eurosat_ms_patchset(
         q = chunk.reshape(m, t, ps_, t, ps_, len(bands)).transpose(0, 1, 3, 2, 4, 5)
         xs[i * t * t:(i + m) * t * t] = q.reshape(m * t * t, ps_, ps_, len(bands))
     src_classes = list(ds.classes)
-    if task == "binary":
-        unknown = [c for c in EUROSAT_VEGETATION_CLASSES if c not in src_classes]
-        if unknown:
-            raise ValueError(f"vegetation classes {unknown} are not in the dataset's classes")
-        veg = np.isin(np.asarray(src_classes)[ds.labels], EUROSAT_VEGETATION_CLASSES)
-        y_img, classes = veg.astype(np.int64), list(BINARY_CLASSES)
+    src = np.asarray(ds.labels, np.int64)
+    lab = _labels.get_binary_labels(binary_labels) if task == "binary" else None
+    sides = None
+    if lab is not None and lab.rule == "names":
+        sides = _labels.class_sides(lab, src_classes)
+    if task == "binary" and sides is not None:
+        y_img = np.asarray([sides[src_classes[k]] == _labels.VEGETATION for k in src], np.int64)
+        classes = list(BINARY_CLASSES)
     else:
-        y_img, classes = np.asarray(ds.labels, np.int64), src_classes
+        y_img, classes = src, src_classes
     geo = ds.geo.reset_index(drop=True)
     # a GeoTIFF without georeference has no CRS and a pixel-unit "centre": it would land in a
     # made-up spatial block, so the split could not keep it apart from its neighbours
@@ -121,12 +131,29 @@ def eurosat_ms_patchset(
     if len(np.unique(blocks_img)) < 3:
         raise ValueError(f"block_size_m={block_size_m:g} leaves {len(np.unique(blocks_img))} spatial block(s) "
                          f"for {len(geo)} images: train/val/test need at least 3; use smaller blocks")
-    split_img = spatial_split(blocks_img, y_img, seed=seed)
+    # landuse: stratified on the binary label (as the committed runs); ndvi_sides: on the ten classes,
+    # the 10-class task's split, which the sides (decided on its train split) cannot influence
+    split_img = spatial_split(blocks_img, src if lab is not None and lab.stratify == "source" else y_img, seed=seed)
     in_buffer = buffer_drop(geo["x"], geo["y"], geo["crs"], split_img, buffer_m)
     keep_img = ~in_buffer
+    rep = t * t
+    zero = (xs == 0).all(axis=-1).any(axis=(1, 2))
+    class_ndvi = None
+    if lab is not None:
+        from lcc_utils.baselines import patch_ndvi
+
+        ok = ~zero & np.repeat(keep_img, rep)
+        tile_class = np.asarray(src_classes)[np.repeat(src, rep)]
+        class_ndvi = _labels.class_ndvi_table(patch_ndvi(xs[ok], bands), tile_class[ok],
+                                              np.repeat(split_img, rep)[ok], src_classes)
+        if sides is None:
+            sides = _labels.class_sides(lab, src_classes, class_ndvi)
+            y_img = np.asarray([sides[src_classes[k]] == _labels.VEGETATION for k in src], np.int64)
+            classes = list(BINARY_CLASSES)
+            keep_img &= np.asarray([sides[src_classes[k]] != _labels.LEFT_OUT for k in src])
+        class_ndvi["side"] = class_ndvi["class"].map(sides)
     distances = split_distances(geo["x"][keep_img], geo["y"][keep_img], geo["crs"][keep_img],
                                 split_img[keep_img])
-    rep = t * t
     # Bounds of each tile from the image bounds (row-major tiles, row 0 at the top).
     L, B, R, T = (geo[k].to_numpy() for k in ("left", "bottom", "right", "top"))
     dx, dy = (R - L) / t, (T - B) / t
@@ -135,7 +162,6 @@ def eurosat_ms_patchset(
         for j in range(t):
             tb.append(np.stack([L + j * dx, T - (i + 1) * dy, L + (j + 1) * dx, T - i * dy], 1))
     bounds = np.stack(tb, axis=1).reshape(n * rep, 4)
-    zero = (xs == 0).all(axis=-1).any(axis=(1, 2))
     if zero.any():  # DN 0 in every band = nodata; report and drop, never silently
         warnings.warn(f"{int(zero.sum())} EuroSAT MS tiles hold nodata pixels and are dropped",
                       stacklevel=2)
@@ -152,7 +178,10 @@ def eurosat_ms_patchset(
         "file": list(np.repeat(np.asarray(ds.files, dtype=object), rep)[keep]),
     }
     if task == "binary":
-        meta["vegetation_classes"] = list(EUROSAT_VEGETATION_CLASSES)
+        meta["vegetation_classes"] = [c for c in src_classes if sides[c] == _labels.VEGETATION]
+        meta.update({"binary_labels": lab.name, "class_sides": sides, "ndvi_reflectance": _labels.NDVI_REFLECTANCE,
+                     "dropped_left_out_images": int(sum(sides[src_classes[k]] == _labels.LEFT_OUT for k in src)),
+                     "class_ndvi": class_ndvi.round(6).to_dict("records")})
     return PatchSet(x=xs[keep], y=y[keep], classes=classes, bands=bands,
                     crs=np.repeat(geo["crs"].to_numpy().astype(object), rep)[keep],
                     bounds=bounds[keep], split=np.repeat(split_img, rep)[keep],
