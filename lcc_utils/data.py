@@ -32,6 +32,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import warnings
@@ -539,6 +540,7 @@ def load_dataset(
             "labels": [int(labels[i]) for i in keep], "skipped": skipped,
             "resized": resized, "converted": converted,
             "geo": [geo[i] for i in keep] if name == "eurosat_ms" else None,
+            "block_digests": array_block_digests(arr),
         }
         atomic_write(meta_path, json.dumps(meta))
     # bad entries found by this scan, not the cached ones: they are not part of the hash
@@ -548,6 +550,7 @@ def load_dataset(
         warnings.warn(f"{name}: skipped {len(skipped)} bad file(s) (on_bad='skip'): {names}",
                       stacklevel=2)
     images = open_npy(arr_path, _cache_remedy(meta_path, arr_path), rows=len(meta["files"]))
+    check_cached_array(images, meta, arr_path, _cache_remedy(meta_path, arr_path))
     return ImageDataset(
         name=name, root=folder, classes=list(spec.classes), files=meta["files"],
         labels=np.asarray(meta["labels"], dtype=np.int64), images=images, bands=spec.bands,
@@ -571,6 +574,55 @@ def _cross_class_twins(folder: Path, files: Sequence[str]) -> list[tuple[str, st
         if seen != f and seen.split("/")[0] != f.split("/")[0]:
             twins.append((seen, f))
     return twins
+
+
+#: Blocks (along the image axis) a decoded array is hashed in. The loader checks a sample of
+#: them on every load (cheap: a few MB read); ``make verify-data`` checks every one.
+CACHE_BLOCKS = 64
+#: Blocks the loader checks: the first, the last and two more that change with the day.
+CACHE_SAMPLE = 4
+
+
+def _blocks(n: int, blocks: int = CACHE_BLOCKS) -> list[tuple[int, int]]:
+    edges = np.linspace(0, n, min(blocks, max(n, 1)) + 1).astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def array_block_digests(arr: np.ndarray) -> list[str]:
+    """blake2b (16 bytes) of each of :data:`CACHE_BLOCKS` row blocks of a decoded array."""
+    return [hashlib.blake2b(np.ascontiguousarray(arr[a:b]).tobytes(), digest_size=16).hexdigest()
+            for a, b in _blocks(len(arr))]
+
+
+def check_cached_array(images: np.ndarray, meta: dict, arr_path: Path, remedy: str,
+                       full: bool = False) -> list[int]:
+    """Compare a decoded array with the block digests its index recorded; raise on a mismatch.
+
+    A ``.raw`` overwritten in place (same size, other bytes) would otherwise serve garbage
+    pixels under the dataset's content hash. The loader checks :data:`CACHE_SAMPLE` blocks,
+    ``full`` (``make verify-data``) every one. An index written before digests existed has
+    none: nothing to compare (``make clean-cache`` rebuilds it with them).
+
+    Returns:
+        The numbers of the blocks that differ (``full`` only; otherwise the first raises).
+
+    """
+    want = meta.get("block_digests")
+    if not want:
+        return []
+    blocks = _blocks(len(images))
+    if len(want) != len(blocks):
+        raise broken(arr_path, f"{len(blocks)} blocks where its index records {len(want)} digests", remedy)
+    day = int(time.time() // 86400)
+    picks = range(len(blocks)) if full else sorted({0, len(blocks) - 1, day % len(blocks),
+                                                   (7 * day + 3) % len(blocks)})[:CACHE_SAMPLE]
+    bad = [i for i in picks if hashlib.blake2b(np.ascontiguousarray(images[slice(*blocks[i])]).tobytes(),
+                                               digest_size=16).hexdigest() != want[i]]
+    if bad and not full:
+        a, b = blocks[bad[0]]
+        raise broken(arr_path, f"images {a}-{b - 1} differ from the checksum recorded when they were decoded "
+                               "(the file was changed after it was written)", remedy)
+    return bad
 
 
 def _read_cache_meta(meta_path: Path, arr_path: Path) -> dict:
@@ -601,7 +653,9 @@ def verify_data(names: Sequence[str] | None = None, data_dir: str | os.PathLike 
     notices those by itself), changed while their (size, mtime, ctime, inode) stayed the
     same (``stale``: the index would have served an old digest -- the mismatch this check
     exists for), not yet indexed (``new``) and indexed but gone (``gone``). ``hash`` is a
-    dataset's content hash from the full re-hash (what ``load_dataset`` now returns).
+    dataset's content hash from the full re-hash (what ``load_dataset`` now returns). Every
+    decoded-array cache entry is checked block by block against the digests recorded when it
+    was written (a ``cache/decoded/...`` row; ``changed`` counts the blocks that differ).
     """
     root = resolve_data_dir(data_dir)
     rows, done = [], set()
@@ -618,6 +672,7 @@ def verify_data(names: Sequence[str] | None = None, data_dir: str | os.PathLike 
         for folder in fingerprints.indexed_folders():
             if folder.resolve() not in done and folder.is_dir():
                 rows.append((str(folder), fingerprints.verify(folder), ""))
+    rows += _verify_decoded_cache(names)
     return pd.DataFrame([
         {"data": what, "files": rep.files, "unchanged": len(rep.unchanged), "changed": len(rep.changed),
          "stale": len(rep.stale), "new": len(rep.new), "gone": len(rep.gone), "hash": h,
@@ -627,8 +682,25 @@ def verify_data(names: Sequence[str] | None = None, data_dir: str | os.PathLike 
                 "stale_files", "changed_files"])
 
 
+def _verify_decoded_cache(names: Sequence[str] | None) -> list[tuple[str, fingerprints.VerifyReport, str]]:
+    """A row per decoded-array cache entry (of ``names``): its blocks, ``changed`` = blocks whose bytes differ."""
+    rows = []
+    for meta_path in sorted((cache_dir() / "decoded").glob("*.json")):
+        arr_path = meta_path.with_suffix(".raw")
+        meta = _read_cache_meta(meta_path, arr_path) if arr_path.exists() else None
+        if meta is None or (names and meta.get("name") not in names) or not meta.get("block_digests"):
+            continue
+        images = open_npy(arr_path, _cache_remedy(meta_path, arr_path), rows=len(meta["files"]))
+        bad = check_cached_array(images, meta, arr_path, _cache_remedy(meta_path, arr_path), full=True)
+        n = len(meta["block_digests"])
+        report = fingerprints.VerifyReport(arr_path, files=n, changed=[f"block {i}" for i in bad],
+                                           unchanged=[str(i) for i in range(n) if i not in bad])
+        rows.append((f"cache/decoded/{arr_path.name}", report, ""))
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lcc_utils.data --verify [NAME ...]``: the table of :func:`verify_data`; 1 if stale."""
+    """``python -m lcc_utils.data --verify [NAME ...]``: the table of :func:`verify_data`; 1 if stale or corrupt."""
     ap = argparse.ArgumentParser(prog="python -m lcc_utils.data", description=main.__doc__)
     ap.add_argument("--verify", action="store_true", required=True,
                     help="re-hash every data file, report mismatches with the fingerprint index, rebuild it")
@@ -645,7 +717,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for kind in ("stale", "changed"):
             for f in r[f"{kind}_files"][:20]:
                 print(f"{kind}: {r['data']}: {f}")
+    cached = table[table["data"].str.startswith("cache/decoded/")]
+    corrupt = cached[cached["changed"] > 0]
+    for _, r in corrupt.iterrows():
+        print(f"{r['data']}: {r['changed']} of {r['files']} blocks differ from the checksum recorded when it "
+              "was decoded; delete it and its .json (or run `make clean-cache`), the next load decodes again")
     n = int(table["stale"].sum())
+    if len(corrupt):
+        return 1
     if n:
         print(f"{n} file(s) changed behind the fingerprint index's back (same size, mtime, ctime and "
               "inode); the index is rebuilt, the next load re-decodes them")

@@ -132,6 +132,34 @@ def test_a_broken_decoded_array_cache_names_the_file_and_clean_cache(synthetic_r
     assert len(data.load_dataset("eurosat", synthetic_root)) > 0
 
 
+def test_a_decoded_array_overwritten_in_place_is_caught(synthetic_root, tmp_cache, monkeypatch):
+    """Same size, other bytes: the loader's sampled check names the file; verify-data finds any block."""
+    ds = data.load_dataset("eurosat", synthetic_root)
+    raw = next((tmp_cache / "decoded").glob("eurosat-*.raw"))
+    n_blocks = len(data._blocks(len(ds)))
+    # a block the loader does not sample: only the full check of make verify-data sees it
+    monkeypatch.setattr(data.time, "time", lambda: 0.0)  # day 0: samples blocks 0, 3 and the last
+    middle = next(i for i in range(1, n_blocks - 1) if i not in {0, 3, n_blocks - 1})
+    a, b = data._blocks(len(ds))[middle]
+    arr = np.load(raw, mmap_mode="r+")
+    arr[a] = 255 - arr[a]
+    arr.flush()
+    del arr
+    assert len(data.load_dataset("eurosat", synthetic_root)) == len(ds)  # not in the sample
+    table = data.verify_data(["eurosat"], synthetic_root)
+    row = table[table["data"].str.startswith("cache/decoded/eurosat-")].iloc[0]
+    assert row["changed"] == 1 and row["changed_files"] == [f"block {middle}"]
+    assert data.main(["--verify", "eurosat", "--data-dir", str(synthetic_root)]) == 1
+    # the first block is always sampled: the loader names the file and the remedy
+    arr = np.load(raw, mmap_mode="r+")
+    arr[0] = 255 - arr[0]
+    arr.flush()
+    del arr
+    with pytest.raises(BrokenFileError, match=r"images 0-\d+ differ from the checksum recorded when they "
+                                              r"were decoded.*make clean-cache"):
+        data.load_dataset("eurosat", synthetic_root)
+
+
 def test_a_truncated_split_file_names_the_file(synthetic_root, tmp_cache):
     ds = data.load_dataset("eurosat", synthetic_root)
     data.get_split(ds, seed=0)
