@@ -808,7 +808,9 @@ def plot_regime_map(table: pd.DataFrame, model: str | None = None) -> Figure:
     for ax in axes[-1]:
         ax.set_xlabel("test accuracy minus random (points, 95 % CI)")
     legend = {n: h for ax in axes.flat for h, n in zip(*ax.get_legend_handles_labels(), strict=True)}
-    fig.legend(legend.values(), legend.keys(), fontsize=8, loc="lower center", ncol=min(4, len(legend)), frameon=False)
+    if legend:  # nothing to compare (one method, or no paired seeds): no legend
+        fig.legend(legend.values(), legend.keys(), fontsize=8, loc="lower center", ncol=min(4, len(legend)),
+                   frameon=False)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
 

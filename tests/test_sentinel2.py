@@ -184,7 +184,8 @@ def test_write_aligned_mask_equals_scl_share(products, tmp_path):
     assert (a[r0:r1, c0:c1] == s2.ALIGNED_NODATA).all()
 
 
-def test_iter_windows_memory_is_bounded(tmp_path):
+def _iter_windows_peaks(tmp_path: Path) -> list[int]:
+    """tracemalloc peaks of reading a 64 and a 256 px product window by window (own process)."""
     peaks = []
     for size in (64, 256):
         p = s2.open_l2a(fx.make_cog_product(tmp_path / f"s{size}", size))
@@ -193,6 +194,20 @@ def test_iter_windows_memory_is_bounded(tmp_path):
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
         assert n == size * size
+    return peaks
+
+
+def test_iter_windows_memory_is_bounded(tmp_path):
+    """Measured in a fresh interpreter: tracemalloc counts every thread's allocations, and a thread an
+    earlier test left running would be charged to the reader."""
+
+    here = Path(__file__).parent
+    code = (f"import sys, json; sys.path[:0] = [{str(here)!r}, {str(here / 'fixtures')!r}]\n"
+            "from pathlib import Path; import test_sentinel2 as t\n"
+            f"print(json.dumps(t._iter_windows_peaks(Path({str(tmp_path)!r}))))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    peaks = json.loads(r.stdout.strip().splitlines()[-1])
     # 16x more pixels, but the peak is one window (6 x 32 x 32 float32 + mask) either way
     assert peaks[1] < 1.5 * peaks[0] + 50_000, peaks
     assert peaks[1] < 6 * 256 * 256 * 4 / 4  # far below the whole scene's array
