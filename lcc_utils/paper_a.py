@@ -776,6 +776,8 @@ def _regime_panel(ax: Any, cell: pd.DataFrame, regimes: list[str], colours: Mapp
         ax.scatter(vals, [len(labels)] * len(vals), marker="x", color="grey", s=20, label="paper A (4 backbones)")
         labels.append(f"paper A: {coreset}")
     ax.axvline(0, ls="--", color="black", lw=1)
+    if not labels:  # only random has finished here (the study lands runs over several sessions)
+        ax.text(0.5, 0.5, "no selector run finished yet", transform=ax.transAxes, ha="center", va="center")
     ax.set_yticks(range(len(labels)), labels=labels, fontsize=7)
     ax.invert_yaxis()
     ax.grid(alpha=0.3)
