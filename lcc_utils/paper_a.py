@@ -872,11 +872,10 @@ def table1_metrics(table: pd.DataFrame, runs_found: int, expected: int) -> dict[
 
 
 def regime_metrics(gain: pd.DataFrame, probes: pd.DataFrame, convergence: pd.DataFrame) -> dict[str, Any]:
-    """Notebook 09's metrics of the pretraining gain, the linear probes and random's convergence."""
+    """Notebook 09's metrics of the pretraining gain and the linear probes (``convergence``: see below)."""
+    # random's convergence stays in convergence.csv, not here: it is read from each run's
+    # history.csv, which a profile may not commit (smoke keeps params and metrics only)
     out: dict[str, Any] = {}
-    for r in convergence[convergence["coreset"] == "random"].itertuples() if len(convergence) else []:
-        reg = re.sub(r"[^a-z0-9]+", "-", str(r.regime).lower()).strip("-")
-        out[f"val_rise_{r.dataset}_{r.model}_{reg}_random_{r.fraction:g}"] = round(float(r.val_rise_median), 4)
     for r in gain.itertuples():
         key = f"gain_{r.dataset}_{r.model}_{r.coreset}_{r.fraction:g}_{r.budget.replace(' ', '')}"
         out[f"{key}_points"] = round(float(r.gain), 4)
