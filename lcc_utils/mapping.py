@@ -686,6 +686,7 @@ def plot_map_panels(maps: dict[str, str | os.PathLike], product: L2AProduct,
     for a_ in axes:
         a_.set_facecolor("#dddddd")
         a_.tick_params(labelsize=7)
+        a_.ticklabel_format(useOffset=False, style="plain")  # metres of the CRS, no "1e6"
     handles = [Patch(color=BINARY_HEX[c], label=f"map: {c}") for c in BINARY_HEX]
     handles += [Patch(color=c, label=lab) for c, lab in _SCL_PANEL.values()]
     handles.append(Patch(color="#dddddd", label="masked (SCL cloud/cirrus/nodata)"))
