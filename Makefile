@@ -68,8 +68,13 @@ study: setup
 reproduce: setup
 	$(LCC) reproduce --profile $(PROFILE) --jobs $(JOBS) $(if $(ONLY),--only $(ONLY)) $(if $(MATCH),--match '$(MATCH)') $(if $(EXACT),--exact)
 
+# The suite on TEST_WORKERS pytest-xdist processes (auto: one per core). Training in tests is
+# single-threaded (training.CPU_TRAIN_THREADS), so two cores run two tests at once; the notebook
+# chain that shares one runs folder stays on one worker (xdist_group "ci_runs", --dist loadgroup).
+# TEST_WORKERS=0 runs it in this process, serially.
+TEST_WORKERS ?= auto
 test: setup
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup tests
 
 # The browser test: JupyterLab in headless Chromium (Selenium). Installs Chromium and its driver
 # from Debian when apt-get is there and they are missing (needs root), Selenium from PyPI.

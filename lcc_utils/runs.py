@@ -177,9 +177,15 @@ _HELD: dict[str, Any] = {}  # lock file -> filelock.FileLock this process holds
 
 
 def lock_path(folder: str | os.PathLike) -> Path:
-    """The lock file of a run folder: ``cache/locks/<stage>/<name>.lock``, outside the tracked tree."""
+    """The lock file of a run folder: ``cache/locks/<stage>/<name>-<hash>.lock``, outside the tracked tree.
+
+    ``<hash>`` is of the folder's absolute path: the lock guards one folder, so the same run in two
+    runs roots that share a cache (``make demo``'s scratch root beside ``runs/``, two test workers)
+    are two writers of two folders, not one another's holders.
+    """
     key = _folder_key(folder)
-    return cache_dir() / "locks" / key.parent / f"{key.name}.lock"
+    where = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:8]
+    return cache_dir() / "locks" / key.parent / f"{key.name}-{where}.lock"
 
 
 def lock_run(folder: str | os.PathLike) -> None:

@@ -200,6 +200,19 @@ def test_a_second_copy_of_a_running_run_stops_naming_the_folder_and_the_holder(t
     assert _second_copy() == "STAGED"
 
 
+def test_the_same_run_in_two_runs_roots_sharing_a_cache_are_two_writers(tmp_path, tmp_cache, monkeypatch):
+    """The lock guards one folder: the same run in another runs root (the demo's scratch root beside
+    runs/, a second test worker) that shares the cache is another folder, written at the same time."""
+    monkeypatch.setenv("LCC_RUNS_DIR", str(tmp_path / "runs_a"))
+    run = runs.start_run({"dataset": "eurosat", "seed": 0}, data_hash="abc", stage="train")
+    monkeypatch.setenv("LCC_RUNS_DIR", str(tmp_path / "runs_b"))
+    assert _second_copy() == "WRITER"  # another process, the same run name, the other root
+    assert (tmp_path / "runs_b" / "train" / run.dir.name).is_dir()
+    monkeypatch.setenv("LCC_RUNS_DIR", str(tmp_path / "runs_a"))
+    assert _second_copy().startswith("LOCKED run folder"), "the same folder stays one writer's"
+    run.log_metrics({"acc": 0.5})
+
+
 def test_nothing_is_written_into_a_folder_after_its_metrics_json():
     run = _finished_run()
     with pytest.raises(runs.RunConflictError, match=r"finished .* save confusion\.csv before run\.log_metrics"):

@@ -119,6 +119,8 @@ def ci_runs(tmp_path_factory) -> Path:
 
 @pytest.mark.integration
 @pytest.mark.notebooks
+# one pytest-xdist worker runs the chain: later notebooks read the earlier ones' runs in ci_runs
+@pytest.mark.xdist_group("ci_runs")
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
 def test_notebook_executes_matches_expected_metrics_and_passes_nbval(nb, shared_data, ci_runs, monkeypatch, tmp_path):
     monkeypatch.setenv("LCC_RUNS_DIR", str(ci_runs))
