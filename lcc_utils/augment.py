@@ -91,11 +91,12 @@ def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Apply inverse affine matrices in pixel units, as torchvision's ``_apply_grid_transform``."""
     n, _, h, w = x.shape
     d = 0.5
-    base = torch.empty(1, h, w, 3)
-    base[..., 0].copy_(torch.linspace(-w * 0.5 + d, w * 0.5 + d - 1, steps=w))
-    base[..., 1].copy_(torch.linspace(-h * 0.5 + d, h * 0.5 + d - 1, steps=h).unsqueeze_(-1))
+    dev = x.device
+    base = torch.empty(1, h, w, 3, device=dev)
+    base[..., 0].copy_(torch.linspace(-w * 0.5 + d, w * 0.5 + d - 1, steps=w, device=dev))
+    base[..., 1].copy_(torch.linspace(-h * 0.5 + d, h * 0.5 + d - 1, steps=h, device=dev).unsqueeze_(-1))
     base[..., 2].fill_(1)
-    rescaled = theta.transpose(1, 2) / torch.tensor([0.5 * w, 0.5 * h])
+    rescaled = theta.to(dev).transpose(1, 2) / torch.tensor([0.5 * w, 0.5 * h], device=dev)
     grid = base.view(1, h * w, 3).expand(n, -1, -1).bmm(rescaled).view(n, h, w, 2)
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
@@ -104,6 +105,9 @@ def apply_ops(
     images: torch.Tensor, ops: np.ndarray, mags: np.ndarray, reference_size: int | None = None
 ) -> torch.Tensor:
     """Apply per-sample TrivialAugmentWide ops to a uint8 (B, 3, H, W) batch; returns uint8.
+
+    Runs on the batch's device (the ops and magnitudes are drawn on the CPU, their application
+    is tensor arithmetic): :class:`lcc_utils.data.BatchLoader`'s device path augments on the GPU.
 
     Args:
         images: uint8 RGB batch.
@@ -117,17 +121,20 @@ def apply_ops(
     x = images.float()
     out = x.clone()
     h, w = x.shape[-2:]
+    dev = images.device
     names = np.array(OPS)[ops]
-    mag = torch.from_numpy(np.asarray(mags, dtype=np.float32))
+    # small per-batch parameters go to the device without a stream sync (they are staged at once)
+    mag = torch.from_numpy(np.asarray(mags, dtype=np.float32)).to(dev, non_blocking=True)
 
     def pick(*which: str) -> torch.Tensor:
-        return torch.from_numpy(np.flatnonzero(np.isin(names, which)))
+        return torch.from_numpy(np.flatnonzero(np.isin(names, which))).to(dev, non_blocking=True)
 
-    geo = pick("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
-    if len(geo):
+    geo_np = np.flatnonzero(np.isin(names, ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")))
+    if len(geo_np):
+        geo = torch.from_numpy(geo_np).to(dev, non_blocking=True)
         scale = 1.0 if reference_size is None else w / reference_size
-        theta = _affine_matrices(list(names[geo.numpy()]), mags[geo.numpy()], h, w, scale)
-        out[geo] = _warp(x[geo], theta)
+        theta = _affine_matrices(list(names[geo_np]), mags[geo_np], h, w, scale)
+        out[geo] = _warp(x[geo], theta.to(dev, non_blocking=True))
     for op in ("Brightness", "Color", "Contrast", "Sharpness"):
         i = pick(op)
         if not len(i):
@@ -141,7 +148,7 @@ def apply_ops(
             mean = _gray(xi).floor().mean(dim=(1, 2, 3), keepdim=True)
             out[i] = _blend(xi, mean.expand_as(xi), f)
         else:
-            k = torch.ones(3, 3)
+            k = torch.ones(3, 3, device=dev)
             k[1, 1] = 5.0
             k = (k / k.sum()).expand(3, 1, 3, 3)
             blurred = F.conv2d(xi, k, groups=3).round_()

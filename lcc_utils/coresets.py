@@ -276,7 +276,7 @@ def target_training_seconds(ds: Any, split: Any, target: Mapping[str, Any], prox
         raise ValueError(f"target spec lacks {missing}; it needs {', '.join(TARGET_KEYS)}")
     rec = replace(training.get_recipe(target["recipe"]), batch_size=int(target["batch_size"]))
     loaders = data.make_loaders(ds, split, image_size=target["image_size"],
-                                batch_size=rec.batch_size, seed=seed, augment=rec.augment)
+                                batch_size=rec.batch_size, seed=seed, augment=rec.augment, device=device)
     net = models.create_model(target["model"], num_classes=len(ds.classes),
                               in_chans=ds.images.shape[-1], image_size=target["image_size"])
     t_target = t_proxy = 0.0
@@ -337,7 +337,7 @@ def score_dataset(
         "proxy_weights": weights.description if weights is not None else models.describe_weights(bool(pretrained))}
     t0 = time.perf_counter()
     loaders = data.make_loaders(ds, split, image_size=image_size, batch_size=batch_size, seed=seed,
-                                augment=augment)
+                                augment=augment, device=device)
     training.seed_everything(seed)
     model = models.create_model(scoring_model, num_classes=len(ds.classes),
                                 in_chans=ds.images.shape[-1], image_size=image_size,

@@ -735,11 +735,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # --------------------------------------------------------------------------- batches
-def _as_float(batch: np.ndarray) -> torch.Tensor:
-    """(B, H, W, C) array -> float32 (B, C, H, W) tensor scaled to reflectance / [0, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
-    scale = _DTYPE_SCALE.get(batch.dtype)
-    if batch.dtype == np.uint16:
+def _scaled(x: torch.Tensor, scale: float | None) -> torch.Tensor:
+    """Stored values (uint8, uint16 or their int32 copy, float) -> float32, divided by ``scale``."""
+    if x.dtype in (torch.uint16, torch.int32):
         x = x.to(torch.int32)
     x = x.float()
     return x / scale if scale else x
@@ -748,6 +746,7 @@ def _as_float(batch: np.ndarray) -> torch.Tensor:
 #: Largest augmentation size (px) at which our batched TrivialAugmentWide beats torchvision's
 #: per-image v2 transform on one CPU thread; above it the loader uses torchvision's. Measured
 #: by ``benchmarks/augment_speed.py`` (results in ``benchmarks/results/augment_speed.csv``).
+#: On a GPU (the device path of :class:`BatchLoader`) the batched op is used at every size.
 TAW_BATCHED_MAX_SIZE = 128
 
 #: Values of ``BatchLoader(augment=...)``.
@@ -755,6 +754,25 @@ AUGMENT_POLICIES = (False, True, "trivial", "dihedral")
 
 
 _TORCHVISION_TAW = _tv2.TrivialAugmentWide()
+
+#: Host dtype a batch is read into on the device path: torch has no arithmetic on uint16, so
+#: Sentinel-2 digital numbers travel as int32 (exact), as the CPU path converts them.
+_HOST_DTYPE = {np.dtype("uint8"): (torch.uint8, np.uint8), np.dtype("uint16"): (torch.int32, np.int32)}
+
+
+def loader_device(device: str | torch.device | None) -> torch.device | None:
+    """The device :func:`make_loaders` moves batches to: the training device when it is CUDA, else None.
+
+    None keeps the CPU path, which every committed run was made by: on the CPU there is no copy
+    to save, and the device path's one difference there (the batched TrivialAugmentWide above
+    :data:`TAW_BATCHED_MAX_SIZE` px) is slower on a CPU. ``"auto"`` means CUDA when present.
+    """
+    if device is None:
+        return None
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else None
+    dev = torch.device(device)
+    return dev if dev.type == "cuda" else None
 
 
 class BatchLoader:
@@ -773,6 +791,16 @@ class BatchLoader:
     (:mod:`lcc_utils.augment`), multispectral or float inputs the 8 flips/rotations only
     (colour ops are undefined for 13 reflectance bands); ``"dihedral"``: the 8
     flips/rotations for every input.
+
+    ``device``: None (the default, the **CPU path**) does all of the above on the CPU and yields
+    float32 CPU batches. A device (the **device path**, what :func:`make_loaders` chooses for a
+    CUDA training device) reads the stored uint8 (or int32 for uint16) pixels into pinned host
+    memory in a background thread, one batch ahead, copies them non-blocking, and runs the same
+    resize / augmentation / normalisation on that device, yielding channels-last float32 images
+    there (labels and indices stay on the CPU). The random draws are the CPU path's, in the same
+    order; only TrivialAugmentWide above :data:`TAW_BATCHED_MAX_SIZE` px is batched on a GPU
+    where the CPU path loops over torchvision's transform. With ``device="cpu"`` the device path
+    gives exactly the CPU path's batches (tested): it exists for the tests and the benchmark.
     """
 
     def __init__(
@@ -788,6 +816,7 @@ class BatchLoader:
         shuffle: bool = False,
         seed: int = 0,
         drop_last: bool = False,
+        device: str | torch.device | None = None,
     ) -> None:
         if images.ndim != 4:
             raise ValueError(f"images must be (N, H, W, C); got shape {images.shape}")
@@ -809,6 +838,12 @@ class BatchLoader:
                              f"{', '.join(repr(a) for a in AUGMENT_POLICIES if isinstance(a, str))}")
         self.augment = bool(augment)
         self._trivial = augment in (True, "trivial") and images.dtype == np.uint8 and nb == 3
+        self._scale = _DTYPE_SCALE.get(images.dtype)
+        self.device = None if device is None else torch.device(device)
+        if self.device is not None and self.mean is not None:
+            self._mean, self._std = self.mean.to(self.device), self.std.to(self.device)
+        else:
+            self._mean, self._std = self.mean, self.std
 
     @property
     def labels(self) -> np.ndarray:
@@ -823,21 +858,16 @@ class BatchLoader:
         n = len(self.indices)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def _augment(self, raw: np.ndarray | torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    def _augment(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Augment an NCHW batch: uint8 for TrivialAugmentWide, else float already scaled."""
         if self._trivial:
-            t = raw if isinstance(raw, torch.Tensor) else (
-                torch.from_numpy(np.ascontiguousarray(raw)).permute(0, 3, 1, 2))
-            if t.shape[-1] <= TAW_BATCHED_MAX_SIZE:
-                return trivial_augment_wide(t, rng, reference_size=self.image_size).float() / 255.0
+            if x.shape[-1] <= TAW_BATCHED_MAX_SIZE or x.device.type != "cpu":
+                return trivial_augment_wide(x, rng, reference_size=self.image_size).float() / 255.0
             # large images: torchvision's per-image transform is faster (see the benchmark);
             # it draws from torch's RNG, seeded here from ours so a run stays reproducible
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(rng.integers(2**31)))
-                return torch.stack([_TORCHVISION_TAW(img) for img in t]).float() / 255.0
-        if isinstance(raw, torch.Tensor):  # already shrunk: float, scaled like _as_float
-            x = raw.float() / 255.0 if raw.dtype == torch.uint8 else raw
-        else:
-            x = _as_float(raw)
+                return torch.stack([_TORCHVISION_TAW(img) for img in x]).float() / 255.0
         k = rng.integers(0, 4, len(x))
         flip = rng.integers(0, 2, len(x)).astype(bool)
         out = torch.empty_like(x)
@@ -846,32 +876,83 @@ class BatchLoader:
             out[i] = torch.flip(xi, dims=(2,)) if flip[i] else xi
         return out
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(self.indices) if self.shuffle else self.indices
-        for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            # sorted reads are much faster on a memmap; the batch order is restored after
-            srt = np.argsort(idx, kind="stable")
-            raw = np.empty((len(idx),) + self.images.shape[1:], dtype=self.images.dtype)
+    def _transform(self, raw: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Stored (B, H, W, C) pixels -> the model's float (B, C, H, W) batch, on ``raw``'s device."""
+        x = raw.permute(0, 3, 1, 2)  # a view: channels-last memory, as the CPU path always had
+        size = self.image_size
+        if self.augment and size is not None and size < x.shape[-1]:
+            # augment at the smaller size: shrink first (see the class docstring)
+            x = F.interpolate(_scaled(x, self._scale), size=(size, size), mode="bilinear",
+                              antialias=True, align_corners=False)
+            if self._trivial:
+                x = (x * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+            x = self._augment(x, rng)
+        elif self.augment:
+            x = self._augment(x if self._trivial else _scaled(x, self._scale), rng)
+        else:
+            x = _scaled(x, self._scale)
+        # Normalising before resizing is exact (bilinear weights sum to one) and, when
+        # upsampling 64 -> 224, 12x cheaper. Antialiasing only matters when downsampling.
+        if self._mean is not None:
+            x = (x - self._mean) / self._std
+        if self.image_size is not None and x.shape[-1] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                              antialias=self.image_size < x.shape[-1], align_corners=False)
+        return x
+
+    def _read(self, idx: np.ndarray) -> torch.Tensor:
+        """The stored pixels of ``idx`` as a (B, H, W, C) CPU tensor (pinned on the way to CUDA)."""
+        # sorted reads are much faster on a memmap; the batch order is restored after
+        srt = np.argsort(idx, kind="stable")
+        shape = (len(idx),) + self.images.shape[1:]
+        if self.device is None:
+            raw = np.empty(shape, dtype=self.images.dtype)
             raw[srt] = self.images[idx[srt]]
-            size = self.image_size
-            if self.augment and size is not None and size < raw.shape[1]:
-                # augment at the smaller size: shrink first (see the class docstring)
-                x = F.interpolate(_as_float(raw), size=(size, size), mode="bilinear",
-                                  antialias=True, align_corners=False)
-                if self._trivial:
-                    x = (x * 255.0).round_().clamp_(0, 255).to(torch.uint8)
-                x = self._augment(x, rng)
+            return torch.from_numpy(raw)
+        tdtype, ndtype = _HOST_DTYPE.get(self.images.dtype, (None, None))
+        if tdtype is None:  # float arrays (patch sets) travel as they are
+            tdtype = torch.from_numpy(self.images[:0]).dtype
+        # pinned buffers come from torch's caching host allocator, which does not hand one out
+        # again before the non-blocking copy that read it has finished
+        buf = torch.empty(shape, dtype=tdtype, pin_memory=self.device.type == "cuda")
+        buf.numpy()[srt] = self.images[idx[srt]]
+        return buf
+
+    def _read_ahead(self, rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        """The epoch's (stored pixels, indices), each read in a thread while the one before is used."""
+        order = rng.permutation(self.indices) if self.shuffle else self.indices
+        batches = [order[b * self.batch_size:(b + 1) * self.batch_size] for b in range(len(self))]
+        if self.device is None:
+            for idx in batches:
+                yield self._read(idx), idx
+            return
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ahead = pool.submit(self._read, batches[0]) if batches else None
+            for b, idx in enumerate(batches):
+                host = ahead.result()
+                if b + 1 < len(batches):
+                    ahead = pool.submit(self._read, batches[b + 1])
+                yield host, idx
+
+    def stored_batches(self) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        """This epoch's batches as stored, (B, H, W, C) uint8 (int32 for uint16), with their indices.
+
+        What the device path copies to the device, before any transform: on the device path read
+        ahead in a thread into pinned memory. The CPU work a GPU run asks of the loader
+        (``benchmarks/data_pipeline.py`` times it).
+        """
+        return self._read_ahead(np.random.default_rng([self.seed, self.epoch]))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        # One generator draws the permutation, then each batch's augmentation, in that order:
+        # both paths draw the same numbers (the device path reads in a thread, draws here).
+        rng = np.random.default_rng([self.seed, self.epoch])
+        for host, idx in self._read_ahead(rng):
+            if self.device is None:
+                x = self._transform(host, rng)
             else:
-                x = self._augment(raw, rng) if self.augment else _as_float(raw)
-            # Normalising before resizing is exact (bilinear weights sum to one) and, when
-            # upsampling 64 -> 224, 12x cheaper. Antialiasing only matters when downsampling.
-            if self.mean is not None:
-                x = (x - self.mean) / self.std
-            if self.image_size is not None and x.shape[-1] != self.image_size:
-                x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
-                                  antialias=self.image_size < x.shape[-1], align_corners=False)
+                x = self._transform(host.to(self.device, non_blocking=True), rng)
+                x = x.contiguous(memory_format=torch.channels_last)
             yield x, torch.from_numpy(self.all_labels[idx]), torch.from_numpy(idx)
 
 
@@ -907,13 +988,19 @@ def make_loaders(
     seed: int = 0,
     train_indices: np.ndarray | None = None,
     augment: bool | str = True,
+    device: str | torch.device | None = None,
 ) -> dict[str, BatchLoader]:
-    """Train (augmented, shuffled; optionally a coreset ``train_indices``), val and test loaders."""
+    """Train (augmented, shuffled; optionally a coreset ``train_indices``), val and test loaders.
+
+    ``device``: the training device. A CUDA device gets the device path of :class:`BatchLoader`
+    (uint8 batches pinned and copied non-blocking, augmented, resized and normalised on the GPU);
+    the CPU, and None, keep the CPU path (:func:`loader_device` says why).
+    """
     mean, std = normalization(ds, split)
     tr = split.train if train_indices is None else np.asarray(train_indices, dtype=np.int64)
     if train_indices is not None and not np.isin(tr, split.train).all():
         raise ValueError("train_indices must be a subset of the split's training part")
-    common = dict(image_size=image_size, mean=mean, std=std)
+    common = dict(image_size=image_size, mean=mean, std=std, device=loader_device(device))
     return {
         "train": BatchLoader(ds.images, ds.labels, tr, batch_size, augment=augment, shuffle=True,
                              seed=seed, **common),

@@ -356,7 +356,7 @@ def prepare_training(
         target=target, pretrained=bool(pretrained) and scoring_model == model,
         weights=bb if scoring_model == model else None)
     loaders = data.make_loaders(ds, split, image_size=image_size, batch_size=rec.batch_size,
-                                seed=seed, train_indices=train_idx, augment=rec.augment)
+                                seed=seed, train_indices=train_idx, augment=rec.augment, device=device)
     weights_path = bb.checkpoint if bb else resolve_path(weights) if weights not in (None, "") else None
     training.seed_everything(seed)
     # ds.bands: a weights file that names its bands has its first-conv kernels selected by name

@@ -84,3 +84,35 @@ def test_translation_is_rescaled_to_the_reference_size():
 def test_rejects_non_uint8():
     with pytest.raises(ValueError, match="uint8"):
         augment.apply_ops(torch.zeros(1, 3, 8, 8), np.array([0]), np.array([0.0]))
+
+
+def test_batched_matches_torchvision_in_distribution_above_the_cpu_threshold():
+    """Above TAW_BATCHED_MAX_SIZE the CPU path loops over torchvision's transform, the device path
+
+    batches: over a batch of structured images both must change the images alike (each op is
+    checked exactly above; here the draw of op, bin and sign, on 160-px images).
+    """
+    from scipy import stats
+    from torchvision.transforms import v2
+
+    g = torch.Generator().manual_seed(0)
+    n, size = 192, 160
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    base = torch.stack([xx * 255 / size, yy * 255 / size, ((xx + yy) % 64) * 4.0])
+    scale = torch.rand(n, 3, 1, 1, generator=g) * 0.8 + 0.2
+    offset = torch.randint(0, 40, (n, 3, 1, 1), generator=g)
+    imgs = (base * scale + offset).clamp(0, 255).to(torch.uint8)
+    ours = augment.trivial_augment_wide(imgs, np.random.default_rng(0))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        tv = v2.TrivialAugmentWide()
+        ref = torch.stack([tv(img) for img in imgs])
+    assert ours.dtype == torch.uint8 and ours.shape == imgs.shape
+
+    def change(out):  # mean absolute change per image, and the image's mean after
+        return (out.float() - imgs.float()).abs().mean(dim=(1, 2, 3)).numpy(), out.float().mean(dim=(1, 2, 3)).numpy()
+
+    (d_ours, m_ours), (d_ref, m_ref) = change(ours), change(ref)
+    assert stats.ks_2samp(d_ours, d_ref).pvalue > 0.05
+    assert stats.ks_2samp(m_ours, m_ref).pvalue > 0.05
+    assert abs((d_ours == 0).mean() - (d_ref == 0).mean()) < 0.1  # Identity and zero-magnitude draws

@@ -537,3 +537,61 @@ def test_large_images_use_torchvision_trivial_augment_reproducibly():
     state = torch.get_rng_state()
     next(iter(make()))
     assert torch.equal(state, torch.get_rng_state())  # training's own RNG stream is untouched
+
+
+@pytest.mark.parametrize("case", ["eurosat_to_224", "ucmerced_to_224", "ucmerced_to_32", "ms_uint16", "float_dihedral",
+                                  "no_augment"])
+def test_device_path_on_the_cpu_gives_the_cpu_paths_batches(case):
+    """The device path (uint8 read ahead, transformed where the batch lands) is the CPU path moved.
+
+    Run with ``device="cpu"`` it must give exactly the CPU path's batches: the same random draws in
+    the same order, the same ops; what differs on a GPU is only where they run (and, above
+    TAW_BATCHED_MAX_SIZE, the batched TrivialAugmentWide: see test_augment).
+    """
+    from lcc_utils.data import IMAGENET_MEAN, IMAGENET_STD, BatchLoader
+
+    rng = np.random.default_rng(0)
+    rgb = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    shape, kw = {
+        "eurosat_to_224": ((20, 64, 64, 3), dict(image_size=224, augment="trivial", **rgb)),
+        "ucmerced_to_224": ((20, 256, 256, 3), dict(image_size=224, augment="trivial", **rgb)),
+        "ucmerced_to_32": ((20, 256, 256, 3), dict(image_size=32, augment="trivial", **rgb)),
+        "ms_uint16": ((20, 16, 16, 13), dict(image_size=32, augment=True, mean=[0.1] * 13, std=[0.2] * 13)),
+        "float_dihedral": ((20, 16, 16, 4), dict(image_size=8, augment="dihedral")),
+        "no_augment": ((20, 64, 64, 3), dict(image_size=32, **rgb)),
+    }[case]
+    if case == "ms_uint16":
+        images = rng.integers(0, 12000, shape).astype(np.uint16)
+    elif case == "float_dihedral":
+        images = rng.normal(size=shape).astype(np.float32)
+    else:
+        images = rng.integers(0, 256, shape, dtype=np.uint8)
+    labels = np.arange(20) % 3
+    cpu = BatchLoader(images, labels, np.arange(20), 8, shuffle=True, seed=3, **kw)
+    dev = BatchLoader(images, labels, np.arange(20), 8, shuffle=True, seed=3, device="cpu", **kw)
+    assert cpu.device is None and dev.device == torch.device("cpu")
+    for epoch in (1, 2):
+        cpu.set_epoch(epoch)
+        dev.set_epoch(epoch)
+        batches = list(zip(cpu, dev, strict=True))
+        assert [len(a[0]) for a, _ in batches] == [8, 8, 4]
+        for (xa, ya, ia), (xb, yb, ib) in batches:
+            assert xb.dtype == torch.float32 and xb.shape == xa.shape == (len(ya), shape[-1], kw["image_size"],
+                                                                           kw["image_size"])
+            assert xb.is_contiguous(memory_format=torch.channels_last)
+            assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ia, ib)
+
+
+def test_make_loaders_takes_the_device_path_only_for_cuda(monkeypatch, synthetic_root, tmp_cache):
+    """The CPU keeps the CPU path (committed runs reproduce); a CUDA training device gets the device path."""
+    assert data.loader_device(None) is None and data.loader_device("cpu") is None
+    assert data.loader_device(torch.device("cpu")) is None
+    assert data.loader_device("cuda") == torch.device("cuda")
+    assert data.loader_device("cuda:1") == torch.device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert data.loader_device("auto") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert data.loader_device("auto") == torch.device("cuda")
+    ds = data.load_dataset("eurosat", synthetic_root)
+    loaders = data.make_loaders(ds, data.get_split(ds, seed=0), image_size=32, batch_size=8, device="cpu")
+    assert all(loader.device is None for loader in loaders.values())
