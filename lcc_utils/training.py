@@ -334,6 +334,238 @@ def _pinned_cpu_threads(fn: Callable) -> Callable:
     return wrapper
 
 
+@dataclass
+class TrainState:
+    """Where a run stands after an epoch: what ``last.pt`` keeps besides model and optimiser.
+
+    Attributes:
+        epoch: Last finished epoch (0 before the first).
+        step: Optimizer steps so far.
+        period: Training loss sum, correct and seen images since the last history row.
+        history: One row per validation (:data:`HISTORY_COLUMNS`).
+        correctness: Per epoch, whether each training image was right when presented.
+        true_margins: Per epoch, each training image's AUM margin when presented.
+        best_metric: Best monitored validation value so far.
+        best_epoch: Its epoch.
+        since_best: Validations without improvement, counted after the warm-up.
+        best_state: The kept model state (CPU tensors).
+        seconds_before: Training seconds of earlier sessions of a resumed run.
+        finished: The run ended (budget spent or stopped early).
+        stopped_early: The stop rule ended it before its budget.
+        resumed: This session continued a checkpoint.
+
+    """
+
+    epoch: int = 0
+    step: int = 0
+    period: list = field(default_factory=lambda: [0.0, 0, 0])
+    history: list[dict] = field(default_factory=list)
+    correctness: list[np.ndarray] = field(default_factory=list)
+    true_margins: list[np.ndarray] = field(default_factory=list)
+    best_metric: float = math.inf
+    best_epoch: int = 0
+    since_best: int = 0
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    seconds_before: float = 0.0
+    finished: bool = False
+    stopped_early: bool = False
+    resumed: bool = False
+
+
+@dataclass
+class Trainer:
+    """The fixed parts of one run: model, optimiser, schedule, loss, device and recipe."""
+
+    model: nn.Module
+    recipe: Recipe
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    device: torch.device
+
+
+def make_trainer(model: nn.Module, recipe: Recipe, device: torch.device, epochs: int, steps_per_epoch: int,
+                 total_steps: int, class_weight: torch.Tensor | None) -> Trainer:
+    """Move ``model`` to ``device`` (channels-last on CUDA) and build the recipe's optimiser and schedule."""
+    if device.type == "cpu":
+        # Same seed -> same result on the CPU; GPU kernels are not bitwise reproducible.
+        torch.use_deterministic_algorithms(True)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    optimizer = _make_optimizer(model, recipe)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_factor(recipe, epochs, steps_per_epoch, total_steps))
+    # bf16 needs no loss scaling; fp16 (GPUs without bf16) does
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
+    weight = None if class_weight is None else class_weight.to(device)
+    return Trainer(model, recipe, optimizer, scheduler, scaler, nn.CrossEntropyLoss(weight=weight), device)
+
+
+def training_step(t: Trainer, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch: bf16 autocast on CUDA, the recipe's L2 and clipping, the schedule.
+
+    ``y`` is on the device already. Returns the (detached) loss, L2 included, and the logits.
+    """
+    x = x.to(t.device, non_blocking=True)  # a no-op for the loader's device path
+    if t.device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    t.optimizer.zero_grad(set_to_none=True)
+    with _autocast(t.device):
+        logits = t.model(x)
+        loss = t.criterion(logits.float(), y)
+    if t.recipe.l2:
+        loss = loss + t.recipe.l2 * _l2_penalty(t.model)
+    t.scaler.scale(loss).backward()
+    if t.recipe.grad_clip:
+        t.scaler.unscale_(t.optimizer)
+        nn.utils.clip_grad_norm_(t.model.parameters(), t.recipe.grad_clip)
+    t.scaler.step(t.optimizer)
+    t.scaler.update()
+    t.scheduler.step()
+    return loss.detach(), logits.detach()
+
+
+def train_one_epoch(t: Trainer, loader: Any, state: TrainState, epoch: int, total_steps: int,
+                    record_correctness: bool = False) -> None:
+    """One pass over ``loader`` (or what is left of the step budget), accumulated into ``state``.
+
+    The running loss and accuracy stay on the device until the epoch ends: without per-sample
+    records (forgetting scores) a step never waits for the GPU. The sums are the ones Python
+    floats gave (float64, in the same order), so a CPU run is bit-identical to the former loop.
+    """
+    loader.set_epoch(epoch)
+    t.model.train()
+    train_idx = np.asarray(loader.indices, dtype=np.int64)
+    order = np.argsort(train_idx, kind="stable")
+    sorted_idx = train_idx[order]
+    seen = np.zeros(len(train_idx), dtype=bool) if record_correctness else None
+    seen_margin = np.zeros(len(train_idx), dtype=np.float32) if record_correctness else None
+    loss_sum = torch.tensor(float(state.period[0]), dtype=torch.float64, device=t.device)
+    correct = torch.tensor(int(state.period[1]), dtype=torch.int64, device=t.device)
+    images = int(state.period[2])
+    # the per-batch bar only in a terminal: nested bars move the cursor with ANSI escapes,
+    # which a notebook's stderr cannot render (the epoch bar shows progress there)
+    for x, y, idx in tqdm(loader, desc=f"epoch {epoch}", leave=False, unit="batch",
+                          mininterval=10, disable=not sys.stderr.isatty()):
+        if state.step >= total_steps:
+            break
+        y = y.to(t.device, non_blocking=True)
+        loss, logits = training_step(t, x, y)
+        state.step += 1
+        hit = logits.argmax(1) == y
+        if seen is not None:
+            pos = order[np.searchsorted(sorted_idx, idx.numpy())]
+            seen[pos] = hit.cpu().numpy()
+            with torch.no_grad():  # AUM: true-class logit minus the largest other logit
+                lg = logits.float()
+                true = lg.gather(1, y.view(-1, 1)).squeeze(1)
+                other = lg.scatter(1, y.view(-1, 1), float("-inf")).amax(1)
+                seen_margin[pos] = (true - other).cpu().numpy()
+        loss_sum += loss.double() * len(y)
+        correct += hit.sum()
+        images += len(y)
+    state.period = [float(loss_sum), int(correct), images]
+    if seen is not None:
+        state.correctness.append(seen)
+        state.true_margins.append(seen_margin)
+
+
+def validation_pass(t: Trainer, loader: Any, state: TrainState, epoch: int, started: float) -> dict:
+    """Validate, append the history row (training figures averaged since the last row) and return it.
+
+    ``started``: ``time.perf_counter()`` at the epoch's start (the row's seconds include validation).
+    """
+    val = evaluate(t.model, loader, t.device)
+    period = state.period
+    row = {
+        "epoch": epoch, "step": state.step, "lr": t.optimizer.param_groups[0]["lr"],
+        "train_loss": period[0] / period[2], "train_accuracy": period[1] / period[2],
+        "val_loss": val["loss"], "val_accuracy": val["accuracy"], "seconds": time.perf_counter() - started,
+    }
+    state.history.append(row)
+    state.period = [0.0, 0, 0]
+    return row
+
+
+def keep_best(t: Trainer, state: TrainState, row: dict, epoch: int, warm_end: int) -> bool:
+    """Keep the model if the monitored value improved; else count the validation against patience.
+
+    Patience only counts once the warm-up has ended (paper A: warm-up, then early stopping).
+    """
+    metric = row[t.recipe.monitor]
+    higher = t.recipe.monitor == "val_accuracy"
+    improved = metric > state.best_metric if higher else metric < state.best_metric
+    if improved:
+        state.best_metric, state.best_epoch, state.since_best = metric, epoch, 0
+        state.best_state = {k: v.detach().cpu().clone() for k, v in t.model.state_dict().items()}
+    elif epoch > warm_end:
+        state.since_best += 1
+    return improved
+
+
+def should_stop(recipe: Recipe, state: TrainState, last: bool) -> bool:
+    """The budget and stop rule: set ``state.finished`` (and ``stopped_early``); True when the run ends.
+
+    ``last``: the epoch or step budget is spent. Early stopping: ``patience`` validations without
+    improvement after the warm-up, unless the budget ended the run anyway.
+    """
+    state.stopped_early = recipe.patience is not None and state.since_best >= recipe.patience and not last
+    state.finished = state.stopped_early or last
+    return state.finished
+
+
+def save_checkpoints(t: Trainer, state: TrainState, run_dir: Path, improved: bool, k: int, fingerprint: dict,
+                     params: Mapping[str, Any] | None, seconds: float) -> None:
+    """Write ``best.pt`` (when improved), ``last.pt`` (everything a resume needs) and ``history.csv``."""
+    ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
+    if improved:
+        _atomic_torch_save({"model": state.best_state, "epoch": state.epoch, "metric": state.best_metric,
+                            "monitor": t.recipe.monitor, "num_classes": k,
+                            "params": dict(params or {})}, ckpt_dir / "best.pt")
+    _atomic_torch_save({
+        "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
+        "scheduler": t.scheduler.state_dict(), "scaler": t.scaler.state_dict(),
+        "epoch": state.epoch, "step": state.step, "period": state.period, "history": state.history,
+        "correctness": state.correctness, "true_margins": state.true_margins,
+        "best_metric": state.best_metric, "best_epoch": state.best_epoch, "since_best": state.since_best,
+        "seconds": seconds, "finished": state.finished, "stopped_early": state.stopped_early,
+        "rng": _rng_state(), "fingerprint": fingerprint, "params": dict(params or {}),
+        "num_classes": k,
+    }, ckpt_dir / "last.pt")
+    atomic_write(Path(run_dir) / "history.csv", _history_frame(state.history).to_csv(index=False))
+
+
+def resume_checkpoints(t: Trainer, run_dir: Path, fingerprint: dict, record_correctness: bool) -> TrainState:
+    """Restore model, optimiser, schedule, RNG states and the :class:`TrainState` from ``last.pt``."""
+    last_path = Path(run_dir) / CHECKPOINT_DIR / "last.pt"
+    ckpt = read_checkpoint(last_path)
+    if ckpt["fingerprint"] != fingerprint:
+        raise ValueError(
+            f"{last_path} belongs to a different run (recipe, epochs, seed or training "
+            "subset differ); use a new run_dir or delete that checkpoints folder"
+        )
+    t.model.load_state_dict(ckpt["model"])
+    t.optimizer.load_state_dict(ckpt["optimizer"])
+    t.scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("scaler"):
+        t.scaler.load_state_dict(ckpt["scaler"])
+    state = TrainState(
+        epoch=ckpt["epoch"], step=ckpt.get("step", 0), period=list(ckpt.get("period", [0.0, 0, 0])),
+        history=list(ckpt["history"]), correctness=[np.asarray(c) for c in ckpt["correctness"]],
+        true_margins=[np.asarray(c) for c in ckpt.get("true_margins", [])],
+        best_metric=ckpt["best_metric"], best_epoch=ckpt["best_epoch"], since_best=ckpt["since_best"],
+        seconds_before=ckpt["seconds"], finished=ckpt["finished"], stopped_early=ckpt["stopped_early"],
+        resumed=True)
+    if record_correctness and len(state.correctness) != len(state.history):
+        raise ValueError(f"{last_path} was trained without record_correctness: its per-epoch "
+                         "correctness cannot be completed; use a new run_dir")
+    _set_rng_state(ckpt["rng"])
+    state.best_state = read_checkpoint(last_path.parent / "best.pt")["model"]
+    return state
+
+
 @_pinned_cpu_threads
 def train(
     model: nn.Module,
@@ -357,6 +589,10 @@ def train(
     ``checkpoints/best.pt`` too. A run whose ``last.pt`` exists is resumed from it (on
     the CPU a resumed run ends with exactly the metrics of an uninterrupted one); a run
     that already finished is returned as stored, without training.
+
+    The loop reads as timm's and torchgeo's: :func:`train_one_epoch` (of
+    :func:`training_step`), :func:`validation_pass`, :func:`keep_best` and :func:`should_stop`
+    (the budget and stop rule), :func:`save_checkpoints` / :func:`resume_checkpoints`.
 
     Args:
         model: Any classifier from :func:`lcc_utils.models.create_model`.
@@ -409,184 +645,60 @@ def train(
     total_steps = steps if steps is not None else epochs * steps_per_epoch
     warm_end = warmup_end_epoch(recipe, epochs, steps_per_epoch, total_steps)
     fingerprint = _fingerprint(recipe, epochs, seed, train_idx, steps, val_every)
-    higher = recipe.monitor == "val_accuracy"
-
-    ckpt_dir = last_path = best_path = None
     if run_dir is not None:
-        ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+        (Path(run_dir) / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
 
-    if dev.type == "cpu":
-        # Same seed -> same result on the CPU; GPU kernels are not bitwise reproducible.
-        torch.use_deterministic_algorithms(True)
-    model.to(dev)
-    if dev.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-
-    optimizer = _make_optimizer(model, recipe)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_factor(recipe, epochs, steps_per_epoch, total_steps))
-    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda"
-                                  and not torch.cuda.is_bf16_supported())
-    weight = class_weights(train_loader.labels, k).to(dev) if recipe.class_weighted else None
-    criterion = nn.CrossEntropyLoss(weight=weight)
-
-    history: list[dict] = []
-    correctness: list[np.ndarray] = []
-    true_margins: list[np.ndarray] = []
-    best_metric, best_epoch, since_best, start_epoch = -math.inf if higher else math.inf, 0, 0, 1
-    step, period = 0, [0.0, 0, 0]  # optimizer steps so far; loss sum, correct, seen since last row
-    seconds_before, resumed, finished, stopped_early = 0.0, False, False, False
-    best_state: dict[str, torch.Tensor] = {}
-
-    if last_path is not None and last_path.exists():
-        ckpt = read_checkpoint(last_path)
-        if ckpt["fingerprint"] != fingerprint:
-            raise ValueError(
-                f"{last_path} belongs to a different run (recipe, epochs, seed or training "
-                "subset differ); use a new run_dir or delete that checkpoints folder"
-            )
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        history = list(ckpt["history"])
-        correctness = [np.asarray(c) for c in ckpt["correctness"]]
-        true_margins = [np.asarray(c) for c in ckpt.get("true_margins", [])]
-        if record_correctness and len(correctness) != len(history):
-            raise ValueError(f"{last_path} was trained without record_correctness: its per-epoch "
-                             "correctness cannot be completed; use a new run_dir")
-        best_metric, best_epoch = ckpt["best_metric"], ckpt["best_epoch"]
-        since_best, seconds_before = ckpt["since_best"], ckpt["seconds"]
-        finished, stopped_early = ckpt["finished"], ckpt["stopped_early"]
-        start_epoch = ckpt["epoch"] + 1
-        step, period = ckpt.get("step", 0), list(ckpt.get("period", [0.0, 0, 0]))
-        _set_rng_state(ckpt["rng"])
-        best_state = read_checkpoint(best_path)["model"]
-        resumed = True
+    weight = class_weights(train_loader.labels, k) if recipe.class_weighted else None
+    t = make_trainer(model, recipe, dev, epochs, steps_per_epoch, total_steps, weight)
+    if run_dir is not None and (Path(run_dir) / CHECKPOINT_DIR / "last.pt").exists():
+        state = resume_checkpoints(t, Path(run_dir), fingerprint, record_correctness)
     else:
+        state = TrainState(best_metric=-math.inf if recipe.monitor == "val_accuracy" else math.inf)
         seed_everything(seed)
 
-    order = np.argsort(train_idx, kind="stable")
-    sorted_idx = train_idx[order]
     t_session, elapsed = time.perf_counter(), 0.0
     # advanced by hand after each epoch: a bar iterated over stops one short when the loop breaks
     # on its last epoch (``50% 1/2`` after both epochs ran)
-    epoch_bar = tqdm(desc=f"train {recipe.name}", unit="epoch", initial=start_epoch - 1, total=epochs,
-                     disable=finished)
-    for epoch in range(start_epoch, epochs + 1):
-        if finished:
+    epoch_bar = tqdm(desc=f"train {recipe.name}", unit="epoch", initial=state.epoch, total=epochs,
+                     disable=state.finished)
+    for epoch in range(state.epoch + 1, epochs + 1):
+        if state.finished:
             break
         t0 = time.perf_counter()
-        train_loader.set_epoch(epoch)
-        model.train()
-        seen = np.zeros(len(train_idx), dtype=bool) if record_correctness else None
-        seen_margin = np.zeros(len(train_idx), dtype=np.float32) if record_correctness else None
-        # the per-batch bar only in a terminal: nested bars move the cursor with ANSI escapes,
-        # which a notebook's stderr cannot render (the epoch bar shows progress there)
-        for x, y, idx in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, unit="batch",
-                              mininterval=10, disable=not sys.stderr.isatty()):
-            if step >= total_steps:
-                break
-            x = x.to(dev, non_blocking=True)
-            if dev.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = y.to(dev, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            with _autocast(dev):
-                logits = model(x)
-                loss = criterion(logits.float(), y)
-            if recipe.l2:
-                loss = loss + recipe.l2 * _l2_penalty(model)
-            scaler.scale(loss).backward()
-            if recipe.grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            hit = (logits.argmax(1) == y).cpu().numpy()
-            if seen is not None:
-                pos = order[np.searchsorted(sorted_idx, idx.numpy())]
-                seen[pos] = hit
-                with torch.no_grad():  # AUM: true-class logit minus the largest other logit
-                    lg = logits.detach().float()
-                    true = lg.gather(1, y.view(-1, 1)).squeeze(1)
-                    other = lg.scatter(1, y.view(-1, 1), float("-inf")).amax(1)
-                    seen_margin[pos] = (true - other).cpu().numpy()
-            period[0] += float(loss.detach()) * len(y)
-            period[1] += int(hit.sum())
-            period[2] += len(y)
-        if seen is not None:
-            correctness.append(seen)
-            true_margins.append(seen_margin)
-        last = epoch == epochs or step >= total_steps
-        validate = last or epoch % val_every == 0
+        train_one_epoch(t, train_loader, state, epoch, total_steps, record_correctness)
+        state.epoch = epoch
+        last = epoch == epochs or state.step >= total_steps
         row, improved = None, False
-        if validate:
-            val = evaluate(model, val_loader, dev)
-            row = {
-                "epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"],
-                "train_loss": period[0] / period[2], "train_accuracy": period[1] / period[2],
-                "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                "seconds": time.perf_counter() - t0,
-            }
-            history.append(row)
-            period = [0.0, 0, 0]
-            metric = row[recipe.monitor]
-            improved = metric > best_metric if higher else metric < best_metric
-            if improved:
-                best_metric, best_epoch, since_best = metric, epoch, 0
-                best_state = {k_: v.detach().cpu().clone() for k_, v in model.state_dict().items()}
-            elif epoch > warm_end:  # patience only counts once the warm-up has ended
-                since_best += 1
-            epoch_bar.set_postfix(val_acc=f"{val['accuracy']:.3f}", best=best_epoch)
+        if last or epoch % val_every == 0:
+            row = validation_pass(t, val_loader, state, epoch, started=t0)
+            improved = keep_best(t, state, row, epoch, warm_end)
+            epoch_bar.set_postfix(val_acc=f"{row['val_accuracy']:.3f}", best=state.best_epoch)
         elapsed = time.perf_counter() - t_session
-        stopped_early = (recipe.patience is not None and since_best >= recipe.patience
-                         and not last)
-        finished = stopped_early or last
-        if ckpt_dir is not None:
-            if improved:
-                _atomic_torch_save({"model": best_state, "epoch": epoch, "metric": best_metric,
-                                    "monitor": recipe.monitor, "num_classes": k,
-                                    "params": dict(params or {})}, best_path)
-            _atomic_torch_save({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "epoch": epoch, "step": step, "period": period, "history": history,
-                "correctness": correctness, "true_margins": true_margins,
-                "best_metric": best_metric, "best_epoch": best_epoch, "since_best": since_best,
-                "seconds": seconds_before + elapsed, "finished": finished, "stopped_early": stopped_early,
-                "rng": _rng_state(), "fingerprint": fingerprint, "params": dict(params or {}),
-                "num_classes": k,
-            }, last_path)
-            atomic_write(Path(run_dir) / "history.csv", _history_frame(history).to_csv(index=False))
+        should_stop(recipe, state, last)
+        if run_dir is not None:
+            save_checkpoints(t, state, Path(run_dir), improved, k, fingerprint, params, state.seconds_before + elapsed)
         if on_epoch_end is not None and row is not None:
             on_epoch_end(epoch, row)
         epoch_bar.update(1)
-        if stopped_early:  # a finished run, not an aborted one: the final line says so (100 % of what ran)
+        if state.stopped_early:  # a finished run, not an aborted one: the final line says so (100 % of what ran)
             epoch_bar.total = epoch
-            epoch_bar.set_postfix(val_acc=f"{val['accuracy']:.3f}" if row else "-", best=best_epoch,
+            epoch_bar.set_postfix(val_acc=f"{row['val_accuracy']:.3f}" if row else "-", best=state.best_epoch,
                                   stopped=f"early at {epoch}/{epochs} (patience {recipe.patience})")
-        if finished:
+        if state.finished:
             break
     epoch_bar.close()
 
-    seconds = seconds_before + elapsed
-    extra: dict[str, Any] = {"steps": step, "warmup_end_epoch": warm_end, "epochs_planned": epochs}
+    extra: dict[str, Any] = {"steps": state.step, "warmup_end_epoch": warm_end, "epochs_planned": epochs}
     if record_correctness:  # coreset scoring wants the final weights too (margins)
         extra["final_state"] = {k_: v.detach().cpu().clone() for k_, v in model.state_dict().items()}
-        extra["true_margins"] = np.stack(true_margins) if true_margins else None
-    model.load_state_dict(best_state)
+        extra["true_margins"] = np.stack(state.true_margins) if state.true_margins else None
+    model.load_state_dict(state.best_state)
     return TrainResult(
-        history=_history_frame(history), best_epoch=best_epoch, best_metric=float(best_metric),
-        best_state=best_state, stopped_early=stopped_early, seconds=float(seconds),
-        device=str(dev),
-        correctness=np.stack(correctness) if record_correctness and correctness else None,
-        correctness_indices=train_idx if record_correctness else None, resumed=resumed,
+        history=_history_frame(state.history), best_epoch=state.best_epoch, best_metric=float(state.best_metric),
+        best_state=state.best_state, stopped_early=state.stopped_early,
+        seconds=float(state.seconds_before + elapsed), device=str(dev),
+        correctness=np.stack(state.correctness) if record_correctness and state.correctness else None,
+        correctness_indices=train_idx if record_correctness else None, resumed=state.resumed,
         extra=extra,
     )
 
