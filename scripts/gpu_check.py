@@ -3,8 +3,10 @@
 Two segments, no network and no pretrained weights (random initialisation throughout):
 
 1. **throughput**: ``--steps`` optimizer steps of ConvNeXt-T on UC Merced's training split
-   through the study's own loader (:class:`lcc_utils.data.BatchLoader`, TrivialAugmentWide) and
-   the recipe's optimizer, AMP and channels_last (:func:`lcc_utils.training.train`'s settings);
+   through the study's own loader (:func:`lcc_utils.data.make_loaders`: on CUDA its device path,
+   uint8 batches pinned and copied non-blocking, TrivialAugmentWide, resize and normalisation on
+   the GPU) and the training loop's own step (:func:`lcc_utils.training.training_step`: the
+   recipe's optimizer and loss, bf16 autocast, channels_last);
 2. **table1**: a slice of paper A's Table 1 made by the code of notebook 04
    (:func:`lcc_utils.paper_a.prepare_training` + :func:`lcc_utils.training.train`): UC Merced,
    random / forgetting / margin coresets at 5 % and 10 % (scores by ConvNeXt-T itself as the
@@ -142,20 +144,24 @@ def _reset_peak(device: torch.device) -> None:
 def throughput_segment(ds, split, image_size: int, steps: int, warmup: int, device: torch.device) -> dict:
     """``steps`` timed optimizer steps of ConvNeXt-T under recipe paper_a (after ``warmup``)."""
     rec = training.get_recipe("paper_a")
+    # the study's loaders for this device: on CUDA the device path (uint8 pinned, non-blocking
+    # copies, TrivialAugmentWide / resize / normalisation on the GPU), on the CPU the CPU path
     loader = data.make_loaders(ds, split, image_size=image_size, batch_size=rec.batch_size, seed=0,
-                               augment=rec.augment)["train"]
+                               augment=rec.augment, device=device)["train"]
     training.seed_everything(0)
     net = models.create_model(MODEL, num_classes=len(ds.classes), in_chans=3, pretrained=False,
-                              image_size=image_size).to(device)
-    amp = device.type == "cuda"
-    if amp:
-        net = net.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(net.parameters(), lr=rec.lr, weight_decay=rec.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    loss_fn = torch.nn.CrossEntropyLoss()
+                              image_size=image_size)
+    # the training loop's own parts: channels-last, bf16 autocast, the recipe's loss, clipping, schedule
+    trainer = training.make_trainer(net, rec, device, epochs=rec.max_epochs, steps_per_epoch=len(loader),
+                                    total_steps=rec.max_epochs * len(loader),
+                                    class_weight=training.class_weights(loader.labels, len(ds.classes)))
+    net.train()
 
     def batches():
+        epoch = 0
         while True:
+            epoch += 1
+            loader.set_epoch(epoch)
             yield from loader
 
     it, stall, done = batches(), 0.0, 0
@@ -168,18 +174,7 @@ def throughput_segment(ds, split, image_size: int, steps: int, warmup: int, devi
             w = time.perf_counter()
             x, y, _ = next(it)
             stall += time.perf_counter() - w
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
-            if amp:
-                x = x.contiguous(memory_format=torch.channels_last)
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, enabled=amp):
-                loss = loss_fn(net(x), y)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(net.parameters(), rec.grad_clip)
-            scaler.step(opt)
-            scaler.update()
+            training.training_step(trainer, x, y.to(device, non_blocking=True))
             done += len(y) if i >= warmup else 0
         _sync(device)
         seconds = time.perf_counter() - t0
