@@ -1,11 +1,32 @@
 """Data-pipeline throughput: lcc's decode-once BatchLoader vs ImageFolder + PIL + DataLoader.
 
-Both pipelines produce one training epoch's worth of batches with the paper-A transforms
-(resize, TrivialAugmentWide, normalisation) from the real EuroSAT RGB tree; no model runs.
-The ratio of images/s (ours / baseline) is the result: absolute numbers depend on the machine.
+Every pipeline yields one training epoch's batches of the same seeded subset of EuroSAT RGB's
+training split (the real tree); no model runs. The ratio of images/s (ours / baseline) in the
+same run is the result: absolute numbers depend on the machine and on its other load.
 
-Usage: python benchmarks/data_pipeline.py [--data-dir ../shared/data] [--image-size 224]
-       [--images 4096] [--batch-size 64] [--workers 2]
+What each side delivers, per image:
+
+* **baseline** (``ImageFolder`` + PIL + ``DataLoader``, 0 or 2 worker processes): decode the
+  JPEG, resize to the model's size, TrivialAugmentWide, float, normalise: a float32
+  (B, 3, S, S) batch ready for the model.
+* **lcc CPU path** (:class:`lcc_utils.data.BatchLoader`, ``device=None``, what a CPU run
+  trains on): the same float32 batch, the same transforms (TrivialAugmentWide batched, at the
+  smaller of stored and model size), from the decode-once memmap. Equal work but the decode.
+* **lcc device path, CPU side** (``BatchLoader(device=...)``, what a CUDA run gets from
+  :func:`lcc_utils.data.make_loaders`): the stored uint8 (B, 64, 64, 3) batch, read one batch
+  ahead in a thread (into pinned memory on a CUDA machine). Resize, TrivialAugmentWide and
+  normalisation are deferred to the GPU, so this row is the CPU's share of a GPU run, not
+  equal work: on a CPU-only machine that work moves into the training step, and the CPU-path
+  row is the ratio to read.
+
+Threads: training pins torch to ``training.CPU_TRAIN_THREADS`` (1) threads, and DataLoader
+workers run one thread each, so every pipeline here runs on one torch thread; one extra row
+runs the CPU path at torch's default thread count. On a 2-core machine with one core busy
+elsewhere, that pool of 2 threads waits at every op for the thread whose core is taken: that
+row is the "64 px regression" of issue 25 (2.26x where a quiet machine gave 3.44x).
+
+Usage: python benchmarks/data_pipeline.py [--data-dir ../shared/data] [--image-sizes 64 224]
+       [--images 4096] [--batch-size 64] [--workers 0 2] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -22,7 +43,10 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from lcc_utils import data
+from lcc_utils import data, training
+
+COLUMNS = ["image_size", "pipeline", "delivers", "torch_threads", "images_per_s", "lcc_cpu_path_vs_this",
+           "lcc_device_path_cpu_side_vs_this"]
 
 
 def baseline_loader(root: Path, indices: np.ndarray, image_size: int, batch_size: int, workers: int):
@@ -34,15 +58,30 @@ def baseline_loader(root: Path, indices: np.ndarray, image_size: int, batch_size
                       persistent_workers=False)
 
 
-def timed(loader, repeats: int = 1) -> tuple[int, float]:
+class StoredBatches:
+    """An epoch of the device path's CPU side: the stored uint8 batches, read ahead in a thread."""
+
+    def __init__(self, loader: data.BatchLoader):
+        self.loader = loader
+
+    def __iter__(self):
+        return self.loader.stored_batches()
+
+
+def timed(loader, repeats: int, threads: int) -> tuple[int, float]:
     """Images and seconds of the fastest of ``repeats`` epochs (the least disturbed by other load)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
     best = None
-    for _ in range(repeats):
-        n, t0 = 0, time.perf_counter()
-        for batch in loader:
-            n += len(batch[0])
-        dt = time.perf_counter() - t0
-        best = (n, dt) if best is None or dt < best[1] else best
+    try:
+        for _ in range(repeats):
+            n, t0 = 0, time.perf_counter()
+            for batch in loader:
+                n += len(batch[0])
+            dt = time.perf_counter() - t0
+            best = (n, dt) if best is None or dt < best[1] else best
+    finally:
+        torch.set_num_threads(previous)
     return best
 
 
@@ -58,38 +97,56 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "data_pipeline.csv"))
     args = ap.parse_args()
     torch.manual_seed(0)
+    one, default_threads = training.CPU_TRAIN_THREADS, torch.get_num_threads()
 
     ds = data.load_dataset("eurosat", args.data_dir)
     split = data.get_split(ds, seed=0)
     idx = np.sort(np.random.default_rng(0).choice(split.train, size=min(args.images, len(split.train)),
                                                   replace=False))
-    print(f"EuroSAT RGB, {len(idx)} training images per epoch, TrivialAugmentWide + resize + normalise, "
-          f"batch {args.batch_size}, torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, "
-          f"load average before {os.getloadavg()[0]:.2f}")
+    load = os.getloadavg()[0]
+    print(f"EuroSAT RGB, {len(idx)} training images per epoch, batch {args.batch_size}, best of {args.repeats}; "
+          f"{os.cpu_count()} CPUs, torch default threads {default_threads}, load average before {load:.2f}")
     rows = []
+    h, w = ds.images.shape[1:3]
     for size in args.image_sizes:
-        ours = data.BatchLoader(ds.images, ds.labels, idx, args.batch_size, image_size=size, augment=True,
-                                mean=data.IMAGENET_MEAN, std=data.IMAGENET_STD, shuffle=True, seed=0)
-        n, s = timed(ours, args.repeats)
-        base_rows = []
-        for w in args.workers:
-            bn, bs = timed(baseline_loader(ds.root, idx, size, args.batch_size, w), args.repeats)
-            base_rows.append({"image_size": size, "pipeline": f"ImageFolder+PIL DataLoader, {w} workers",
-                              "images_per_s": round(bn / bs, 1)})
-        ours_row = {"image_size": size, "pipeline": "lcc BatchLoader (decode-once memmap)",
-                    "images_per_s": round(n / s, 1)}
-        for r in base_rows:
-            r["lcc_ratio_vs_this"] = round(ours_row["images_per_s"] / r["images_per_s"], 2)
-        rows += base_rows + [ours_row]
-        print(f"  {size:>3} px: lcc {ours_row['images_per_s']:>8.1f} img/s; "
-              + "; ".join(f"{r['pipeline'].split(', ')[1]}: {r['images_per_s']:.1f} img/s "
-                          f"(ratio {r['lcc_ratio_vs_this']:.2f}x)" for r in base_rows))
+        common = dict(image_size=size, augment=True, mean=data.IMAGENET_MEAN, std=data.IMAGENET_STD,
+                      shuffle=True, seed=0)
+        cpu_path = data.BatchLoader(ds.images, ds.labels, idx, args.batch_size, **common)
+        device_path = data.BatchLoader(ds.images, ds.labels, idx, args.batch_size, device="cpu", **common)
+        float_batch = f"float32 (B, 3, {size}, {size}), augmented, normalised"
+        runs = [(f"ImageFolder+PIL DataLoader, {w} workers", float_batch + " (JPEG decoded per image)", one,
+                 baseline_loader(ds.root, idx, size, args.batch_size, w)) for w in args.workers]
+        runs += [("lcc BatchLoader, CPU path", float_batch, one, cpu_path),
+                 ("lcc BatchLoader, CPU path, torch default threads", float_batch, default_threads, cpu_path),
+                 ("lcc BatchLoader, device path, CPU side", f"uint8 (B, {h}, {w}, 3) stored pixels; resize, "
+                  "augmentation, normalisation deferred to the device", one, StoredBatches(device_path))]
+        size_rows = []
+        for name, delivers, threads, loader in runs:
+            n, s = timed(loader, args.repeats, threads)
+            size_rows.append({"image_size": size, "pipeline": name, "delivers": delivers, "torch_threads": threads,
+                              "images_per_s": round(n / s, 1)})
+            print(f"  {size:>3} px  {name:<50} {n / s:>9.1f} img/s", flush=True)
+        ours = {r["pipeline"]: r["images_per_s"] for r in size_rows}
+        for r in size_rows:
+            r["lcc_cpu_path_vs_this"] = round(ours["lcc BatchLoader, CPU path"] / r["images_per_s"], 2)
+            r["lcc_device_path_cpu_side_vs_this"] = round(
+                ours["lcc BatchLoader, device path, CPU side"] / r["images_per_s"], 2)
+        rows += size_rows
+    machine = (f"{os.cpu_count()} CPUs, torch default threads {default_threads}, load average "
+               f"{load:.2f} before and {os.getloadavg()[0]:.2f} after; {len(idx)} images per epoch, batch "
+               f"{args.batch_size}, best of {args.repeats} epochs")
+    print(machine)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["image_size", "pipeline", "images_per_s", "lcc_ratio_vs_this"])
-        w.writeheader()
-        w.writerows(rows)
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [f"# {Path(__file__).name}: {machine}", "", "| " + " | ".join(COLUMNS) + " |",
+             "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out} and {out.with_suffix('.md').name}")
 
 
 if __name__ == "__main__":
