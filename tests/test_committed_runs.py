@@ -5,6 +5,8 @@ under a broken protocol cannot be committed without a test failing.
 """
 
 import json
+import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +121,51 @@ def test_committed_executed_notebooks_are_readable_and_show_their_figures():
     bad = {str(p.relative_to(project_root())): found for p in books
            if (found := [f for f in problems(p) if "progress bar" not in f])}
     assert not bad, "\n".join(f"{k}: {'; '.join(v[:4])}" for k, v in sorted(bad.items()))
+
+
+#: A path of the machine that wrote a file: a Unix home, scratch or mount root, a macOS home or
+#: temporary folder, a Windows drive (``C:\\`` raw, ``C:\\\\`` as JSON writes it).
+MACHINE_PATH = re.compile(r"(?<![\w.~])/(work|tmp|home|root|Users|var/folders)/|(?<!\w)[A-Z]:\\")
+#: The text files a run or a published figure may come with (images and PDFs are not read).
+TEXT_SUFFIXES = {".json", ".csv", ".ipynb", ".md", ".qml", ".xml", ".txt", ".tsv", ".yaml", ".yml"}
+
+
+def tracked_text_files(*folders: str) -> list[Path]:
+    """The text files git tracks under ``folders`` of the project (every such file without git)."""
+    root = project_root()
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", *folders], cwd=root, capture_output=True, check=True)
+        files = [root / p for p in out.stdout.decode().split("\0") if p]
+    except (OSError, subprocess.CalledProcessError):
+        files = [p for f in folders for p in (root / f).rglob("*") if p.is_file()]
+    return sorted(p for p in files if p.suffix.lower() in TEXT_SUFFIXES)
+
+
+def test_no_committed_run_or_figure_file_names_a_machine_path():
+    """Locations are recorded as ``../shared/data``, ``cache/...``, ``runs/...`` or ``data:...``, never absolute.
+
+    Covers every tracked text file under ``runs/`` and ``figures/`` (params, metrics, reports,
+    tables, executed notebooks with their outputs, QGIS styles): a clone on another machine must
+    not read the paths of the one that made the run.
+    """
+    files = tracked_text_files("runs", "figures")
+    assert len(files) > 500, f"only {len(files)} tracked text files under runs/ and figures/"
+    found = [f"{p.relative_to(project_root())}:{i}: {m.group(0)!r} in {line.strip()[:100]}"
+             for p in files for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1)
+             if (m := MACHINE_PATH.search(line))]
+    assert not found, (f"{len(found)} machine path(s) in committed files (rewrite them as the code "
+                       "does today; scripts/migrate_machine_paths.py):\n" + "\n".join(found[:30]))
+
+
+@pytest.mark.parametrize("line", ['"data_dir": "/work/shared/data"', '"path": "/home/me/lcc/runs/x/map.tif"',
+                                  '"scores_file": "/tmp/cache/s.npz"', 'SOURCE=C:\\\\data\\\\x.tif',
+                                  "D:\\lcc\\runs", '"/Users/me/lcc"'])
+def test_the_machine_path_scan_catches_each_kind(line):
+    assert MACHINE_PATH.search(line), line
+
+
+@pytest.mark.parametrize("line", ['"data_dir": "../shared/data"', '"path": "runs/mapping/x/map.tif"',
+                                  '"scores_file": "cache/coreset_scores/s.npz"', '"scene": "data:sentinel2-l2a/S2A"',
+                                  'print("OA:\\n")', '"see docs/work/notes"'])
+def test_the_machine_path_scan_passes_portable_paths(line):
+    assert not MACHINE_PATH.search(line), line
