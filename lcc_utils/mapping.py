@@ -610,7 +610,8 @@ def ndvi_threshold_map(
             dst.write(np.stack([cls_px, nd_px]), window=win)
             counts += np.bincount(cls_px.ravel(), minlength=256)
         dst.update_tags(CLASSES=json.dumps(dict(enumerate(classes))), MODE="ndvi_threshold",
-                        NDVI_THRESHOLD=repr(float(threshold)), PATCH_SIZE=ps_, STRIDE=st, SOURCE=str(product.path))
+                        NDVI_THRESHOLD=repr(float(threshold)), PATCH_SIZE=ps_, STRIDE=st,
+                        SOURCE=data_relative(product.path))  # data:<rel>: no machine path in a tag
     return {"path": str(out_path), "threshold": float(threshold), "seconds": time.perf_counter() - t0,
             "masked_pixels": int(counts[MAP_NODATA]),
             "class_pixels": {c: int(counts[k]) for k, c in enumerate(classes)}}

@@ -46,7 +46,16 @@ import pandas as pd
 
 from . import __version__
 from .files import json_parses, read_json
-from .paths import atomic_path, atomic_write, cache_dir, data_relative, project_root, resolve_path, runs_root
+from .paths import (
+    atomic_path,
+    atomic_write,
+    cache_dir,
+    data_relative,
+    project_root,
+    resolve_data_dir,
+    resolve_path,
+    runs_root,
+)
 
 #: Parameters that say *where* things are, not *what* is computed: left out of the hash.
 LOCATION_PARAMS = ("data_dir",)
@@ -502,7 +511,7 @@ class Run:
         are not compared (:data:`NOT_COMPARED`).
         """
         p = self.dir / "metrics.json"
-        new = json.loads(json.dumps(_jsonable(metrics)))
+        new = json.loads(json.dumps(machine_free(_jsonable(metrics))))  # a path as runs/..., cache/..., data:...
         if run_finished(self.dir):
             old, now = read_run_json(self.dir, "metrics.json"), new
             differ = sorted(k for k in old.keys() | now.keys()
@@ -540,19 +549,35 @@ class NotebookParams(dict):
         self.stage = notebook_stage(notebook)
 
 
+def portable_data_dir(data_dir: Any) -> Any:
+    """A data root as a run records it: named without the machine wherever the project can.
+
+    A root beside or inside the project (the team's and CI's ``../shared/data``, ``data/``) as
+    a path relative to the project root, which :func:`lcc_utils.paths.resolve_data_dir` resolves
+    the same way on every clone; the root the default resolution finds anyway (``LCC_DATA_DIR``)
+    as ``""``, the notebooks' "default data root". Any other absolute root (``--data-dir
+    /elsewhere``, a test's synthetic tree) stays as given: it is the only way a later session on
+    that machine finds the data again to rebuild the run. Never hashed (:data:`LOCATION_PARAMS`).
+    """
+    if not isinstance(data_dir, str | os.PathLike) or not os.path.isabs(data_dir):
+        return data_dir
+    here, d = project_root().resolve(), Path(data_dir).resolve()
+    if d.is_relative_to(here.parent):
+        return os.path.relpath(d, here)
+    if d == resolve_data_dir(None).resolve():
+        return ""
+    return str(data_dir)
+
+
 def _recorded_params(params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` as ``params.json`` records them: a data root beside the project as a relative path.
+    """``params`` as ``params.json`` records them: the data root by :func:`portable_data_dir`.
 
     The study resolves ``data_dir`` to an absolute path; recorded relative to the project
-    (``../shared/data``, which :func:`lcc_utils.paths.resolve_data_dir` resolves the same way) it
-    names no machine. A root elsewhere stays as given (it is a location, not in the hash).
+    (``../shared/data``) or as the default root (``""``) it names no machine.
     """
     out = _jsonable(params)
-    d = out.get("data_dir")
-    if isinstance(d, str) and os.path.isabs(d):
-        here = project_root().resolve()
-        if Path(d).resolve().is_relative_to(here.parent):
-            out["data_dir"] = os.path.relpath(Path(d).resolve(), here)
+    if "data_dir" in out:
+        out["data_dir"] = portable_data_dir(out["data_dir"])
     return out
 
 

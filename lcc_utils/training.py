@@ -31,7 +31,7 @@ from lcc_utils.inference import mixed_precision as _autocast
 from lcc_utils.inference import predict, resolve_device
 from lcc_utils.paths import atomic_path, atomic_write
 from lcc_utils.progress import tqdm
-from lcc_utils.runs import params_hash, read_run_json
+from lcc_utils.runs import params_hash, portable_data_dir, read_run_json
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -275,6 +275,14 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _embedded(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The run parameters a checkpoint embeds: the data root named as ``params.json`` names it."""
+    out = dict(params or {})
+    if "data_dir" in out:
+        out["data_dir"] = portable_data_dir(out["data_dir"])
+    return out
 
 
 def _fingerprint(recipe: Recipe, epochs: int, seed: int, train_indices: np.ndarray,
@@ -523,7 +531,7 @@ def save_checkpoints(t: Trainer, state: TrainState, run_dir: Path, improved: boo
     if improved:
         _atomic_torch_save({"model": state.best_state, "epoch": state.epoch, "metric": state.best_metric,
                             "monitor": t.recipe.monitor, "num_classes": k,
-                            "params": dict(params or {})}, ckpt_dir / "best.pt")
+                            "params": _embedded(params)}, ckpt_dir / "best.pt")
     _atomic_torch_save({
         "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
         "scheduler": t.scheduler.state_dict(), "scaler": t.scaler.state_dict(),
@@ -531,7 +539,7 @@ def save_checkpoints(t: Trainer, state: TrainState, run_dir: Path, improved: boo
         "correctness": state.correctness, "true_margins": state.true_margins,
         "best_metric": state.best_metric, "best_epoch": state.best_epoch, "since_best": state.since_best,
         "seconds": seconds, "finished": state.finished, "stopped_early": state.stopped_early,
-        "rng": _rng_state(), "fingerprint": fingerprint, "params": dict(params or {}),
+        "rng": _rng_state(), "fingerprint": fingerprint, "params": _embedded(params),
         "num_classes": k,
     }, ckpt_dir / "last.pt")
     atomic_write(Path(run_dir) / "history.csv", _history_frame(state.history).to_csv(index=False))

@@ -320,6 +320,8 @@ def test_ndvi_threshold_map_and_the_three_panels(product, tmp_path):
     rep = mp.ndvi_threshold_map(product, good, threshold=0.3, patch_size=16, stride=8, window_size=24)
     geo = mp.check_georeference(good, product)
     assert geo["same_crs"] and geo["same_transform"] and geo["same_shape"]
+    with rasterio.open(good) as src:  # the scene under the data root or by its name, no machine path
+        assert src.tags()["SOURCE"] == product.path.name, src.tags()["SOURCE"]
     assert rep["masked_pixels"] == int(s2.read_window(product).mask.sum())
     _, s = mp.scl_agreement(good, product, window_size=24)
     assert s["not_vegetated_as_non_vegetation"] > 0.85 and s["vegetation_as_vegetation"] > 0.85

@@ -441,3 +441,39 @@ def test_rounded_for_printing_and_machine_free_for_files(tmp_path, monkeypatch):
     # a data: scene hashes as the ../shared/data/ default it replaced: committed 08 runs keep their folders
     assert runs.params_hash({"scene": "data:a/b", "stride": 16}) == runs.params_hash(
         {"scene": "../shared/data/a/b", "stride": 16})
+
+
+def test_params_metrics_and_checkpoints_record_the_data_root_without_the_machine(tmp_path, monkeypatch):
+    """Beside the project: relative; the default root (LCC_DATA_DIR): ""; an explicit root elsewhere: kept."""
+    import numpy as np
+    import torch
+
+    from lcc_utils import training
+    from lcc_utils.data import BatchLoader
+    from lcc_utils.models import create_model
+    from lcc_utils.paths import project_root
+
+    beside = project_root().parent / "shared" / "data"
+    assert runs.portable_data_dir(str(beside)) == "../shared/data"
+    assert runs.portable_data_dir(str(project_root() / "data")) == "data"
+    assert runs.portable_data_dir("../shared/data") == "../shared/data" and runs.portable_data_dir("") == ""
+    elsewhere = tmp_path / "mnt" / "data"
+    assert runs.portable_data_dir(str(elsewhere)) == str(elsewhere)  # the only way to find it again
+    monkeypatch.setenv("LCC_DATA_DIR", str(elsewhere))
+    assert runs.portable_data_dir(str(elsewhere)) == ""  # the default root, wherever it is
+
+    run = runs.start_run({"x": 1, "data_dir": str(elsewhere)}, stage="toy")
+    info = json.loads((run.dir / "params.json").read_text())
+    assert info["params"]["data_dir"] == "" and info["params_hash"] == runs.params_hash({"x": 1})
+    # the package's own outputs: a checkpoint's embedded params and a metric that is a path
+    images, labels = np.zeros((8, 8, 8, 3), np.float32), np.arange(8) % 2
+    loaders = {k: BatchLoader(images, labels, np.arange(8), batch_size=4) for k in ("train", "val")}
+    model = create_model("lightweight_cnn", num_classes=2, in_chans=3, depth=2, filters=(4, 8))
+    training.train(model, loaders, "paper_a", epochs=1, device="cpu",
+                   run_dir=run.out, seed=0, params={"x": 1, "data_dir": str(elsewhere)})
+    for name in ("best.pt", "last.pt"):
+        ckpt = torch.load(run.out / "checkpoints" / name, weights_only=False)
+        assert ckpt["params"]["data_dir"] == "", name
+    run.log_metrics({"scores_file": str(runs.cache_dir() / "coreset_scores" / "s.npz")})
+    text = (run.dir / "metrics.json").read_text()
+    assert json.loads(text)["scores_file"] == "cache/coreset_scores/s.npz" and str(tmp_path) not in text

@@ -133,6 +133,8 @@ def test_geotiff_roundtrip_through_write_aligned(products, tmp_path):
     assert p.layout == "geotiff" and p.scl is not None
     out = tmp_path / "aligned.tif"
     rep = s2.write_aligned(p, out, window_size=24, progress=False)
+    with rasterio.open(out) as src:  # the scene under the data root or by its name, no machine path
+        assert src.tags()["SOURCE"] == p.path.name, src.tags()["SOURCE"]
     q = s2.open_l2a(out)
     assert q.boa_offsets["B02"] == 0.0 and q.quantification_value == 1.0
     a, b = s2.read_window(p), s2.read_window(q)
@@ -232,6 +234,7 @@ def test_extract_patches_scl_counts_mask_and_blocks(products):
     ps = s2.extract_patches(p, "scl", patch_size=8, n_per_class=20, seed=1, block_size=16,
                             progress=False)
     assert ps.classes == ["vegetation", "not_vegetated"]
+    assert ps.meta["source"] == p.path.name  # under the data root as data:<rel>, else by name: no machine path
     assert ps.x.shape[1:] == (8, 8, 6) and ps.x.dtype == np.float32
     assert np.bincount(ps.y).tolist() == [20, 20]
     per = {d["class"]: d for d in ps.meta["per_class"]}

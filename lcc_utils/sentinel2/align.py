@@ -16,7 +16,7 @@ import rasterio
 from rasterio.enums import Resampling
 
 from lcc_utils.constants import SCL_CLASSES, SCL_MASK_CLASSES
-from lcc_utils.paths import atomic_path
+from lcc_utils.paths import atomic_path, data_relative
 from lcc_utils.sentinel2.product import L2AProduct
 from lcc_utils.sentinel2.windows import iter_windows
 
@@ -90,7 +90,7 @@ def _write_aligned_bands(product: L2AProduct, dst: Any, window_size: int, progre
     scl_counts = np.zeros(256, np.int64)
     dst.descriptions = product.bands
     dst.update_tags(BOA_ADD_OFFSET=0, QUANTIFICATION_VALUE=1,
-                    SOURCE=str(product.path), SOURCE_OFFSET=product.offset_source,
+                    SOURCE=data_relative(product.path), SOURCE_OFFSET=product.offset_source,
                     DATETIME=product.date or "")
     for wd in iter_windows(product, window_size, progress=progress):
         x = wd.x.copy()

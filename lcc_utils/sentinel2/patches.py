@@ -28,7 +28,7 @@ from rasterio.vrt import WarpedVRT
 
 from lcc_utils.constants import SCL_CLASSES, SCL_MASK_CLASSES, SCL_VEGETATION_LABELS
 from lcc_utils.files import broken, read_json, read_npz
-from lcc_utils.paths import atomic_path, atomic_write
+from lcc_utils.paths import atomic_path, atomic_write, data_relative
 from lcc_utils.sentinel2.product import L2AProduct
 from lcc_utils.sentinel2.windows import WindowData, grid_windows, iter_windows
 from lcc_utils.spectral import NIR_BANDS, ndvi
@@ -476,7 +476,7 @@ def extract_patches(
     block = np.array([f"{r // bpc}:{c // bpc}" for r, c in zip(rows, cols, strict=True)])
     split = spatial_split(block, y, seed=seed)
     meta = {
-        "source": str(product.path), "layout": product.layout, "labels": src.description,
+        "source": data_relative(product.path), "layout": product.layout, "labels": src.description,
         "offset_source": product.offset_source, "patch_size": ps_, "block_size": bs,
         "n_per_class": int(n_per_class), "seed": int(seed), "min_purity": float(min_purity),
         "ndvi_ambiguous": list(ndvi_ambiguous) if ndvi_ambiguous is not None else None,
