@@ -76,6 +76,7 @@ ADDED_METRICS = (
     "scl_not_vegetated_as_non_vegetation", "scl_vegetation_as_vegetation", "binary_labels", "ndvi_threshold",
     "ndvi_scl_oa", "ndvi_scl_not_vegetated_as_non_vegetation", "ndvi_share_vegetation", "ndvi_share_non_vegetation",
     "ndvi_share_masked",
+    "grid_m",  # 02 (issue 23: the grid's pixel size, 100 m on the shrunk tile, not always 10 m)
 )
 #: Parameters shown first in the readable part of a folder name.
 SLUG_KEYS = ("run", "dataset", "task", "binary_labels", "model", "coreset", "fraction", "method", "scene", "seed")

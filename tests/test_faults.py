@@ -371,3 +371,75 @@ def test_the_committed_02_run_records_the_hash_of_its_scene_and_eurosat_ms(share
     assert runs.run_finished(folder)
     assert runs.recorded_data_hash(folder) == runs._current_data_hash(full) != runs.recorded_data_hash(
         ROOT / "runs" / "mapping" / "binary-S2A-29RKH-20200219-0-L2A-baa3d32c")  # 08's: the product alone
+
+
+# ----------------------------------------------------------------------------- bands and grid of 02
+#: 02 on a small scene, without EuroSAT MS: the scene part of the notebook only
+_SCENE_ONLY = {"n_per_class": 4, "patch_size": 8, "block_size": 16, "window_size": 256, "eurosat_task": "none"}
+
+
+def _printed(executed: Path) -> str:
+    book = nbformat.read(str(executed), as_version=4)
+    return "".join(o.get("text", "") for c in book.cells if c.cell_type == "code" for o in c.outputs)
+
+
+@pytest.mark.integration
+def test_02_on_a_60m_only_safe_of_the_real_tile_reads_b8a_and_says_its_grid(shared_data, tmp_path, tmp_cache):
+    """The held-out case: a 60 m-only SAFE (R60m: B8A, no B08) made from the real tile, under 02's default bands.
+
+    Once refused naming B08; then it ran on a 60 m-class grid printing "SCL pixels on the 10 m grid".
+    """
+    import make_s2_fixtures as fx
+
+    safe = fx.safe_60m_from_cogs(shared_data / "sentinel2-l2a" / "S2A_29RKH_20200219_0_L2A",
+                                 tmp_path / "S2A_MSIL2A_20200219_T29RKH_60m.SAFE")
+    d, executed = runs.execute_notebook(runs.notebook_path("02"), {**_SCENE_ONLY, "scene": str(safe)})
+    m = json.loads((d / "metrics.json").read_text())
+    # the tile is shrunk 10x: its 60 m bands are 600 m pixels
+    assert executed and m["nir_band"] == "B8A" and m["grid_m"] == 600.0
+    assert m["masked_fraction"] == m["scl_masked_share"] and 0.03 < m["masked_fraction"] < 0.05
+    product = json.loads((d / "artefacts.json").read_text())["product"]
+    assert product["band_substitutions"] == {"B08": "B8A"} and product["bands"] == ["B02", "B03", "B04", "B8A",
+                                                                                     "B11", "B12"]
+    assert product["resolution"] == 600.0 and product["width"] == 183
+    text = _printed(d / "02_sentinel2_preprocessing.ipynb")
+    assert "grid: 600 m pixels" in text and "bands read instead: {'B08': 'B8A'}" in text
+    assert "NIR band (NDVI): B8A" in text and "SCL pixels on the 600 m grid" in text and "match: True" in text
+    assert "10 m grid" not in text
+
+    # the same product with its SCL at 200 m (the tile's own): nearest onto the 600 m grid keeps one SCL pixel in
+    # nine, the masked share moves, and the self-check stops the run naming the product and the cause
+    import rasterio
+
+    from lcc_utils import sentinel2 as s2
+
+    with rasterio.open(shared_data / "sentinel2-l2a" / "S2A_29RKH_20200219_0_L2A" / "SCL.tif") as src:
+        scl, origin, crs = src.read(1), (src.transform.c, src.transform.f), src.crs.to_string()
+    next(safe.rglob("*_SCL_60m.jp2")).unlink()
+    r20 = next(safe.glob("GRANULE/*/IMG_DATA")) / "R20m"
+    r20.mkdir()
+    fx._write(r20 / "T00XXX_00000000T000000_SCL_20m.jp2", scl, 200.0, crs=crs, origin=origin, driver="JP2OpenJPEG")
+    p = s2.open_l2a(safe)
+    rep = s2.write_aligned(p, tmp_path / "aligned.tif", progress=False)
+    with pytest.raises(s2.MaskCheckError, match=r"^S2A_MSIL2A_20200219_T29RKH_60m\.SAFE: the mask check .* failed "
+                                                r"on the 600 m grid: .*the 200 m SCL's masked classes cover"):
+        s2.check_aligned_mask(p, tmp_path / "aligned.tif", rep)
+
+
+def test_a_02_run_whose_mask_check_fails_stops_naming_the_product(tmp_path, tmp_cache):
+    """Band nodata where SCL says clear: 02 once printed ``match: False`` and carried on; now the run fails."""
+    import make_s2_fixtures as fx
+    import rasterio
+
+    safe = fx.make_safe_product_60m(tmp_path / "S2A_MSIL2A_60M.SAFE", 192)
+    b02 = next(safe.rglob("*_B02_60m.jp2"))
+    with rasterio.open(b02) as src:
+        a = src.read(1)
+    a[10:12, 4:6] = 0
+    fx._write(b02, a, 60.0, driver="JP2OpenJPEG")
+    params = {**_SCENE_ONLY, "scene": str(safe)}
+    with pytest.raises(RuntimeError, match=r"failed and left no run folder.*MaskCheckError.*S2A_MSIL2A_60M\.SAFE: "
+                                           r"the mask check of the aligned GeoTIFF .* failed on the 60 m grid: .*"
+                                           r"4 pixel\(s\) hold band nodata where SCL says the pixel is usable"):
+        runs.execute_notebook(runs.notebook_path("02"), params)
+    assert not list(runs.runs_root().glob("sentinel2/*")), "a run whose self-check failed left a run folder"

@@ -546,3 +546,89 @@ def test_the_band_in_another_crs_is_blamed_even_when_finest(tmp_path):
     fx._write(d / "B11.tif", np.ones((32, 32), np.uint16), 10.0, crs="EPSG:32633")
     with pytest.raises(ValueError, match=r"band\(s\) B11 \(.*B11.tif: CRS EPSG:32633\) differ from the CRS"):
         s2.open_l2a(d)
+
+
+# --------------------------------------------------------------------------- a product without B08 (issue 23)
+def test_a_product_without_b08_is_read_with_b8a_in_its_place(tmp_path):
+    """A 60 m-only SAFE (R60m: B8A, no B08) under the default bands: B8A at B08's place, said so."""
+    safe = fx.make_safe_product_60m(tmp_path / "S2A_MSIL2A_60M.SAFE", 96)
+    p = s2.open_l2a(safe)
+    assert p.bands == ("B02", "B03", "B04", "B8A", "B11", "B12") and p.band_substitutions == {"B08": "B8A"}
+    assert p.sources["B8A"][0].name.endswith("_B8A_60m.jp2") and p.resolution == 60.0 and p.shape == (16, 16)
+    assert p.describe()["band_substitutions"] == {"B08": "B8A"} and p.describe()["resolution"] == 60.0
+    rep = s2.write_aligned(p, tmp_path / "aligned.tif", progress=False)
+    with rasterio.open(tmp_path / "aligned.tif") as src:
+        assert src.descriptions[3] == "B8A" and abs(src.transform.a) == 60.0
+    assert rep["bands"][3] == "B8A"
+    ps = s2.extract_patches(p, "scl", patch_size=2, n_per_class=20, block_size=4)
+    assert ps.bands[3] == "B8A" and ps.meta["nir_band"] == "B8A"
+    # the vegetation half is vegetation by B8A's NDVI as it would be by B08's
+    wd = s2.read_window(p)
+    assert float(np.median(s2.ndvi(wd.x, p.bands, axis=0)[4:12, 1:6])) > 0.8
+    # a product with B08 is read as before; asking for B8A itself never swaps anything
+    assert s2.open_l2a(fx.make_safe_product(tmp_path / "full.SAFE", 32)).band_substitutions == {}
+    assert s2.open_l2a(safe, ["B04", "B8A"]).band_substitutions == {}
+    cogs = fx.make_cog_product(tmp_path / "cogs", 32)  # a cogs folder cut to 20 m NIR the same way
+    h = s2.product_hash(s2.open_l2a(cogs))
+    (cogs / "B08.tif").unlink()
+    q = s2.open_l2a(cogs)
+    assert q.bands[3] == "B8A" and q.resolution == 10.0 and s2.product_hash(q) != h
+
+
+def test_a_product_without_b08_or_b8a_names_the_product_the_band_and_what_to_pass(tmp_path):
+    safe = fx.make_safe_product_60m(tmp_path / "S2A_MSIL2A_60M.SAFE", 96)
+    next(safe.rglob("*_B8A_60m.jp2")).unlink()
+    with pytest.raises(s2.MissingBandError) as err:
+        s2.open_l2a(safe)
+    assert str(err.value) == (
+        f"{safe}: band(s) B08 not in this product (B08's stand-in B8A is missing too); it has B02, B03, B04, B05, "
+        "B06, B07, B11, B12. Pass bands it has instead, e.g. bands=['B02', 'B03', 'B04', 'B11', 'B12'] "
+        """(papermill: -y '{"bands": ["B02", "B03", "B04", "B11", "B12"]}')""")
+    # B8A asked for beside B08 cannot stand in for it; still a FileNotFoundError, as a missing band was
+    with pytest.raises(FileNotFoundError, match=r"band\(s\) B08 not in this product \(B08's stand-in B8A is "
+                                                r"requested already\).* bands=\['B02', 'B8A'\]"):
+        s2.open_l2a(fx.make_safe_product_60m(tmp_path / "b" / "S2A_MSIL2A_60M.SAFE", 96), ["B02", "B08", "B8A"])
+
+
+def _mask_check_error(product, tmp_path):
+    rep = s2.write_aligned(product, tmp_path / "aligned.tif", progress=False)
+    with pytest.raises(s2.MaskCheckError) as err:
+        s2.check_aligned_mask(product, tmp_path / "aligned.tif", rep)
+    return str(err.value)
+
+
+def test_the_mask_check_names_the_product_and_what_differs(tmp_path):
+    safe = fx.make_safe_product_60m(tmp_path / "S2A_MSIL2A_60M.SAFE", 96)
+    good = s2.open_l2a(safe)
+    rep = s2.write_aligned(good, tmp_path / "good.tif", progress=False)
+    check = s2.check_aligned_mask(good, tmp_path / "good.tif", rep)
+    assert check["match"] and check["grid_m"] == 60.0 and check["scl_m"] == 60.0
+    assert check["masked_fraction"] == check["scl_masked_share"] == rep["masked_fraction"] > 0
+
+    # band nodata where SCL says clear: 4 pixels of B02 read 0
+    b02 = next(safe.rglob("*_B02_60m.jp2"))
+    with rasterio.open(b02) as src:
+        a = src.read(1)
+    a[6:8, 2:4] = 0
+    fx._write(b02, a, 60.0, driver="JP2OpenJPEG")
+    msg = _mask_check_error(s2.open_l2a(safe), tmp_path)
+    assert msg.startswith("S2A_MSIL2A_60M.SAFE: the mask check of the aligned GeoTIFF aligned.tif failed on the 60 m "
+                          "grid: 9.3750% of its pixels are masked, but SCL's masked classes cover 7.8125% of the "
+                          "native 60 m SCL (4 pixel(s) hold band nodata where SCL says the pixel is usable). The "
+                          "patches would rest on a mask the run cannot vouch for, so it stops: repair or replace the "
+                          "band files, or leave the band out"), msg
+
+    # SCL at 20 m on the 60 m grid (nearest keeps one SCL pixel in nine): a cloud column is lost
+    safe = fx.make_safe_product_60m(tmp_path / "b" / "S2A_MSIL2A_60M.SAFE", 96)
+    next(safe.rglob("*_SCL_60m.jp2")).unlink()
+    scl = fx.scene_arrays(96)["SCL"]
+    scl[:, 0] = 8  # cloud medium probability on the first 20 m column only
+    r20 = next(safe.glob("GRANULE/*/IMG_DATA")) / "R20m"
+    r20.mkdir()
+    fx._write(r20 / "T34TFK_20230601T100000_SCL_20m.jp2", scl, 20.0, driver="JP2OpenJPEG")
+    msg = _mask_check_error(s2.open_l2a(safe), tmp_path / "b")
+    assert ("failed on the 60 m grid: 7.8125% of its pixels are masked, but SCL's masked classes cover 9.6354% of "
+            "the native 20 m SCL (resampled by nearest neighbour onto the 60 m grid, the 20 m SCL's masked classes "
+            "cover 7.8125%: the grid does not refine the 20 m SCL by a whole factor)") in msg, msg
+    assert msg.endswith("so it stops: open the product on a grid that refines its SCL (bands of 20 m or a whole "
+                        "fraction of it)")

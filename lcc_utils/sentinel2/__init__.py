@@ -23,7 +23,8 @@ One module per step, all re-exported here (``from lcc_utils import sentinel2 as 
   (:func:`open_l2a`, :class:`L2AProduct`, :func:`product_hash`).
 * :mod:`.windows`: windowed, aligned reads (:class:`ProductReader`, :func:`iter_windows`,
   :func:`read_window`, :func:`read_overview`).
-* :mod:`.align`: the aligned, cloud-masked GeoTIFF and its masked share (:func:`write_aligned`).
+* :mod:`.align`: the aligned, cloud-masked GeoTIFF and its masked share (:func:`write_aligned`,
+  the self-check :func:`check_aligned_mask`).
 * :mod:`.patches`: labelled patch sets and sampling them from a scene
   (:class:`PatchSet`, :func:`extract_patches`, :func:`save_patchset`).
 * :mod:`.adapters`: EuroSAT MS and BigEarthNet (:func:`eurosat_ms_patchset`).
@@ -56,6 +57,8 @@ from lcc_utils.sentinel2.adapters import (
 )
 from lcc_utils.sentinel2.align import (
     ALIGNED_NODATA,
+    MaskCheckError,
+    check_aligned_mask,
     raster_masked_fraction,
     scl_mask_share,
     write_aligned,
@@ -69,12 +72,15 @@ from lcc_utils.sentinel2.patches import (
 )
 from lcc_utils.sentinel2.plots import plot_composites, plot_patches, plot_scl
 from lcc_utils.sentinel2.product import (
+    BAND_SUBSTITUTES,
     BASELINE_0400_DATE,
     LAYOUTS,
     L2AProduct,
+    MissingBandError,
     open_l2a,
     preprocessing_data_hash,
     product_hash,
+    resolve_bands,
 )
 from lcc_utils.sentinel2.windows import (
     ProductReader,
@@ -89,11 +95,13 @@ from lcc_utils.splits import SPLIT_FRACTIONS, SPLITS, spatial_split
 
 __all__ = [
     # product
-    "BASELINE_0400_DATE", "LAYOUTS", "L2AProduct", "open_l2a", "preprocessing_data_hash", "product_hash",
+    "BAND_SUBSTITUTES", "BASELINE_0400_DATE", "LAYOUTS", "L2AProduct", "MissingBandError", "open_l2a",
+    "preprocessing_data_hash", "product_hash", "resolve_bands",
     # windows
     "ProductReader", "WindowData", "grid_windows", "iter_windows", "read_overview", "read_window",
     # aligned GeoTIFF
-    "ALIGNED_NODATA", "raster_masked_fraction", "scl_mask_share", "write_aligned",
+    "ALIGNED_NODATA", "MaskCheckError", "check_aligned_mask", "raster_masked_fraction", "scl_mask_share",
+    "write_aligned",
     # patch sets
     "PatchSet", "band_stats", "extract_patches", "load_patchset", "save_patchset",
     # adapters

@@ -1,8 +1,10 @@
-"""The aligned product on disk: one float32 GeoTIFF of 10 m cloud-masked reflectance.
+"""The aligned product on disk: one float32 GeoTIFF of cloud-masked reflectance on the product's grid.
 
-:func:`write_aligned` writes it window by window; :func:`scl_mask_share` (native SCL)
-and :func:`raster_masked_fraction` (the written file) count the masked share two
-independent ways, so a run can show that the mask survived resampling and writing.
+The grid is the finest selected band's: 10 m on a full-resolution product, 60 m on a 60 m-only
+SAFE (100 m on the 10x shrunk test tile). :func:`write_aligned` writes it window by window;
+:func:`scl_mask_share` (native SCL) and :func:`raster_masked_fraction` (the written file) count
+the masked share two independent ways, and :func:`check_aligned_mask` stops a run when they
+differ, so a run shows that the mask survived resampling and writing.
 """
 
 from __future__ import annotations
@@ -103,6 +105,65 @@ def _write_aligned_bands(product: L2AProduct, dst: Any, window_size: int, progre
             n_scl += int(np.isin(wd.scl, SCL_MASK_CLASSES).sum())
             scl_counts += np.bincount(wd.scl.ravel(), minlength=256)
     counts.update(n=n, mask=n_mask, nod=n_nod, scl=n_scl, scl_counts=scl_counts)
+
+
+class MaskCheckError(ValueError):
+    """The aligned GeoTIFF's masked share differs from the share of SCL's masked classes."""
+
+
+def check_aligned_mask(product: L2AProduct, aligned_path: str | os.PathLike,
+                       report: dict[str, Any]) -> dict[str, Any]:
+    """The self-check of an aligned product: its masked share equals SCL's, counted natively.
+
+    The written file's nodata share (:func:`raster_masked_fraction`) must equal the share of
+    SCL's masked classes on the native SCL raster (:func:`scl_mask_share`) within 1e-9. They
+    agree when SCL reaches the grid by an integer refinement (20 m SCL on a 10 m grid, 60 m SCL
+    on a 60 m grid) and no band holds nodata where SCL says the pixel is usable.
+
+    Args:
+        product: The product written.
+        aligned_path: The GeoTIFF :func:`write_aligned` wrote.
+        report: :func:`write_aligned`'s report for it.
+
+    Returns:
+        ``masked_fraction`` (file), ``scl_masked_share`` (native SCL), ``match`` (True),
+        ``grid_m`` (the grid's pixel size) and ``scl_m`` (the native SCL's pixel size).
+
+    Raises:
+        MaskCheckError: the shares differ; the message names the product, the grid and what
+            mismatched (SCL resampled onto a grid that is no integer refinement of it, band
+            nodata outside the SCL mask, or the file read back differing from what was written).
+
+    """
+    file_share = raster_masked_fraction(aligned_path)
+    scl_share = scl_mask_share(product)
+    with rasterio.open(product.scl[0]) as src:
+        scl_m = abs(src.transform.a)
+    grid_m = product.resolution
+    out = {"masked_fraction": file_share, "scl_masked_share": scl_share, "match": abs(file_share - scl_share) < 1e-9,
+           "grid_m": grid_m, "scl_m": scl_m}
+    if out["match"]:
+        return out
+    n = report["pixels"]
+    on_grid = report["scl_masked_fraction"]
+    why, todo = [], []
+    if abs(on_grid - scl_share) >= 1e-9:
+        why.append(f"resampled by nearest neighbour onto the {grid_m:g} m grid, the {scl_m:g} m SCL's masked classes "
+                   f"cover {on_grid:.4%}" + ("" if scl_m % grid_m == 0 else
+                                             f": the grid does not refine the {scl_m:g} m SCL by a whole factor"))
+        todo.append(f"open the product on a grid that refines its SCL (bands of {scl_m:g} m or a whole fraction of it)")
+    extra = round((report["masked_fraction"] - on_grid) * n)
+    if extra:
+        why.append(f"{extra} pixel(s) hold band nodata where SCL says the pixel is usable")
+        todo.append("repair or replace the band files, or leave the band out")
+    if abs(report["masked_fraction"] - file_share) >= 1e-9:
+        why.append(f"the file reads back {file_share:.4%} masked, {report['masked_fraction']:.4%} were written")
+        todo.append(f"delete {Path(aligned_path).name} and run again")
+    raise MaskCheckError(
+        f"{product.path.name}: the mask check of the aligned GeoTIFF {Path(aligned_path).name} failed on "
+        f"the {grid_m:g} m grid: {file_share:.4%} of its pixels are masked, but SCL's masked classes "
+        f"cover {scl_share:.4%} of the native {scl_m:g} m SCL ({'; '.join(why) or 'cause unknown'}). The "
+        f"patches would rest on a mask the run cannot vouch for, so it stops: {'; '.join(todo) or 'check the product'}")
 
 
 def raster_masked_fraction(path: str | os.PathLike) -> float:

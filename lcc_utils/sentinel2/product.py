@@ -45,6 +45,21 @@ BASELINE_0400_DATE = _dt.date.fromisoformat(S2_BASELINE_0400_DATE)
 _ESA_BAND_ORDER = S2_ESA_BAND_ORDER
 #: Product layouts :func:`open_l2a` recognises.
 LAYOUTS: tuple[str, ...] = ("cogs", "safe", "geotiff", "bigearthnet")
+#: Bands that stand in for a band a product lacks, asked for by name. Only one, and a choice:
+#: a product without B08 (10 m broad NIR, 785-900 nm) reads B8A (narrow NIR, 855-875 nm) in
+#: its place instead of being refused. B8A is the NIR band of the 20 m and 60 m products (ESA's
+#: Sen2Cor computes its own scene-classification NDVI from B8A) and lies on the same vegetation
+#: NIR plateau, so NDVI and the models' NIR input keep their meaning. A 60 m-only L2A SAFE
+#: (R60m holds B8A, never B08) or a product cut to its 20 m bands is such a product.
+BAND_SUBSTITUTES: dict[str, str] = {"B08": "B8A"}
+
+
+class MissingBandError(FileNotFoundError, ValueError):
+    """A band asked for is not in the product (a FileNotFoundError and a ValueError alike).
+
+    The message names the product, the missing band(s), the bands the product has and what to
+    pass instead.
+    """
 
 
 @dataclass
@@ -70,6 +85,9 @@ class L2AProduct:
     date: str | None = None
     processing_baseline: str | None = None
     nodata: dict[str, float | None] = field(default_factory=dict)
+    #: Bands read in place of a requested one the product lacks (``{"B08": "B8A"}``; see
+    #: :data:`BAND_SUBSTITUTES`): ``bands`` holds the band actually read.
+    band_substitutions: dict[str, str] = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -97,6 +115,7 @@ class L2AProduct:
             "processing_baseline": self.processing_baseline,
             "boa_offsets": self.boa_offsets, "quantification_value": self.quantification_value,
             "offset_source": self.offset_source, "has_scl": self.scl is not None,
+            "band_substitutions": dict(self.band_substitutions),
         }
 
 
@@ -292,6 +311,65 @@ def _bigearthnet_sources(folder: Path, bands: tuple[str, ...]):
     return sources, date
 
 
+_SAFE_BAND_FILE = re.compile(r"_(B\d{2}|B8A)_\d+m\.(jp2|tif)$", re.IGNORECASE)
+
+
+def _available_bands(path: Path, layout: str) -> list[str]:
+    """The spectral bands a product holds, in ESA order (empty: the layout cannot tell)."""
+    if layout == "safe":
+        names = [m.group(1) for f in sorted(path.glob("GRANULE/*/IMG_DATA/R*m/*"))
+                 if (m := _SAFE_BAND_FILE.search(f.name))]
+    elif layout == "geotiff":
+        with rasterio.open(path) as src:
+            names = [d for d in src.descriptions if d]
+    elif layout == "cogs":
+        names = [f.stem for f in path.glob("*.tif*")]
+    else:  # bigearthnet: <name>_B02.tif
+        names = [f.stem.rsplit("_", 1)[-1] for f in path.glob("*_*.tif")]
+    found = set()
+    for n in names:
+        try:
+            b = normalize_band_name(n)
+        except ValueError:
+            continue
+        if b != "SCL":
+            found.add(b)
+    return [b for b in _ESA_BAND_ORDER if b in found]
+
+
+def resolve_bands(bands: Sequence[str], available: Sequence[str], where: str = "the product",
+                  ) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The bands to read for ``bands`` from a product holding ``available``, and the substitutions made.
+
+    A requested band the product lacks is read from its stand-in (:data:`BAND_SUBSTITUTES`: B8A
+    for B08) when the product has that and it is not requested already; the band keeps its place
+    in the band order. Any other missing band is an error.
+
+    Raises:
+        MissingBandError: a band is missing and has no stand-in in the product; the message names
+            ``where``, the band, the product's bands and the band list to pass instead.
+
+    """
+    bands = check_bands(bands)
+    if not available:
+        return bands, {}
+    have = set(available)
+    subs = {b: alt for b in bands if b not in have
+            for alt in [BAND_SUBSTITUTES.get(b)] if alt in have and alt not in bands}
+    resolved = tuple(subs.get(b, b) for b in bands)
+    missing = [b for b in resolved if b not in have]
+    if missing:
+        instead = [b for b in resolved if b in have]
+        stand_in = "".join(f" ({b}'s stand-in {BAND_SUBSTITUTES[b]} is "
+                           f"{'requested already' if BAND_SUBSTITUTES[b] in have else 'missing too'})"
+                           for b in missing if b in BAND_SUBSTITUTES)
+        raise MissingBandError(
+            f"{where}: band(s) {', '.join(missing)} not in this product{stand_in}; it has "
+            f"{', '.join(available)}. Pass bands it has instead, e.g. bands={instead} "
+            f"(papermill: -y '{json.dumps({'bands': instead})}')")
+    return resolved, subs
+
+
 def _detect_layout(path: Path) -> str:
     if path.is_file():
         if path.suffix.lower() in (".tif", ".tiff"):
@@ -316,12 +394,19 @@ def open_l2a(
     quantification_value: float | None = None,
     date: str | None = None,
 ) -> L2AProduct:
-    """Open a Sentinel-2 L2A product on its 10 m grid (lazily: no pixel is read here).
+    """Open a Sentinel-2 L2A product on its grid (lazily: no pixel is read here).
+
+    The grid is the finest selected band's: 10 m on a full-resolution product, 60 m on a 60 m-only
+    SAFE; ``resolution`` gives it.
 
     Layouts: a sentinel-cogs folder (``B02.tif`` ... ``SCL.tif`` + STAC item ``*.json``),
     a ``.SAFE`` folder (``GRANULE/*/IMG_DATA/R10m|R20m|R60m/*_B02_10m.jp2`` +
     ``MTD_MSIL2A.xml``), a multi-band GeoTIFF whose band descriptions name the bands
     (``B02``..., optional ``SCL``), or a BigEarthNet patch folder (``<name>_B02.tif``).
+
+    Bands are asked for by name. A product without B08 reads B8A in its place (a 60 m-only
+    SAFE, whose R60m folder holds B8A and no B08): :func:`resolve_bands`; ``bands`` of the
+    result holds the band read and ``band_substitutions`` records the swap.
 
     The reflectance offset comes from the metadata when present (``BOA_ADD_OFFSET``;
     else the processing baseline); otherwise it is inferred from the acquisition date
@@ -331,11 +416,14 @@ def open_l2a(
         ValueError: unknown band, bands whose CRS or extent cannot be aligned, no way to
             know the offset.
         FileNotFoundError: the product or a band file is missing.
+        MissingBandError: a band is not in the product and has no stand-in there (both a
+            ValueError and a FileNotFoundError).
 
     """
     path = Path(path)
     bands = check_bands(bands)
     layout = _detect_layout(path)
+    bands, substitutions = resolve_bands(bands, _available_bands(path, layout), str(path))
     offs = q = None
     source, baseline, mdate = "", None, None
     if layout == "cogs":
@@ -406,7 +494,7 @@ def open_l2a(
         path=path, layout=layout, bands=bands, sources=sources, scl=scl, crs=crs,
         transform=tr, width=w, height=h, boa_offsets=offs, quantification_value=q,
         offset_source=source, date=str(date) if date else None,
-        processing_baseline=baseline, nodata=nodata,
+        processing_baseline=baseline, nodata=nodata, band_substitutions=substitutions,
     )
 
 
