@@ -171,34 +171,46 @@ def load_eurosat_patchset(sentinel2_run: Mapping[str, Any], task: str, data_dir:
 
     ``sentinel2_run`` names the 02 run by its parameters (overrides of 02's defaults, ``{}`` for
     the defaults); ``binary_labels`` adds the label definition (:func:`sentinel2_run_for`). The
+    02 run is the one made on the EuroSAT MS files under ``data_dir`` (the reader's data root;
+    else ``sentinel2_run``'s own ``data_dir``): 02 on another tree with the same parameters is
+    another run (:func:`lcc_utils.runs.data_variant_dir`), and its patch set is the one read. The
     patch set is read from the cache by the content hash the run recorded; in a fresh clone (the
     cache is not committed) it is rebuilt from the run's parameters and must reproduce that hash.
 
     Raises:
         FileNotFoundError: the 02 run has not finished (the message says how to run it).
-        ValueError: the run built no patch set for ``task``, or a rebuild gives another hash.
+        ValueError: the run built no patch set for ``task``; the cached patch set's hash is not
+            the one the run recorded (the message names the file); a rebuild gives another hash.
 
     """
     from lcc_utils import data, runs, sentinel2
 
-    d = runs.find_run("02", sentinel2_run_for(sentinel2_run, task, binary_labels))
+    ref = sentinel2_run_for(sentinel2_run, task, binary_labels)
+    root = data_dir or ref.get("data_dir") or ""
+    d = runs.find_run("02", {**ref, **({"data_dir": str(root)} if root else {})})
     params = runs.read_run_json(d, "params.json")["params"]
     labels = params.get("binary_labels", "landuse")
     want = runs.read_run_json(d, "metrics.json").get(f"eurosat_ms_{task}_hash")
     if want is None:
         raise ValueError(f"the 02 run {d.name} built no EuroSAT MS {task!r} patch set (eurosat_task="
                          f"{params['eurosat_task']!r}); run 02 with -p eurosat_task {task} or both")
+    path = patchset_file(_patchset_name(task, params["patch_size"], params["seed"], labels), want)
     try:
-        ps = sentinel2.load_patchset(patchset_file(_patchset_name(task, params["patch_size"], params["seed"], labels),
-                                                   want))
+        ps = sentinel2.load_patchset(path)
     except FileNotFoundError:
-        ds = data.load_dataset("eurosat_ms", data_dir or None)
+        ds = data.load_dataset("eurosat_ms", root or None)
         ps = build_eurosat_patchsets(ds, [task], patch_size=params["patch_size"], bands=params["bands"],
                                      seed=params["seed"], block_size_m=params["eurosat_block_size_m"],
                                      buffer_m=params.get("eurosat_buffer_m", 0.0), binary_labels=labels)[task][0]
-    if ps.hash != want:
-        raise ValueError(f"EuroSAT MS {task} patch set rebuilt with hash {ps.hash}, but the 02 run {d.name} "
-                         f"recorded {want}: the data or the code differ")
+        if ps.hash != want:
+            raise ValueError(f"EuroSAT MS {task} patch set rebuilt from {runs.shown_path(ds.root)} with hash "
+                             f"{ps.hash}, but the 02 run {d.name} recorded {want}: the data or the code differ; "
+                             "run 02 on these data (its own run folder) and read that run") from None
+        return ps
+    if ps.hash != want:  # a consistent patch set of other data or code under this run's name
+        raise ValueError(f"{path.parent / (path.name + '.npz')}: patch set of hash {ps.hash}, but the 02 run {d.name} "
+                         f"recorded {want}; it is not that run's patch set. Delete {path.name}.npz and .json "
+                         "(it is rebuilt from the data) or rerun 02")
     return ps
 
 

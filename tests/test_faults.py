@@ -443,3 +443,57 @@ def test_a_02_run_whose_mask_check_fails_stops_naming_the_product(tmp_path, tmp_
                                            r"4 pixel\(s\) hold band nodata where SCL says the pixel is usable"):
         runs.execute_notebook(runs.notebook_path("02"), params)
     assert not list(runs.runs_root().glob("sentinel2/*")), "a run whose self-check failed left a run folder"
+
+
+# ----------------------------------------------------------------------------- data identity, 02 -> 06
+def test_02_on_another_eurosat_ms_tree_is_a_run_of_its_own_and_06_reads_its_patches(synthetic_root, tmp_path,
+                                                                                     tmp_cache):
+    """02 with the same parameters on another EuroSAT MS tree: a new run folder; 06 (and 07) read that tree's patches.
+
+    Once the second tree was skipped as finished, and 06 loaded the first tree's cached patch set. 02 runs at its
+    defaults but for the scene (a synthetic one: the committed scene is the real tile) and its sampling.
+    """
+    import shutil
+
+    import make_s2_fixtures as fx
+    import rasterio
+
+    from lcc_utils import constants as C
+    from lcc_utils import paper_b, sentinel2
+
+    other = tmp_path / "other"  # another EuroSAT MS tree: one tile's pixels differ
+    shutil.copytree(synthetic_root / "eurosat-ms", other / "eurosat-ms")
+    with rasterio.open(other / C.DATASET_SUBDIRS["eurosat_ms"] / "Forest" / "Forest_1.tif", "r+") as dst:
+        dst.write(dst.read() + 1)
+    ref = {"scene": str(fx.make_cog_product(tmp_path / "cogs", 256)), "n_per_class": 10, "block_size": 32}
+    nb = runs.notebook_path("02")
+    d1, _ = runs.execute_notebook(nb, {**ref, "data_dir": str(synthetic_root)})
+    d2, executed = runs.execute_notebook(nb, {**ref, "data_dir": str(other)})
+    info1, info2 = (json.loads((d / "params.json").read_text()) for d in (d1, d2))
+    assert executed and d2 == runs.data_variant_dir(d1, info2["data_hash"]), "the other tree was skipped as finished"
+    assert info1["params_hash"] == info2["params_hash"] and info1["data_hash"] != info2["data_hash"]
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (d1, d2))
+    for task in ("binary", "multiclass"):
+        assert m1[f"eurosat_ms_{task}_hash"] != m2[f"eurosat_ms_{task}_hash"]
+
+    # 06 names the 02 run by its parameters and reads with its own data_dir: each tree's own patch set
+    ps2 = paper_b.load_eurosat_patchset(ref, "binary", str(other))
+    ps1 = paper_b.load_eurosat_patchset(ref, "binary", str(synthetic_root))
+    assert (ps2.hash, ps1.hash) == (m2["eurosat_ms_binary_hash"], m1["eurosat_ms_binary_hash"])
+    assert paper_b.load_eurosat_patchset({**ref, "data_dir": str(other)}, "binary").hash == ps2.hash
+
+    # a cached patch set under the run's name whose hash is not the one the run recorded: refused, naming the file
+    mine = paper_b.patchset_file("eurosat_ms-binary-p32-seed0", ps2.hash)
+    theirs = paper_b.patchset_file("eurosat_ms-binary-p32-seed0", ps1.hash)
+    for ext in (".npz", ".json"):
+        shutil.copyfile(f"{theirs}{ext}", f"{mine}{ext}")
+    with pytest.raises(ValueError) as err:
+        paper_b.load_eurosat_patchset(ref, "binary", str(other))
+    assert str(err.value) == (f"{mine}.npz: patch set of hash {ps1.hash}, but the 02 run {d2.name} recorded "
+                              f"{ps2.hash}; it is not that run's patch set. Delete {mine.name}.npz and .json (it is "
+                              "rebuilt from the data) or rerun 02")
+    # the remedy: without the cached file (a fresh clone) it is rebuilt from the other tree, with the recorded hash
+    for ext in (".npz", ".json"):
+        Path(f"{mine}{ext}").unlink()
+    again = paper_b.load_eurosat_patchset(ref, "binary", str(other))
+    assert again.hash == ps2.hash and sentinel2.load_patchset(mine).hash == ps2.hash
