@@ -269,6 +269,36 @@ def test_a_list_or_dict_parameter_given_as_text_says_to_use_yaml(notebook, name,
     assert not runs.runs_root().exists()
 
 
+def test_05_refuses_an_unknown_method_before_any_upstream_work(tmp_cache):
+    """``-y '{"methods": ["prune"]}'``: once refused after 122 s of retraining the 04 checkpoint.
+
+    No 04 run exists here: an error about the method, not about the missing 04 run, shows the check comes
+    first; and no run folder of any stage is made.
+    """
+    with pytest.raises(RuntimeError, match=r"failed and left no run folder.*unknown compression method 'prune'; "
+                                           r"choose one of: fixed_prune, fixed_quant, lap, laq, pq") as err:
+        runs.execute_notebook(runs.notebook_path("05"), {"methods": ["prune"]})
+    assert "no finished 04_train run" not in str(err.value)
+    assert not list(runs.runs_root().glob("*/*")), "a refused 05 made or reopened a run folder"
+
+
+def test_05s_variant_checks_pass_every_default_profile_and_ci_run():
+    from lcc_utils import compression, study
+
+    nb = runs.notebook_path("05")
+    names = ("methods", "levels", "bits", "importance", "budget", "scope", "pq_sparsity", "granularity",
+             "quant_levels", "budget_cr")
+    grids = [p for profile in study.PROFILES for p in study.profile_runs(nb, profile)]
+    ci = json.loads((ROOT / "tests" / "notebook_params" / "05_compression.json").read_text())
+    for params in [{}, ci, *grids]:
+        full = runs.resolve_params(nb, params)
+        compression.check_variant_params(**{k: full[k] for k in names})
+    with pytest.raises(ValueError, match=r"unknown compression method 'prune'"):
+        compression.check_variant_params(["prune"])
+    with pytest.raises(ValueError, match=r"bits"):
+        compression.check_variant_params(["fixed_quant"], bits=[0])
+
+
 def test_every_notebook_default_and_profile_run_passes_the_parameter_checks():
     from lcc_utils import study
 

@@ -163,6 +163,21 @@ def make_variants(methods: Iterable[str], levels: Iterable[float] = (), bits: It
     return out
 
 
+def check_variant_params(methods: Iterable[str], budget: Any = "paper", **settings: Any) -> None:
+    """Check notebook 05's variant parameters before any upstream work.
+
+    05 finds and reopens its 04 run first (retraining its checkpoint when the clone has none, minutes of
+    CPU); an unknown method, level, bit-width, importance metric, quantizer or budget must stop the run
+    before that, not after. ``budget="paper"`` stands for the budgets read later from paper A's Table 2
+    (:func:`paper_budgets`); ``settings`` are :func:`make_variants`' other arguments.
+
+    Raises:
+        ValueError: what :func:`make_variants` would raise, naming the value and the choices.
+
+    """
+    make_variants(methods, budget=9.0 if isinstance(budget, str) and budget == "paper" else budget, **settings)
+
+
 def paper_budgets(table2: pd.DataFrame, stat: str = "range") -> dict[str, list[float]]:
     """Budgets (target CRs) of LAP, LAQ and P->Q read from paper A's Table 2.
 
