@@ -7,7 +7,9 @@ path therefore goes through these helpers instead of being written relative.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -147,9 +149,35 @@ def atomic_path(path: str | os.PathLike, keep_on_error: bool = False) -> Iterato
         yield tmp
         os.replace(tmp, path)
         ok = True
+    except OSError as err:
+        if err.errno != errno.ENOSPC or isinstance(err, DiskFullError):
+            raise
+        raise disk_full(path, err) from err
     finally:
         if not ok and not keep_on_error and tmp.exists():
             tmp.unlink()
+
+
+class DiskFullError(OSError):
+    """A write the disk could not hold (``errno`` ENOSPC); the message names the file and what to do."""
+
+
+def disk_full(path: str | os.PathLike, err: BaseException) -> DiskFullError:
+    """The error for a write of ``path`` that the disk could not hold: the file, the free space, what to do.
+
+    A full disk shows up as ``OSError: [Errno 28]`` from plain writes, but torch's zip writer says only
+    ``[enforce fail at inline_container.cc:...] unexpected pos``, naming no file.
+    """
+    try:
+        free = f"{shutil.disk_usage(Path(path).parent).free / 2**20:,.0f} MB free there now"
+    except OSError:
+        free = "free space unknown"
+    full = DiskFullError(f"{path}: could not be written, the disk is probably full ({free}; "
+                         f"{type(err).__name__}: {err}). Nothing was replaced: the old file, if any, is intact. "
+                         "Free some space (`make clean-cache` frees the cache) and run again; a training run "
+                         "resumes from its last complete checkpoint")
+    full.errno = errno.ENOSPC
+    return full
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:

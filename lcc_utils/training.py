@@ -29,7 +29,7 @@ from torch import nn
 from lcc_utils.files import broken, load_torch, read_json
 from lcc_utils.inference import mixed_precision as _autocast
 from lcc_utils.inference import predict, resolve_device
-from lcc_utils.paths import atomic_path, atomic_write
+from lcc_utils.paths import atomic_path, atomic_write, disk_full
 from lcc_utils.progress import tqdm
 from lcc_utils.runs import params_hash, portable_data_dir, read_run_json
 
@@ -258,7 +258,12 @@ def _num_classes(model: nn.Module, loaders: Mapping[str, Any]) -> int:
 
 def _atomic_torch_save(obj: object, path: Path) -> None:
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as err:  # a full disk: torch's zip writer says "unexpected pos", naming no file
+            if "inline_container" not in str(err) and "unexpected pos" not in str(err):
+                raise
+            raise disk_full(path, err) from err
 
 
 def _rng_state() -> dict[str, Any]:

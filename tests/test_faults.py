@@ -109,6 +109,35 @@ def test_a_zero_byte_best_checkpoint_names_the_file(tmp_path):
         training.load_checkpoint(tmp_path)
 
 
+def test_a_full_disk_while_saving_a_checkpoint_names_the_file(tmp_path, monkeypatch):
+    """torch's zip writer on a full disk says only ``[enforce fail at inline_container.cc:672] . unexpected pos``."""
+    import errno
+
+    import torch
+    from test_training import TINY, make_loaders, tiny_model
+
+    def full_disk(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"PK\x03\x04")  # the start of a zip, then no room
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1088 vs 1000")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"checkpoints/(best|last)\.pt: could not be written, the disk is probably full "
+                                      r"\(.* MB free there now; RuntimeError: \[enforce fail at inline_container"
+                                      r"\.cc:672\] \. unexpected pos 1088 vs 1000\)\. Nothing was replaced") as err:
+        training.train(tiny_model(), make_loaders(), TINY, epochs=1, device="cpu", run_dir=tmp_path)
+    assert err.value.errno == errno.ENOSPC and "run again; a training run resumes" in str(err.value)
+    assert not list(tmp_path.rglob("*.partial*")), "a half-written checkpoint was left behind"
+    # a plain write that meets a full disk: the same, naming the file
+    from lcc_utils import paths
+
+    def no_room(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", no_room)
+    with pytest.raises(OSError, match=r"metrics\.json: could not be written, the disk is probably full"):
+        paths.atomic_write(tmp_path / "metrics.json", "{}")
+
+
 # ----------------------------------------------------------------------------- decoded-array cache
 @pytest.mark.parametrize("fault", ["truncated raw", "zero-byte raw", "truncated json"])
 def test_a_broken_decoded_array_cache_names_the_file_and_clean_cache(synthetic_root, tmp_cache, fault):
