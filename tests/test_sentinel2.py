@@ -581,11 +581,11 @@ def test_a_product_without_b08_or_b8a_names_the_product_the_band_and_what_to_pas
     with pytest.raises(s2.MissingBandError) as err:
         s2.open_l2a(safe)
     assert str(err.value) == (
-        f"{safe}: band(s) B08 not in this product (B08's stand-in B8A is missing too); it has B02, B03, B04, B05, "
+        f"{safe}: band B08 is not in this product (B08's stand-in B8A is missing too); it has B02, B03, B04, B05, "
         "B06, B07, B11, B12. Pass bands it has instead, e.g. bands=['B02', 'B03', 'B04', 'B11', 'B12'] "
         """(papermill: -y '{"bands": ["B02", "B03", "B04", "B11", "B12"]}')""")
     # B8A asked for beside B08 cannot stand in for it; still a FileNotFoundError, as a missing band was
-    with pytest.raises(FileNotFoundError, match=r"band\(s\) B08 not in this product \(B08's stand-in B8A is "
+    with pytest.raises(FileNotFoundError, match=r"band B08 is not in this product \(B08's stand-in B8A is "
                                                 r"requested already\).* bands=\['B02', 'B8A'\]"):
         s2.open_l2a(fx.make_safe_product_60m(tmp_path / "b" / "S2A_MSIL2A_60M.SAFE", 96), ["B02", "B08", "B8A"])
 

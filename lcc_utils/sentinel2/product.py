@@ -364,7 +364,8 @@ def resolve_bands(bands: Sequence[str], available: Sequence[str], where: str = "
                            f"{'requested already' if BAND_SUBSTITUTES[b] in have else 'missing too'})"
                            for b in missing if b in BAND_SUBSTITUTES)
         raise MissingBandError(
-            f"{where}: band(s) {', '.join(missing)} not in this product{stand_in}; it has "
+            f"{where}: {'band' if len(missing) == 1 else 'bands'} {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not in this product{stand_in}; it has "
             f"{', '.join(available)}. Pass bands it has instead, e.g. bands={instead} "
             f"(papermill: -y '{json.dumps({'bands': instead})}')")
     return resolved, subs
