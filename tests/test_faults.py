@@ -49,6 +49,24 @@ def test_a_truncated_run_json_names_the_file_and_how_to_rerun(name):
     assert "papermill notebooks/04_train.ipynb" in str(err.value)
 
 
+def test_a_truncated_params_json_is_named_by_find_run_and_execute_notebook(tmp_path, tmp_cache):
+    """The other readers of that raw traceback (``JSONDecodeError`` from execute_notebook and find_run)."""
+    nb = _toy_notebook(tmp_path / "09_toy.ipynb")
+    d, _ = runs.execute_notebook(nb, {"value": 4})
+    _truncate(d / "params.json")
+    with pytest.raises(BrokenFileError, match=r"params\.json: not valid JSON .*truncated.*Delete the run folder") as e:
+        runs.execute_notebook(nb, {"value": 4})
+    assert str(e.value).startswith(str(d / "params.json"))
+
+    data_nb = runs.notebook_path("01")  # find_run: a later stage naming this run by its parameters
+    run = runs.start_run(runs.resolve_params(data_nb, {"dataset": "eurosat"}), data_hash="abc",
+                         stage=runs.notebook_stage(data_nb))
+    run.log_metrics({"images": 1})
+    _truncate(run.dir / "params.json")
+    with pytest.raises(BrokenFileError, match=r"params\.json: not valid JSON .*truncated.*papermill notebooks/01_data"):
+        runs.find_run("01", {"dataset": "eurosat"}, data_hash="abc")
+
+
 def test_a_metrics_json_that_does_not_parse_is_no_finished_run():
     run = _finished_run()
     (run.dir / "metrics.json").write_bytes(b"")
@@ -280,6 +298,16 @@ def test_a_zero_batch_size_stops_before_any_run_folder(monkeypatch):
         runs.notebook_params(ns)
     with pytest.raises(ValueError, match="batch_size=0 must be at least 1"):
         runs.execute_notebook(runs.notebook_path("04"), {"batch_size": 0})
+    assert not runs.runs_root().exists(), "a refused parameter made a run folder"
+
+
+@pytest.mark.parametrize(("notebook", "name"), [("01", "samples_per_class"), ("02", "n_per_class"),
+                                               ("06", "n_boot")])
+def test_a_count_parameter_of_zero_stops_before_any_run_folder(notebook, name):
+    """``samples_per_class 0`` once left an empty run folder behind; no kernel starts for it now."""
+    nb = runs.notebook_path(notebook)
+    with pytest.raises(ValueError, match=rf"invalid parameter\(s\) for {nb.name}: {name}=0 must be at least 1"):
+        runs.execute_notebook(nb, {name: 0})
     assert not runs.runs_root().exists(), "a refused parameter made a run folder"
 
 
