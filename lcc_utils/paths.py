@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -140,10 +141,16 @@ def atomic_path(path: str | os.PathLike, keep_on_error: bool = False) -> Iterato
     (``np.savez``, rasterio, ``torch.save``) behave as for ``path``. On an error ``path`` is
     left as it was and the temporary file is removed (kept with ``keep_on_error``, e.g. the
     partial output of a failed notebook, which shows the traceback).
+
+    Each writer gets its own temporary name (process id and a random token): two processes that
+    compute the same shared cache file at once (two pytest-xdist workers, two notebooks) each
+    write their own complete copy and the last rename wins. A fixed name let the first rename
+    take the second writer's file away mid-write (a CI failure, ``FileNotFoundError`` on the
+    rename).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
     ok = False
     try:
         yield tmp

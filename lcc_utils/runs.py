@@ -1140,8 +1140,9 @@ def _set_aside_failed_run(d: Path, executed: Path) -> Path:
     failed.parent.mkdir(parents=True, exist_ok=True)
     if d.exists():
         shutil.move(str(d), str(failed))
-    partial = failed / f".{executed.stem}.partial{executed.suffix}"
-    if partial.exists():  # papermill's output of a failed notebook, under its plain name
+    # papermill's output of a failed notebook (paths.atomic_path's temporary name), under its
+    # plain name; this process held the folder's lock, so there is at most one
+    for partial in sorted(failed.glob(f".{executed.stem}.partial-*{executed.suffix}")):
         os.replace(partial, failed / executed.name)
     return failed
 

@@ -164,7 +164,7 @@ def test_errors_are_named(product, tmp_path):
     with pytest.raises(ValueError, match="classes has 3 names"):
         mp.classify_scene(product, m, tmp_path / "x.tif", patch_size=16, stride=8,
                           classes=["a", "b", "c"], progress=False)
-    # neither the map nor a temporary file of paths.atomic_path (".x.partial.tif") is left
+    # neither the map nor a temporary file of paths.atomic_path (".x.partial-<pid>-<token>.tif") is left
     assert not list(tmp_path.glob("*.tif")), list(tmp_path.glob("*.tif"))
 
 

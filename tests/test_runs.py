@@ -295,6 +295,23 @@ def test_a_failing_notebook_leaves_no_run_folder(tmp_path, tmp_cache):
     assert "the toy broke" in (kept / "09_toy.ipynb").read_text() and (kept / "params.json").is_file()
 
 
+def test_two_writers_of_one_cache_file_at_once_both_finish(tmp_path):
+    # two pytest-xdist workers wrote notebook 02's aligned raster into the shared cache at the same
+    # time: with one fixed temporary name the first rename took the second writer's file away
+    # (FileNotFoundError in CI). Overlapping writers, the second starting while the first writes.
+    from lcc_utils.paths import atomic_path
+
+    target = tmp_path / "scene-aligned.tif"
+    with atomic_path(target) as first:
+        first.write_text("first writer")
+        with atomic_path(target) as second:
+            assert second != first
+            second.write_text("second writer")
+        assert target.read_text() == "second writer" and first.read_text() == "first writer"
+    assert target.read_text() == "first writer"  # the last rename wins, each copy is complete
+    assert [p.name for p in tmp_path.iterdir()] == ["scene-aligned.tif"]  # no temporary file left
+
+
 def _trained_run(synthetic_root):
     """A finished notebook-04 run folder made on the synthetic data, as a fresh clone has it (no checkpoints)."""
     import shutil
