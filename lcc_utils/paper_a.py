@@ -723,13 +723,25 @@ def convergence_table(runs_df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def pretraining_gain(runs_df: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
+#: Seeds of the pretraining gain's first look (issue 21 asked for at least 5 paired seeds).
+GAIN_FIRST_LOOK_SEEDS = 5
+
+
+def pretraining_gain(runs_df: pd.DataFrame, metric: str = "test_accuracy",
+                     first_look_seeds: int = GAIN_FIRST_LOOK_SEEDS) -> pd.DataFrame:
     """Pretrained minus from-scratch accuracy of the same coresets at the same budget, paired by seed.
 
     Whether the in-project stand-in for ImageNet weights is "pretrained" in a useful sense
     (issue 21): for each dataset, model, coreset, fraction and budget that both a pretrained
     and a scratch regime ran, the mean paired difference (points) over the seeds both ran
-    (the same split and the same coreset per seed), its 95 % t-interval and p-value.
+    (the same split and the same coreset per seed), its t-interval and p-value.
+
+    **Two looks.** The gain was first tested on ``first_look_seeds`` seeds; where it was not
+    shown (UC Merced at 10 %: CI -2.7 to 14.3 points) the study added seeds, a second look at
+    data already seen. Testing both looks at 5 % would inflate the false-positive rate, so the
+    error rate is split over the two looks (Bonferroni): a cell with more seeds than the first
+    look is a second look, tested at ``alpha`` 0.025 with a 97.5 % interval; the first look keeps
+    0.05 and 95 %. ``shown`` is whether the interval lies above zero at the cell's own level.
     """
     df = with_regime(runs_df)
     df["init"] = df["regime"].str.split(", ").str[0]
@@ -744,11 +756,14 @@ def pretraining_gain(runs_df: pd.DataFrame, metric: str = "test_accuracy") -> pd
         if not shared:
             continue
         d = pre.loc[shared].to_numpy() - scr.loc[shared].to_numpy()
-        mean, lo, hi, p = stats.paired_difference(d)
+        look = 1 if len(shared) <= first_look_seeds else 2
+        alpha = 0.05 / look
+        mean, lo, hi, p = stats.paired_difference(d, level=1 - alpha)
         rows.append({"model": model, "dataset": dataset, "coreset": coreset, "fraction": fraction,
                      "budget": budget, "n_seeds": len(shared), "pretrained_mean": float(pre.loc[shared].mean()),
-                     "scratch_mean": float(scr.loc[shared].mean()), "gain": mean, "ci_low": lo,
-                     "ci_high": hi, "p": p, "wins": f"{int((d > 0).sum())}/{len(d)}"})
+                     "scratch_mean": float(scr.loc[shared].mean()), "gain": mean, "look": look,
+                     "alpha": alpha, "ci_level": 100 * (1 - alpha), "ci_low": lo, "ci_high": hi, "p": p,
+                     "shown": bool(lo > 0) if pd.notna(lo) else False, "wins": f"{int((d > 0).sum())}/{len(d)}"})
     return pd.DataFrame(rows)
 
 
@@ -880,6 +895,7 @@ def regime_metrics(gain: pd.DataFrame, probes: pd.DataFrame, convergence: pd.Dat
         key = f"gain_{r.dataset}_{r.model}_{r.coreset}_{r.fraction:g}_{r.budget.replace(' ', '')}"
         out[f"{key}_points"] = round(float(r.gain), 4)
         out[f"{key}_ci_low"] = round(float(r.ci_low), 4) if pd.notna(r.ci_low) else None
+        out[f"{key}_shown"] = bool(r.shown)  # interval above zero at the look's own level
     for r in probes.itertuples():
         key = f"probe_{r.dataset}_{r.method}_{r.fraction:g}"
         out[f"{key}_percentile_mean"] = round(float(r.percentile_mean), 2)

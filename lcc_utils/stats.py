@@ -133,8 +133,8 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return out
 
 
-def paired_difference(diffs: np.ndarray) -> tuple[float, float, float, float]:
-    """Mean of paired differences, its 95 % t-interval and the paired t-test p-value.
+def paired_difference(diffs: np.ndarray, level: float = 0.95) -> tuple[float, float, float, float]:
+    """Mean of paired differences, its t-interval (``level``, 95 % by default) and the paired t-test p-value.
 
     The unit is the pair (e.g. one seed shared by two methods). Fewer than 2 pairs give NaN
     interval and p; identical differences give a zero-width interval.
@@ -145,7 +145,7 @@ def paired_difference(diffs: np.ndarray) -> tuple[float, float, float, float]:
     mean, se = d.mean(), d.std(ddof=1) / math.sqrt(len(d))
     if se == 0:
         return float(mean), float(mean), float(mean), (1.0 if mean == 0 else 0.0)
-    half = sps.t.ppf(0.975, len(d) - 1) * se
+    half = sps.t.ppf(0.5 + level / 2, len(d) - 1) * se
     p = 2 * sps.t.sf(abs(mean / se), len(d) - 1)
     return float(mean), float(mean - half), float(mean + half), float(p)
 

@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import t as student_t
 
 from lcc_utils.coresets import (
     CORESETS,
@@ -227,6 +228,34 @@ def test_table1_pairs_seeds_and_puts_paper_numbers_beside_ours():
     assert proto.set_index("setting").loc["image_size", "ours"] == "32"
     with pytest.raises(ValueError, match="lacks columns"):
         table1(df.drop(columns="seed"))
+
+
+def test_pretraining_gain_pairs_seeds_and_tests_a_second_look_at_half_the_error_rate():
+    from lcc_utils.paper_a import pretraining_gain
+
+    rng = np.random.default_rng(0)
+    gains = {0.05: [8.0, 5.0, 11.0, 6.0, 9.0], 0.1: [-3.0, 9.0, 4.0, 12.0, 7.0, 6.0, 2.0, 10.0, 5.0, 8.0]}
+    rows = []
+    for fraction, g in gains.items():
+        for seed, d in enumerate(g):
+            base = 50 + 10 * rng.random()  # seeds differ; the pair shares its split and coreset
+            for bb, acc in (({"dataset": "eurosat", "fraction": 1.0}, base + d), ({}, base)):
+                rows.append({"model": "plain_cnn", "dataset": "ucmerced", "coreset": "random", "fraction": fraction,
+                             "seed": seed, "steps": 1000, "backbone_run": bb, "weights": "",
+                             "test_accuracy": acc / 100})
+    # a pretrained run without its scratch twin is not paired
+    rows.append({**rows[0], "seed": 99, "test_accuracy": 0.99})
+    out = pretraining_gain(pd.DataFrame(rows)).set_index("fraction")
+    first, second = out.loc[0.05], out.loc[0.1]
+    assert first["n_seeds"] == 5 and first["look"] == 1 and first["ci_level"] == pytest.approx(95.0)
+    assert first["gain"] == pytest.approx(7.8) and first["wins"] == "5/5" and first["shown"]
+    # 10 seeds: a second look, tested at 0.025 with a 97.5 % interval (wider than a 95 % one)
+    d = np.array(gains[0.1])
+    half = student_t.ppf(0.9875, 9) * d.std(ddof=1) / np.sqrt(10)
+    assert second["look"] == 2 and second["alpha"] == pytest.approx(0.025)
+    assert second["ci_low"] == pytest.approx(d.mean() - half) and second["ci_high"] == pytest.approx(d.mean() + half)
+    assert second["wins"] == "9/10" and second["shown"] == (d.mean() - half > 0)
+    assert out["budget"].eq("1000 steps").all()
 
 
 def test_holm_adjusts_in_order_and_skips_nan():
