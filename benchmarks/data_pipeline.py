@@ -19,6 +19,11 @@ What each side delivers, per image:
   equal work: on a CPU-only machine that work moves into the training step, and the CPU-path
   row is the ratio to read.
 
+* **floor: one bilinear resize** (not a pipeline): the stored uint8 batch as float, resized to
+  the model's size (channels-last, as the CPU path resizes), nothing else. The CPU path must do
+  at least this; the baseline's rate over it bounds what any equal-work loader on one thread can
+  reach against the baseline (at 224 px the upsample is most of the CPU path's time).
+
 Threads: training pins torch to ``training.CPU_TRAIN_THREADS`` (1) threads, and DataLoader
 workers run one thread each, so every pipeline here runs on one torch thread; one extra row
 runs the CPU path at torch's default thread count. On a 2-core machine with one core busy
@@ -39,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
@@ -66,6 +72,21 @@ class StoredBatches:
 
     def __iter__(self):
         return self.loader.stored_batches()
+
+
+class ResizeFloor:
+    """The stored batches as float, resized to ``size``: the least work an equal-work loader does."""
+
+    def __init__(self, loader: data.BatchLoader, size: int):
+        self.loader, self.size = loader, size
+
+    def __iter__(self):
+        for host, idx in self.loader.stored_batches():
+            x = host.permute(0, 3, 1, 2).float()  # the CPU path's memory layout (channels-last)
+            if x.shape[-1] != self.size:
+                x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=self.size < x.shape[-1],
+                                  align_corners=False)
+            yield x, idx
 
 
 def timed(loader, repeats: int, threads: int) -> tuple[int, float]:
@@ -119,7 +140,9 @@ def main() -> None:
         runs += [("lcc BatchLoader, CPU path", float_batch, one, cpu_path),
                  ("lcc BatchLoader, CPU path, torch default threads", float_batch, default_threads, cpu_path),
                  ("lcc BatchLoader, device path, CPU side", f"uint8 (B, {h}, {w}, 3) stored pixels; resize, "
-                  "augmentation, normalisation deferred to the device", one, StoredBatches(device_path))]
+                  "augmentation, normalisation deferred to the device", one, StoredBatches(device_path)),
+                 ("floor: one bilinear resize, nothing else", f"float32 (B, 3, {size}, {size}), neither augmented "
+                  "nor normalised", one, ResizeFloor(device_path, size))]
         size_rows = []
         for name, delivers, threads, loader in runs:
             n, s = timed(loader, args.repeats, threads)
