@@ -36,7 +36,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         except RuntimeError as err:
             raise ValueError(f"device={device!r} is not a valid device string") from err
         if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} requested but CUDA is not available here")
+            raise ValueError(f"device={device!r} requested but CUDA is not available here; use 'auto' "
+                             "(CUDA when present, else the CPU) or 'cpu'")
         return dev
     raise ValueError(f"unknown device {device!r}; choose one of: auto, cpu, cuda, cuda:N")
 

@@ -31,7 +31,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from torch import nn
 
-from lcc_utils import coresets, data, models, runs, stats, training
+from lcc_utils import coresets, data, inference, models, runs, stats, training
 from lcc_utils.compression import ADAPTIVE_METHODS
 from lcc_utils.compression.variants import with_spec_ratios
 from lcc_utils.constants import (
@@ -337,6 +337,9 @@ def prepare_training(
     its classifier replaced (:func:`backbone`): the stand-in for ImageNet
     weights (issue 21). It excludes ``pretrained`` and ``weights``.
     """
+    # a device this machine lacks stops here, naming the parameter, before any data or folder
+    # (torch would say only "Found no NVIDIA driver on your system", deep in the loaders)
+    inference.resolve_device(device)
     if backbone_run and (pretrained or weights):
         raise ValueError(f"backbone_run={backbone_run!r} starts the model from an in-project run: leave "
                          "pretrained False and weights empty")
@@ -479,10 +482,12 @@ def retrain_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None =
         params["data_dir"] = str(data_dir)
     elif stored_dir and not Path(stored_dir).exists():
         params["data_dir"] = ""
+    if device is not None:  # e.g. a GPU run rebuilt on a CPU machine: its loaders too
+        params["device"] = device
     setup = prepare_training(**params)
     params["data_dir"] = stored_dir
     result = training.train(setup.model, setup.loaders, setup.recipe, **setup.budget,
-                            device=device or params["device"], run_dir=out,
+                            device=params["device"], run_dir=out,
                             seed=int(params["seed"]), params=params)
     mfile = run_dir / "metrics.json"
     if mfile.is_file():

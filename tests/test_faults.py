@@ -376,6 +376,24 @@ def test_05_refuses_an_unknown_method_before_any_upstream_work(tmp_cache):
     assert not list(runs.runs_root().glob("*/*")), "a refused 05 made or reopened a run folder"
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="tests the refusal on a machine without CUDA")
+def test_04_on_cuda_without_a_gpu_names_the_parameter_before_any_folder(tmp_cache):
+    """``-p device cuda`` on a CPU machine once failed with torch's "Found no NVIDIA driver on your system"."""
+    with pytest.raises(RuntimeError, match=r"(?s)failed and left no run folder.*device='cuda' requested but CUDA "
+                                           r"is not available here; use 'auto'"):
+        runs.execute_notebook(runs.notebook_path("04"), {"device": "cuda", "fraction": 0.05})
+    assert not list(runs.runs_root().glob("*/*")), "a refused device made a run folder"
+
+
+def test_02_with_a_missing_label_file_names_it_before_any_folder(shared_data, tmp_cache, tmp_path):
+    """A wrong ``label_source`` was found only after the aligned GeoTIFF had been written, the folder made."""
+    missing = tmp_path / "fields.geojson"
+    with pytest.raises(RuntimeError, match=r"(?s)failed and left no run folder.*labels: reference file "
+                                           r".*fields\.geojson does not exist"):
+        runs.execute_notebook(runs.notebook_path("02"), {"label_source": str(missing), "n_per_class": 5})
+    assert not list(runs.runs_root().glob("*/*")), "a refused label file made a run folder"
+
+
 def test_05s_variant_checks_pass_every_default_profile_and_ci_run():
     from lcc_utils import compression, study
 

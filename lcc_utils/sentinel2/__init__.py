@@ -66,6 +66,7 @@ from lcc_utils.sentinel2.align import (
 from lcc_utils.sentinel2.patches import (
     PatchSet,
     band_stats,
+    check_label_source,
     extract_patches,
     load_patchset,
     save_patchset,
@@ -103,7 +104,7 @@ __all__ = [
     "ALIGNED_NODATA", "MaskCheckError", "check_aligned_mask", "raster_masked_fraction", "scl_mask_share",
     "write_aligned",
     # patch sets
-    "PatchSet", "band_stats", "extract_patches", "load_patchset", "save_patchset",
+    "PatchSet", "band_stats", "check_label_source", "extract_patches", "load_patchset", "save_patchset",
     # adapters
     "BINARY_CLASSES", "bigearthnet_example_dir", "bigearthnet_patches", "eurosat_ms_patchset",
     # binary labels of EuroSAT MS (module)

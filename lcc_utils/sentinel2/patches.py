@@ -300,6 +300,21 @@ class _LabelSource:
             self._src.close()
 
 
+def check_label_source(product: L2AProduct, labels: Any = "scl", label_field: str = "class",
+                       classes: Mapping[int, str] | None = None) -> str:
+    """Open the reference labels as :func:`extract_patches` will, before any work; their description.
+
+    Notebook 02 calls it before its run folder exists: a missing or unreadable label file, an SCL
+    mapping on a product without SCL, a raster on another grid, each stops the run here, naming
+    the file (``labels: ...``), not after the aligned GeoTIFF has been written.
+    """
+    src = _LabelSource(product, labels, label_field, classes)
+    try:
+        return src.description
+    finally:
+        src.close()
+
+
 def _overlaps(a: Sequence[float], b: Sequence[float]) -> bool:
     return a[0] < b[2] and a[2] > b[0] and a[1] < b[3] and a[3] > b[1]
 
