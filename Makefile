@@ -42,7 +42,9 @@ endif
 	$(PY) -m pip install -q --disable-pip-version-check -r $(LOCK)
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	# Register the venv as a named Jupyter kernel: papermill's NoSuchKernel trap otherwise.
-	$(PY) -m ipykernel install --sys-prefix --name $(LCC_KERNEL) --display-name "Python (lcc)" >/dev/null
+	# Its kernel.json carries lcc_utils.runs.KERNEL_ENV (the allocator settings of every kernel lcc starts).
+	$(PY) -m ipykernel install --sys-prefix --name $(LCC_KERNEL) --display-name "Python (lcc)" \
+	  $$($(PY) -c "from lcc_utils.runs import KERNEL_ENV; print(*(f'--env {k} {v}' for k, v in KERNEL_ENV.items()))") >/dev/null
 	touch $@
 
 setup: $(VENV)/.installed

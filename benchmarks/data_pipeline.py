@@ -30,15 +30,25 @@ runs the CPU path at torch's default thread count. On a 2-core machine with one 
 elsewhere, that pool of 2 threads waits at every op for the thread whose core is taken: that
 row is the "64 px regression" of issue 25 (2.26x where a quiet machine gave 3.44x).
 
+Allocator: each setting of ``--allocators`` runs in a process of its own (glibc reads its
+settings at start), every pipeline and the baseline inside it: ``lcc`` is what every kernel lcc
+starts gets (:data:`lcc_utils.runs.KERNEL_ENV`: freed blocks are reused, so a 38.5 MB float32
+batch at 224 px is not page-faulted in again), ``system`` is glibc's default. The ratios to read
+are within one allocator; the two allocators' rows side by side say what the setting buys.
+
 Usage: python benchmarks/data_pipeline.py [--data-dir ../shared/data] [--image-sizes 64 224]
-       [--images 4096] [--batch-size 64] [--workers 0 2] [--repeats 3]
+       [--images 4096] [--batch-size 64] [--workers 0 2] [--repeats 3] [--allocators lcc system]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,8 +60,9 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from lcc_utils import data, training
+from lcc_utils.runs import KERNEL_ENV
 
-COLUMNS = ["image_size", "pipeline", "delivers", "torch_threads", "images_per_s", "lcc_cpu_path_vs_this",
+COLUMNS = ["allocator", "image_size", "pipeline", "delivers", "torch_threads", "images_per_s", "lcc_cpu_path_vs_this",
            "lcc_device_path_cpu_side_vs_this"]
 
 
@@ -115,8 +126,44 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2],
                     help="DataLoader worker counts of the baseline (0 = the plain default DataLoader)")
     ap.add_argument("--repeats", type=int, default=3, help="epochs per pipeline; the fastest counts")
+    ap.add_argument("--allocators", nargs="+", choices=["lcc", "system"], default=["lcc", "system"],
+                    help="lcc: the malloc settings of lcc's kernels (KERNEL_ENV); system: glibc's defaults")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "data_pipeline.csv"))
+    ap.add_argument("--worker-out", help=argparse.SUPPRESS)  # set for the per-allocator processes
     args = ap.parse_args()
+    if args.worker_out:
+        rows, machine = measure(args)
+        Path(args.worker_out).write_text(json.dumps({"rows": rows, "machine": machine}))
+        return
+    rows, machines = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for allocator in args.allocators:
+            env = {k: v for k, v in os.environ.items() if k not in KERNEL_ENV}
+            if allocator == "lcc":
+                env.update(KERNEL_ENV)
+            print(f"allocator {allocator}: " + (", ".join(f"{k}={v}" for k, v in KERNEL_ENV.items())
+                                                if allocator == "lcc" else "glibc defaults"), flush=True)
+            res = Path(tmp) / f"{allocator}.json"
+            subprocess.run([sys.executable, __file__, *sys.argv[1:], "--worker-out", str(res)], env=env,
+                           check=True)
+            got = json.loads(res.read_text())
+            rows += [{"allocator": allocator, **r} for r in got["rows"]]
+            machines.append(f"{allocator}: {got['machine']}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [f"# {Path(__file__).name}", "", *(f"* {m}" for m in machines), "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out} and {out.with_suffix('.md').name}")
+
+
+def measure(args: argparse.Namespace) -> tuple[list[dict], str]:
+    """Every pipeline at every size in this process: the rows and a line on the machine's load."""
     torch.manual_seed(0)
     one, default_threads = training.CPU_TRAIN_THREADS, torch.get_num_threads()
 
@@ -158,18 +205,8 @@ def main() -> None:
     machine = (f"{os.cpu_count()} CPUs, torch default threads {default_threads}, load average "
                f"{load:.2f} before and {os.getloadavg()[0]:.2f} after; {len(idx)} images per epoch, batch "
                f"{args.batch_size}, best of {args.repeats} epochs")
-    print(machine)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [f"# {Path(__file__).name}: {machine}", "", "| " + " | ".join(COLUMNS) + " |",
-             "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out} and {out.with_suffix('.md').name}")
+    print(machine, flush=True)
+    return rows, machine
 
 
 if __name__ == "__main__":

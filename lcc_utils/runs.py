@@ -672,6 +672,20 @@ _STAGE_ALIASES = {"sentinel2_preprocessing": "sentinel2", "coreset_scoring": "co
 #: Environment variable naming the notebook being executed (set by :func:`execute_notebook`).
 NOTEBOOK_ENV = "LCC_NOTEBOOK"
 
+#: glibc malloc settings every kernel lcc starts gets (``execute_notebook``; the ``lcc`` Jupyter
+#: kernel that ``make setup`` registers has them in its kernel.json). By default glibc serves
+#: every block above 32 MiB (the most its adaptive threshold reaches) with a fresh mmap and
+#: returns it on free, so every float32 batch of 64 images at 224 px (38.5 MB) is page-faulted in
+#: again, zeroed by the kernel page by page. Raising the mmap threshold (256 MiB) and the trim
+#: threshold (1 GiB) lets freed blocks be reused: in ``benchmarks/data_pipeline.py`` at 224 px
+#: (``--allocator system`` against the default, see docs/data.md) the CPU path rose from 2.8x to
+#: 4.6x ImageFolder + 2 workers, whose batches arrive in the workers' shared memory (394 -> 417
+#: img/s). Numbers do not change (the allocator only decides where tensors live); a kernel keeps
+#: up to 1 GiB of freed memory instead of returning it. A value already in the environment wins;
+#: other C libraries ignore the names. PyTorch's CPU tuning guide makes the
+#: same point with jemalloc / tcmalloc, which would be one more native dependency.
+KERNEL_ENV = {"MALLOC_MMAP_THRESHOLD_": str(256 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
+
 
 def notebook_stage(notebook: str | os.PathLike) -> str:
     """Stage under ``runs/`` for a notebook file: ``04_train.ipynb`` -> ``train``.
@@ -1100,9 +1114,11 @@ def _execute(notebook: Path, params: dict[str, Any] | None, d: Path, finished: b
 
     existed = d.exists()
     target = (rerun_dir(d) if finished else d) / notebook.name
-    saved = {k: os.environ.get(k) for k in (NOTEBOOK_ENV, LOCK_ENV)}
+    saved = {k: os.environ.get(k) for k in (NOTEBOOK_ENV, LOCK_ENV, *KERNEL_ENV)}
     os.environ[NOTEBOOK_ENV] = notebook.name  # the kernel inherits it: notebook_params knows its file
     os.environ[LOCK_ENV] = str(lock_path(d))
+    for k, v in KERNEL_ENV.items():  # read by the kernel's C library at its start
+        os.environ.setdefault(k, v)
     try:
         with atomic_path(target, keep_on_error=True) as tmp:
             pm.execute_notebook(str(notebook), str(tmp), parameters=params or {},

@@ -74,6 +74,17 @@ def test_kernel_is_registered_under_the_name_the_notebooks_use():
     makefile = (ROOT / "Makefile").read_text()
     assert "LCC_KERNEL ?= lcc" in makefile and "ipykernel install --sys-prefix --name $(LCC_KERNEL)" in makefile
     assert "ipykernel install --sys-prefix --name lcc" in (ROOT / "environment.yml").read_text()
+    # ... with the allocator settings of every kernel lcc starts (runs.KERNEL_ENV)
+    assert "from lcc_utils.runs import KERNEL_ENV" in makefile
+    env_yml = (ROOT / "environment.yml").read_text()
+    assert all(f"--env {k} {v}" in env_yml for k, v in runs.KERNEL_ENV.items())
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec("lcc")
+    except NoSuchKernel:
+        return  # installed with pip, no kernel registered: papermill runs go through execute_notebook
+    assert {k: spec.env.get(k) for k in runs.KERNEL_ENV} == runs.KERNEL_ENV, "make setup again: an older kernel.json"
 
 
 @pytest.mark.notebooks

@@ -110,6 +110,17 @@ def test_execute_notebook_lands_in_run_folder_and_skips_finished(tmp_path):
         runs.execute_notebook(nb, {"valu": 1})
 
 
+def test_kernels_start_with_lccs_allocator_settings_and_a_users_own_value_wins(tmp_path, monkeypatch):
+    """KERNEL_ENV reaches the kernel's environment (glibc reads it at start); the caller's is restored."""
+    body = "import os\nvalue = int(os.environ['MALLOC_MMAP_THRESHOLD_']) + int(os.environ['MALLOC_TRIM_THRESHOLD_'])"
+    nb = _tiny_notebook(tmp_path / "09_envtoy.ipynb", body)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")
+    d, _ = runs.execute_notebook(nb, {"value": 1})
+    assert json.loads((d / "metrics.json").read_text()) == {"double": 2 * (256 * 2**20 + 12345)}
+    assert "MALLOC_MMAP_THRESHOLD_" not in os.environ and os.environ["MALLOC_TRIM_THRESHOLD_"] == "12345"
+
+
 def test_notebook_without_metrics_is_an_error(tmp_path):
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("a = 1", metadata={"tags": ["parameters"]})]
