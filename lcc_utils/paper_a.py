@@ -578,6 +578,12 @@ def table1(runs_df: pd.DataFrame, paper: pd.DataFrame | None = None,
     Runs of different regimes (:func:`regime`: from scratch or pretrained, the step budget)
     are separate rows and are never paired with each other; Holm runs over the comparisons of
     one model, dataset and regime.
+
+    ``pairs_same_backbone`` (pretrained cells, when the runs record ``backbone_state_sha256``):
+    of the seeds paired with random, how many fine-tuned the same backbone weights. A backbone is
+    a checkpoint rebuilt from its committed 04 run wherever the cache lacks it, bit-identical on
+    one machine only: a pair on two rebuilds still shares split, coreset draw and seed, and its
+    difference also carries the (small) difference between the two backbones.
     """
     need = {"model", "dataset", "fraction", "coreset", "seed", metric}
     missing = need - set(runs_df.columns)
@@ -585,9 +591,11 @@ def table1(runs_df: pd.DataFrame, paper: pd.DataFrame | None = None,
         raise ValueError(f"runs_df lacks columns {sorted(missing)} (collect_runs('train'))")
     df = with_regime(runs_df)
     df["acc"] = 100.0 * df[metric].astype(float)
+    has_bb = "backbone_state_sha256" in df and df["backbone_state_sha256"].notna().any()
     rows = []
     for (model, dataset, reg, fraction), part in df.groupby(["model", "dataset", "regime", "fraction"], sort=True):
         rand = part[part["coreset"] == "random"].set_index("seed")["acc"]
+        bb = part.set_index(["coreset", "seed"])["backbone_state_sha256"] if has_bb else None
         names = [c for c in coresets.CORESETS if c in set(part["coreset"])]
         for name in names:
             cell = part[part["coreset"] == name].set_index("seed")["acc"]
@@ -601,6 +609,9 @@ def table1(runs_df: pd.DataFrame, paper: pd.DataFrame | None = None,
                 mean, lo, hi, p = stats.paired_difference(d)
                 row.update(diff_vs_random=mean, ci_low=lo, ci_high=hi, p=p,
                            wins=f"{int((d > 0).sum())}/{len(d)}")
+                if bb is not None and bb.loc[name].notna().any():
+                    same = sum(bb.loc[(name, s)] == bb.loc[("random", s)] for s in shared)
+                    row["pairs_same_backbone"] = f"{same}/{len(shared)}"
             k = (num_classes or {}).get(dataset)
             if k:
                 row.update(chance=100.0 / k, near_chance=bool(row["mean"] < 200.0 / k))

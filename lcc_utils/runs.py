@@ -1184,7 +1184,8 @@ def collect_runs(stage: str | None = None, folders: list[Path] | None = None) ->
             shown = str(d)
         row = {"stage": d.parent.name, "run_dir": shown}
         row.update({k: v for k, v in info.get("params", {}).items() if k not in LOCATION_PARAMS})
-        row.update({k: info.get(k) for k in ("data_hash", "code_version", "cuda") if k in info})
+        row.update({k: info.get(k) for k in ("data_hash", "code_version", "cuda", "backbone_state_sha256")
+                    if k in info})
         row.update({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))})
         rows.append(row)
     return pd.DataFrame(rows)

@@ -230,6 +230,21 @@ def test_table1_pairs_seeds_and_puts_paper_numbers_beside_ours():
         table1(df.drop(columns="seed"))
 
 
+def test_table1_counts_the_pairs_that_fine_tuned_one_backbone():
+    """Pretrained runs record their backbone's weights hash; a rebuilt backbone (another machine) differs."""
+    rows = []
+    for method, shas in {"random": "aaaa", "forgetting": ["aaaa", "aaaa", "bbbb"]}.items():
+        for seed in range(3):
+            rows.append({"model": "plain_cnn", "dataset": "ucmerced", "fraction": 0.05, "coreset": method,
+                         "seed": seed, "test_accuracy": 0.5 + 0.01 * seed, "image_size": 32, "steps": 1000,
+                         "backbone_run": {"dataset": "eurosat", "fraction": 1.0},
+                         "backbone_state_sha256": shas if isinstance(shas, str) else shas[seed]})
+    df = pd.DataFrame(rows)
+    t = table1(df).set_index("coreset")
+    assert t.loc["forgetting", "pairs_same_backbone"] == "2/3"
+    assert "pairs_same_backbone" not in table1(df.drop(columns="backbone_state_sha256"))
+
+
 def test_pretraining_gain_pairs_seeds_and_tests_a_second_look_at_half_the_error_rate():
     from lcc_utils.paper_a import pretraining_gain
 
