@@ -89,10 +89,10 @@ def summary(rows: list[dict], width: int = 120) -> str:
     total = sum(r["seconds"] for r in rows)
     lines += [
         f"demo: {len(rows)} runs in {total / 60:.1f} min; {n_figs} published figures in {_shown(figs)}/",
-        f"make study (quick profile, {sum(full.values())} runs): the CPU-sized study on real data; notebooks 03, 04 "
-        "and 09 alone take about 80 min on 2 cores, 05 (compression of every 04 model) and paper B's 06-08 "
-        "hours more; PROFILE=paper is GPU work. The demo's numbers come from a few epochs on small samples: "
-        "they show the pipeline works, not the papers' results.",
+        f"make study (quick profile, {sum(full.values())} runs): the CPU-sized study on real data, about a day "
+        "on 2 cores (most of it the UC Merced and converged regimes of 04; the README's time table has each "
+        "stage); it resumes from finished runs. PROFILE=paper is GPU work. The demo's numbers come from a few "
+        "epochs on small samples: they show the pipeline works, not the papers' results.",
     ]
     out = []
     for line in lines:
