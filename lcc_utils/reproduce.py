@@ -76,6 +76,9 @@ TOLERANCES: list[tuple[str, str, float]] = [
     (r"acc_mean|acc_std|diff_vs_random|diff_vs_fp32|ci_low|ci_high|(^|_)accuracy_cr|fp32_accuracy|best_accuracy",
      "points", 3.0),
     (r"^best_val_", "selection", 0.08),
+    # validation accuracy gained over a run's last 30 % of steps, in points: two readings of a small
+    # validation set (UC Merced: 168 images, 0.6 points each), so best_val_'s 0.08 in points
+    (r"val_rise", "selection_points", 8.0),
     (r"acc|kappa|f1|precision|recall|(^|_)oa($|_)|agreement|share|rate|iou|margin|aum|loss|mean|std",
      "rate", 0.03),
     (r".", "float", 0.05),
@@ -96,6 +99,11 @@ def rate_tolerance(value: float, n: int | None) -> float:
 #: Integers that follow the training trajectory (the epoch whose validation was best, the epochs
 #: an early stop left): a different float order can move them by a few validations.
 TRAJECTORY = (r"best_epoch$|epochs_run$", 3)
+#: ... and ``best_epoch`` by up to this share of the run's ``epochs_run`` where that is more: a
+#: step-budget run on a small coreset has hundreds of 3-batch "epochs", and the best of a flat,
+#: noisy validation curve can sit anywhere on its plateau (the first rerun on another processor:
+#: 272 -> 306 of 334 epochs, test accuracy within its tolerance).
+TRAJECTORY_SHARE = 0.2
 
 
 def metric_kind(name: str, value: object) -> tuple[str, float | None]:
@@ -136,12 +144,15 @@ def compare_metrics(committed: dict, reproduced: dict, exact: bool = False) -> p
     """
     a, b = flatten(committed), flatten(reproduced)
     n_test = a.get("n_test") if isinstance(a.get("n_test"), int) else None
+    epochs = a.get("epochs_run") if isinstance(a.get("epochs_run"), int) else None
     rows = []
     for name in sorted(set(a) | set(b)):
         va, vb = a.get(name), b.get(name)
         kind, tol = metric_kind(name, va if name in a else vb)
         if kind == "rate" and isinstance(va, (int, float)):
             tol = rate_tolerance(va, n_test)
+        if kind == "trajectory" and name.lower().endswith("best_epoch") and epochs:
+            tol = max(tol, TRAJECTORY_SHARE * epochs)
         diff = None
         if name not in a and name in ADDED_METRICS:
             status = "added since"  # the committed run predates this metric
@@ -261,7 +272,9 @@ def reproduce(profile: str, only: list[str] | None = None, jobs: int = 1, cluste
         "failed": [f"{r} {m}" for r, m in report.loc[report["status"] == "FAIL", ["run", "metric"]].itertuples(
             index=False)],
         "passed": "FAIL" not in counts,
-        "tolerances": {**{kind: tol for _, kind, tol in TOLERANCES}, "trajectory": TRAJECTORY[1],
+        "tolerances": {**{kind: tol for _, kind, tol in TOLERANCES},
+                       "trajectory": f"{TRAJECTORY[1]}; best_epoch max({TRAJECTORY[1]}, "
+                                     f"{TRAJECTORY_SHARE} * epochs_run)",
                        "exact": 0.0, "rate": f"max({RATE_FLOOR}, {RATE_SE} * sqrt(p(1-p)/n_test)), "
                                              f"{RATE_DEFAULT} without n_test"},
     }

@@ -225,6 +225,23 @@ def test_rate_tolerance_scales_with_the_evaluation_size():
     assert reproduce.rate_tolerance(0.5, None) == reproduce.RATE_DEFAULT
 
 
+def test_step_budget_runs_get_trajectory_and_validation_rise_tolerances_for_another_processor():
+    """The first cross-processor rerun of UC Merced step-budget runs (docs/reproducibility.md)."""
+    committed = {"best_epoch": 272, "epochs_run": 334, "val_rise_last30_points": 9.5238, "n_test": 420,
+                 "test_accuracy": 0.6048}
+    again = {"best_epoch": 306, "epochs_run": 334, "val_rise_last30_points": 5.9524, "n_test": 420,
+             "test_accuracy": 0.5833}
+    rep = reproduce.compare_metrics(committed, again).set_index("metric")
+    assert set(rep["status"]) == {"within", "identical"}
+    assert rep.loc["best_epoch", "tolerance"] == pytest.approx(66.8)
+    assert rep.loc["val_rise_last30_points", "kind"] == "selection_points"
+    # a few-epoch run keeps +-3 epochs, and a validation rise off by more than 8 points fails
+    short = reproduce.compare_metrics({"best_epoch": 4, "epochs_run": 10}, {"best_epoch": 8, "epochs_run": 10})
+    assert short.set_index("metric").loc["best_epoch", "status"] == "FAIL"
+    far = reproduce.compare_metrics({"val_rise_last30_points": 9.5}, {"val_rise_last30_points": 0.5})
+    assert far.loc[0, "status"] == "FAIL"
+
+
 def test_metric_kinds_of_committed_metrics():
     kinds = {k: reproduce.metric_kind(k, v)[0] for k, v in {
         "eurosat_plain_cnn_ccs_0.05_acc_mean": 77.9, "eurosat_plain_cnn_ccs_0.05_diff_vs_random": -0.35,
