@@ -681,8 +681,9 @@ NOTEBOOK_ENV = "LCC_NOTEBOOK"
 #: (``--allocator system`` against the default, see docs/data.md) the CPU path rose from 2.8x to
 #: 4.6x ImageFolder + 2 workers, whose batches arrive in the workers' shared memory (394 -> 417
 #: img/s). Numbers do not change (the allocator only decides where tensors live); a kernel keeps
-#: up to 1 GiB of freed memory instead of returning it. A value already in the environment wins;
-#: other C libraries ignore the names. PyTorch's CPU tuning guide makes the
+#: up to 1 GiB of freed memory instead of returning it. ``execute_notebook`` keeps a value already
+#: in the environment; the ``lcc`` kernel's kernel.json sets its own (edit it to change them).
+#: Other C libraries ignore the names. PyTorch's CPU tuning guide makes the
 #: same point with jemalloc / tcmalloc, which would be one more native dependency.
 KERNEL_ENV = {"MALLOC_MMAP_THRESHOLD_": str(256 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
 
