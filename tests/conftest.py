@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,27 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+
+
+def pytest_configure(config):
+    """Share the cores between pytest-xdist workers: each worker (and every kernel it starts)
+    gets ``cores // workers`` OpenMP threads, unless ``OMP_NUM_THREADS`` is set already.
+
+    Without it every worker's inference, compression and scoring used all cores: two workers on
+    two cores ran four busy OpenMP threads, and a spinning thread waits for a descheduled one
+    (measured: the paper-smoke 05 run of EfficientNetV2-S took 177 s with two threads beside a
+    busy core, 29 s with one). Training pins itself to one thread anyway
+    (``training.CPU_TRAIN_THREADS``), and Dask's workers set ``OMP_NUM_THREADS=1`` for the study's
+    own runs; this is the same rule for the test suite.
+    """
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not workers or "OMP_NUM_THREADS" in os.environ:
+        return
+    threads = max(1, (os.cpu_count() or 1) // int(workers))
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # the kernels papermill and nbval start inherit it
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
