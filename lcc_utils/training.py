@@ -718,11 +718,12 @@ def train(
 
 @_pinned_cpu_threads
 def seconds_per_step(model: nn.Module, loader: Any, recipe: str | Recipe = "paper_a",
-                     n_steps: int = 12, device: str | torch.device = "auto") -> float:
+                     n_steps: int = 12, device: str | torch.device = "auto", warmup: int = 2) -> float:
     """Measured seconds of one optimizer step of ``model`` on ``loader`` (batching included).
 
-    Two untimed steps first (allocator, kernels), then ``n_steps`` timed ones, with the same
-    thread pinning as :func:`train`. The model's weights change: pass a throwaway model.
+    ``warmup`` untimed steps first (allocator, kernels, the optimizer's state), then ``n_steps``
+    timed ones, with the same thread pinning as :func:`train`. The model's weights change: pass
+    a throwaway model.
     """
     recipe = get_recipe(recipe)
     dev = resolve_device(device)
@@ -731,8 +732,11 @@ def seconds_per_step(model: nn.Module, loader: Any, recipe: str | Recipe = "pape
     criterion = nn.CrossEntropyLoss()
     batches = iter(loader)
     t0, done = 0.0, 0
-    for i in range(n_steps + 2):
-        if i == 2:
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup={warmup!r} must be an integer >= 0")
+    t0 = time.perf_counter()
+    for i in range(n_steps + warmup):
+        if i == warmup:
             t0 = time.perf_counter()
         try:
             x, y, _ = next(batches)
@@ -746,7 +750,7 @@ def seconds_per_step(model: nn.Module, loader: Any, recipe: str | Recipe = "pape
         if recipe.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
         optimizer.step()
-        done += i >= 2
+        done += i >= warmup
     if dev.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - t0) / max(1, done)

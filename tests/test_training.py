@@ -16,6 +16,7 @@ from lcc_utils.training import (
     load_checkpoint,
     predict,
     resolve_device,
+    seconds_per_step,
     seed_everything,
     train,
 )
@@ -341,3 +342,16 @@ def test_final_progress_line_shows_what_finished(monkeypatch, capsys):
     assert res.stopped_early and n < 30
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert f"100% {n}/{n} [" in line and f"stopped=early at {n}/30 (patience 2)" in line, line
+
+
+def test_seconds_per_step_times_only_the_steps_after_its_warm_up():
+    """A step is counted once: ``n_steps`` timed steps after ``warmup`` untimed ones (0 allowed)."""
+    seen = []
+    model = tiny_model()
+    model.register_forward_hook(lambda *_: seen.append(1))
+    for warmup in (0, 2):
+        seen.clear()
+        assert seconds_per_step(model, make_loaders()["train"], TINY, n_steps=3, device="cpu", warmup=warmup) > 0
+        assert len(seen) == 3 + warmup
+    with pytest.raises(ValueError, match="warmup=-1"):
+        seconds_per_step(model, make_loaders()["train"], TINY, n_steps=3, device="cpu", warmup=-1)
