@@ -39,7 +39,9 @@ ifeq ($(TORCH),cpu)
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --index-url $(TORCH_CPU_INDEX) \
 	  $$(sed -n -E 's/^(torch(vision)?==[^ ;]+).*/\1/p' $(LOCK))
 endif
-	$(PY) -m pip install -q --disable-pip-version-check -r $(LOCK)
+	# --no-compile: Python writes a module's bytecode when it is first imported, instead of pip
+	# compiling all of torch, the CUDA libraries' wrappers and scipy up front (145 s -> 97 s here).
+	$(PY) -m pip install -q --disable-pip-version-check --no-compile -r $(LOCK)
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	# Register the venv as a named Jupyter kernel: papermill's NoSuchKernel trap otherwise.
 	# Its kernel.json carries lcc_utils.runs.KERNEL_ENV (the allocator settings of every kernel lcc starts).

@@ -22,8 +22,9 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.functional import _get_inverse_affine_matrix
-from torchvision.transforms.v2 import functional as TF
+
+# torchvision's functional ops are imported where they are used: importing torchvision costs about
+# 2 s (it imports torch._dynamo), which every notebook that never augments would pay at its start.
 
 #: The op names in torchvision's TrivialAugmentWide order.
 OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
@@ -69,6 +70,8 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 
 def _affine_matrices(ops: list[str], mags: np.ndarray, h: int, w: int, translate_scale: float) -> torch.Tensor:
     """Per-sample inverse affine matrices (torchvision's conventions for each geometric op)."""
+    from torchvision.transforms.functional import _get_inverse_affine_matrix
+
     thetas = []
     for op, m in zip(ops, mags, strict=True):
         if op == "ShearX":  # torchvision shears about the top-left corner (center=[0, 0])
@@ -175,6 +178,8 @@ def apply_ops(
         out[i] = ((xi - lo) * scale).clamp_(0, 255).floor_()
     i = pick("Equalize")
     if len(i):
+        from torchvision.transforms.v2 import functional as TF
+
         out[i] = TF.equalize(images[i]).float()  # torchvision's equalize is batched already
     return out.to(torch.uint8)
 

@@ -9,15 +9,15 @@ test patches as the CNNs so that McNemar's test can pair them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import SVC
 
 from lcc_utils.spectral import nir_band, normalized_difference
+
+if TYPE_CHECKING:  # scikit-learn is imported by the two trainers: about 1.5 s that 02 and 08 never need
+    from sklearn.pipeline import Pipeline
 
 #: Precision of the baselines' indices: float64, as the committed baselines were fitted. On the
 #: EuroSAT MS patch sets float32 would move patch NDVI by at most 7e-8; float64 keeps them exact.
@@ -191,6 +191,10 @@ def train_random_forest(
     one preprocessing.
     """
     yy = _check_xy(features, y, "train_random_forest")
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     model = make_pipeline(
         StandardScaler(),
         RandomForestClassifier(n_estimators=n_estimators, random_state=seed, n_jobs=1),
@@ -218,6 +222,10 @@ def train_svm(
         The fitted pipeline and the grid table (``C``, ``gamma``, ``val_oa``, ``selected``).
 
     """
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
     yy = _check_xy(features, y, "train_svm (train)")
     vy = _check_xy(val_features, val_y, "train_svm (validation)")
     if not c_grid or not gamma_grid:

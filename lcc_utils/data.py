@@ -25,6 +25,7 @@ splits live in :mod:`lcc_utils.splits` (re-exported here).
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -46,7 +47,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2 as _tv2
 
 from . import constants as C
 from . import fingerprints
@@ -753,7 +753,16 @@ TAW_BATCHED_MAX_SIZE = 128
 AUGMENT_POLICIES = (False, True, "trivial", "dihedral")
 
 
-_TORCHVISION_TAW = _tv2.TrivialAugmentWide()
+@functools.cache
+def _torchvision_taw() -> torch.nn.Module:
+    """The TrivialAugmentWide of torchvision, built on first use.
+
+    Importing torchvision costs about 2 s (it imports torch._dynamo), which every notebook
+    without a timm model would otherwise pay at its start.
+    """
+    from torchvision.transforms import v2
+
+    return v2.TrivialAugmentWide()
 
 #: Host dtype a batch is read into on the device path: torch has no arithmetic on uint16, so
 #: Sentinel-2 digital numbers travel as int32 (exact), as the CPU path converts them.
@@ -867,7 +876,7 @@ class BatchLoader:
             # it draws from torch's RNG, seeded here from ours so a run stays reproducible
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(rng.integers(2**31)))
-                return torch.stack([_TORCHVISION_TAW(img) for img in x]).float() / 255.0
+                return torch.stack([_torchvision_taw()(img) for img in x]).float() / 255.0
         k = rng.integers(0, 4, len(x))
         flip = rng.integers(0, 2, len(x)).astype(bool)
         out = torch.empty_like(x)
