@@ -39,10 +39,15 @@ ifeq ($(TORCH),cpu)
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --index-url $(TORCH_CPU_INDEX) \
 	  $$(sed -n -E 's/^(torch(vision)?==[^ ;]+).*/\1/p' $(LOCK))
 endif
-	# --no-compile: Python writes a module's bytecode when it is first imported, instead of pip
-	# compiling all of torch, the CUDA libraries' wrappers and scipy up front (145 s -> 97 s here).
-	$(PY) -m pip install -q --disable-pip-version-check --no-compile -r $(LOCK)
+	# pip compiles the bytecode up front (about 50 s of the 145): keep it. Where
+	# PYTHONDONTWRITEBYTECODE=1 is set (as on the CI machines) nothing writes it later, and
+	# with --no-compile every process compiled torch's modules again at import (tried: slower CI).
+	$(PY) -m pip install -q --disable-pip-version-check -r $(LOCK)
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	# lcc_utils's bytecode too: with PYTHONDONTWRITEBYTECODE=1 (the CI machines) every kernel and
+	# worker compiled the package again at import, about 2 s each (a stale file after an edit is
+	# recompiled in memory, so this is only ever a cache)
+	$(PY) -m compileall -q lcc_utils
 	# Register the venv as a named Jupyter kernel: papermill's NoSuchKernel trap otherwise.
 	# Its kernel.json carries lcc_utils.runs.KERNEL_ENV (the allocator settings of every kernel lcc starts).
 	$(PY) -m ipykernel install --sys-prefix --name $(LCC_KERNEL) --display-name "Python (lcc)" \

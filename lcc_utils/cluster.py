@@ -105,5 +105,15 @@ def open_client(kind: str = "local", jobs: int = 2, address: str | None = None):
 
 
 def worker_environment() -> dict[str, str]:
-    """The ``LCC_*`` settings a worker's kernels must see (batch workers do not inherit ours)."""
-    return {k: v for k, v in os.environ.items() if k.startswith("LCC_")}
+    """The settings a worker's kernels must see (batch workers do not inherit ours).
+
+    The ``LCC_*`` variables, and the allocator settings of every lcc kernel
+    (:data:`lcc_utils.runs.KERNEL_ENV`; a value set here wins). A Dask nanny sets
+    ``MALLOC_TRIM_THRESHOLD_=65536`` in its worker (Dask's ``pre-spawn-environ``), which the
+    kernels would inherit: with it glibc hands the freed top of the heap back after every batch,
+    and each batch is page-faulted in again, the cost ``KERNEL_ENV`` exists to avoid.
+    """
+    from .runs import KERNEL_ENV
+
+    return {**{k: os.environ.get(k, v) for k, v in KERNEL_ENV.items()},
+            **{k: v for k, v in os.environ.items() if k.startswith("LCC_")}}

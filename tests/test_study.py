@@ -116,11 +116,17 @@ def _toy(path: Path, body: str) -> Path:
 
 
 def test_dask_runs_a_stage_after_the_stage_it_reads(tmp_path, tmp_cache, monkeypatch):
-    """Stage 05 reads every stage-04 run: on two Dask workers it starts only after both finished."""
+    """Stage 05 reads every stage-04 run: on two Dask workers it starts only after both finished.
+
+    Its kernel has lcc's allocator settings, not the ``MALLOC_TRIM_THRESHOLD_=65536`` a Dask
+    nanny puts in its worker's environment.
+    """
+    for k in runs.KERNEL_ENV:
+        monkeypatch.delenv(k, raising=False)
     slow = _toy(tmp_path / "04_toy.ipynb", "time.sleep(2)\nrun.log_metrics({'v': value, 't': time.time()})")
     late = _toy(tmp_path / "05_late.ipynb",
-                "import glob\nfs = sorted(glob.glob(str(runs.runs_root() / 'toy' / '*' / 'metrics.json')))\n"
-                "run.log_metrics({'seen': len(fs), 't0': time.time(),"
+                "import glob, os\nfs = sorted(glob.glob(str(runs.runs_root() / 'toy' / '*' / 'metrics.json')))\n"
+                "run.log_metrics({'seen': len(fs), 't0': time.time(), 'trim': os.environ['MALLOC_TRIM_THRESHOLD_'],"
                 " 'last_t': max(json.load(open(f))['t'] for f in fs)})")
     plan = [(slow, {"value": 1}), (slow, {"value": 2}), (late, {})]
     monkeypatch.setitem(study.READS, "05", ("04",))
@@ -128,6 +134,7 @@ def test_dask_runs_a_stage_after_the_stage_it_reads(tmp_path, tmp_cache, monkeyp
     assert table["executed"].all() and list(table["notebook"]) == ["04_toy", "04_toy", "05_late"]
     m = json.loads((Path(table["run_dir"][2]) / "metrics.json").read_text())
     assert m["seen"] == 2 and m["t0"] >= m["last_t"]
+    assert m["trim"] == runs.KERNEL_ENV["MALLOC_TRIM_THRESHOLD_"]
 
 
 def test_a_failed_run_is_named_and_the_others_still_run(tmp_path, tmp_cache):
