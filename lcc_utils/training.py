@@ -725,16 +725,15 @@ def seconds_per_step(model: nn.Module, loader: Any, recipe: str | Recipe = "pape
     timed ones, with the same thread pinning as :func:`train`. The model's weights change: pass
     a throwaway model.
     """
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup={warmup!r} must be an integer >= 0")
     recipe = get_recipe(recipe)
     dev = resolve_device(device)
     model.to(dev).train()
     optimizer = _make_optimizer(model, recipe)
     criterion = nn.CrossEntropyLoss()
     batches = iter(loader)
-    t0, done = 0.0, 0
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup={warmup!r} must be an integer >= 0")
-    t0 = time.perf_counter()
+    t0, done = time.perf_counter(), 0
     for i in range(n_steps + warmup):
         if i == warmup:
             t0 = time.perf_counter()
