@@ -271,6 +271,27 @@ def test_pretraining_gain_pairs_seeds_and_tests_a_second_look_at_half_the_error_
     assert second["ci_low"] == pytest.approx(d.mean() - half) and second["ci_high"] == pytest.approx(d.mean() + half)
     assert second["wins"] == "9/10" and second["shown"] == (d.mean() - half > 0)
     assert out["budget"].eq("1000 steps").all()
+    assert list(out["status"]) == ["tested", "tested"]
+
+
+def test_pretraining_gain_leaves_a_second_look_pending_until_its_planned_pairs_are_in():
+    from lcc_utils.paper_a import pretraining_gain
+
+    rows = []
+    for seed, d in enumerate([9.0, 8.0, 10.0, 7.0, 9.0, 8.0, 11.0, 9.0, 12.0, 10.0, 9.0, -40.0]):
+        for bb, acc in (({"dataset": "eurosat", "fraction": 1.0}, 60 + d), ({}, 60.0)):
+            rows.append({"model": "plain_cnn", "dataset": "ucmerced", "coreset": "random", "fraction": 0.1,
+                         "seed": seed, "steps": 1000, "backbone_run": bb, "weights": "", "test_accuracy": acc / 100})
+    df = pd.DataFrame(rows)
+    # 8 of the 10 planned pairs: a clear gain, yet no interval, p or "shown" (it is not yet the planned test)
+    eight = pretraining_gain(df[df["seed"] < 8]).iloc[0]
+    assert eight["status"] == "pending (8 of 10 planned pairs)" and eight["n_seeds"] == 8
+    assert eight["gain"] == pytest.approx(8.875) and np.isnan(eight["ci_low"]) and np.isnan(eight["p"])
+    assert not eight["shown"]
+    # 12 pairs: tested on the planned first 10 only (seed 11's -40 would sink it)
+    full = pretraining_gain(df).iloc[0]
+    assert full["status"] == "tested" and full["n_seeds"] == 10 and full["gain"] == pytest.approx(9.3)
+    assert full["shown"] and full["wins"] == "10/10"
 
 
 def test_holm_adjusts_in_order_and_skips_nan():
