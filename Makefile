@@ -39,15 +39,19 @@ ifeq ($(TORCH),cpu)
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --index-url $(TORCH_CPU_INDEX) \
 	  $$(sed -n -E 's/^(torch(vision)?==[^ ;]+).*/\1/p' $(LOCK))
 endif
-	# pip compiles the bytecode up front (about 50 s of the 145): keep it. Where
-	# PYTHONDONTWRITEBYTECODE=1 is set (as on the CI machines) nothing writes it later, and
-	# with --no-compile every process compiled torch's modules again at import (tried: slower CI).
-	$(PY) -m pip install -q --disable-pip-version-check -r $(LOCK)
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
-	# lcc_utils's bytecode too: with PYTHONDONTWRITEBYTECODE=1 (the CI machines) every kernel and
-	# worker compiled the package again at import, about 2 s each (a stale file after an edit is
-	# recompiled in memory, so this is only ever a cache)
-	$(PY) -m compileall -q lcc_utils
+	# The lock pins every package with its markers (uv's universal resolution), so pip installs it
+	# as it is (--no-deps: no second resolution, ~12 s) and `pip check` then proves it consistent.
+	# --no-compile: pip's bytecode pass compiles every module of every wheel, one at a time (about
+	# 50 s of the 145, mostly torch modules nothing imports); scripts/warm_bytecode.py writes the
+	# bytecode of what lcc's processes import (~20 s). It must be written here: where
+	# PYTHONDONTWRITEBYTECODE=1 is set (the CI machines) nothing writes it later, and every process
+	# compiled torch at import (tried: --no-compile alone made CI slower).
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-compile -r $(LOCK)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-compile -e .
+	$(PY) -m pip check --disable-pip-version-check
+	# lcc_utils's bytecode is written there too (a stale file after an edit is recompiled in memory,
+	# so this is only ever a cache)
+	$(PY) scripts/warm_bytecode.py
 	# Register the venv as a named Jupyter kernel: papermill's NoSuchKernel trap otherwise.
 	# Its kernel.json carries lcc_utils.runs.KERNEL_ENV (the allocator settings of every kernel lcc starts).
 	$(PY) -m ipykernel install --sys-prefix --name $(LCC_KERNEL) --display-name "Python (lcc)" \

@@ -251,30 +251,41 @@ def test_a_second_copy_of_a_running_run_stops_naming_the_folder_and_the_holder(t
 def test_the_same_papermill_04_command_twice_one_finishes_the_other_refuses(synthetic_root, tmp_path, tmp_cache):
     """Issue 23's probe: the same `papermill notebooks/04_train.ipynb ...` started twice, the second
     while the first trains. The second stops naming the folder and its holder before writing; the
-    first finishes, and no file of the run folder is newer than its metrics.json."""
+    first finishes, and no file of the run folder is newer than its metrics.json.
+
+    The first copy is frozen (SIGSTOP to its process group: papermill and its kernel) from the
+    moment its run folder exists until the second has given up, so it holds the folder's lock
+    however long the second takes to start on a loaded machine; it then trains on. Without the
+    freeze the first had to train ~400 epochs (about 100 s of a CI core) to outlive the second.
+    """
+    import signal
     import time
 
     nb = runs.notebook_path("04")
     args = ["-p", "dataset", "eurosat", "-p", "data_dir", str(synthetic_root), "-p", "model", "lightweight_cnn",
-            "-p", "fraction", "1.0", "-p", "epochs", "400", "-p", "steps", "0", "-p", "image_size", "16",
+            "-p", "fraction", "1.0", "-p", "epochs", "30", "-p", "steps", "0", "-p", "image_size", "16",
             "-p", "batch_size", "16", "-p", "device", "cpu", "-p", "recipe", "fair_cpu"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "IPYTHONDIR": str(tmp_path / "ipython")}
 
     def start(out: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "papermill", str(nb), str(tmp_path / out), "-k", "python3",
                                  "--cwd", str(ROOT), *args], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
     first = start("first.ipynb")
     train = tmp_path / "runs" / "train"
     deadline = time.monotonic() + 120
-    while not list(train.glob("*/params.json")) and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    (d,) = [p.parent for p in train.glob("*/params.json")]
-    assert not (d / "metrics.json").exists(), "the first copy finished before the second started"
-    second = start("second.ipynb")
-    out2, _ = second.communicate(timeout=300)
-    assert first.poll() is None, "the first copy ended before the second reached its run folder: train longer"
+    try:
+        while not list(train.glob("*/params.json")) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(first.pid, signal.SIGSTOP)  # papermill and its kernel, holding the run folder's lock
+        (d,) = [p.parent for p in train.glob("*/params.json")]
+        assert not (d / "metrics.json").exists(), "the first copy finished before the second started: train longer"
+        second = start("second.ipynb")
+        out2, _ = second.communicate(timeout=300)
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+    assert first.poll() is None, "the first copy ended before the second reached its run folder"
     assert second.returncode != 0
     assert "is being written by pid" in out2 and f"runs/train/{d.name}" in out2, out2[-2000:]
     out1, _ = first.communicate(timeout=600)
