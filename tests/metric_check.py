@@ -1,12 +1,23 @@
 """Expected values of the metrics each notebook writes under its CI parameters.
 
-``tests/expected_metrics/NN_name.json`` holds ``{"tolerance": {...}, "metrics": {...}}``. Numbers
-must agree within ``abs`` + ``rel`` * |expected| (defaults below; a file may set its own, and
-``per_metric`` overrides single names); everything else (counts given as integers, strings,
-hashes, booleans) must be equal. Timings are never compared: a metric whose name matches
-``VOLATILE`` is left out when the file is written. Why a tolerance at all: CPU kernels differ
-between processors, so a rerun on another machine may move a 2-epoch accuracy by a few tenths of a
-point; on the machine that wrote the file the values are identical.
+``tests/expected_metrics/NN_name.json`` holds ``{"tolerance": {...}, "metrics": {...}}`` and
+``written_on``, the processor and torch build that wrote it (:func:`lcc_utils.reproduce.processor`).
+
+* **On that machine** numbers must agree within ``abs`` + ``rel`` * |expected| (defaults below; a
+  file may set its own, and ``per_metric`` overrides single names); CPU results there are
+  bit-identical, so any change that alters a result fails with the metric's name.
+* **On another processor** its float kernels sum in another order and SGD turns the last bits
+  into another trajectory: a number passes within the file's tolerance *or* the cross-processor
+  tolerance of its kind (:func:`lcc_utils.reproduce.compare_metrics`: binomial standard errors at
+  the run's ``n_test``, macro averages at ``n_test`` / classes, points, p-values, trajectories).
+  Metrics matching ``same_machine_only["pattern"]`` are compared on the writing machine only,
+  for the reason the file gives (measured: the CI chain's 12-step model at 20 % accuracy keeps it
+  at CR 9 on one processor and falls to chance on another). A file without ``written_on`` (written
+  before it was recorded) is compared the cross-processor way everywhere.
+
+Everything else (counts given as integers, strings, hashes, booleans) must be equal everywhere.
+Timings are never compared: a metric whose name matches ``VOLATILE`` is left out when the file is
+written.
 
 Write or refresh a file from a finished run folder (and review the diff before committing)::
 
@@ -26,12 +37,25 @@ VOLATILE = re.compile(r"seconds|(^|_)ms(_per|$)|per_second|latency|(^|_)device$|
 DEFAULT_TOLERANCE = {"abs": 0.01, "rel": 0.0}
 
 
-def compare_metrics(expected: dict, actual: dict) -> list[str]:
-    """One line per disagreement: ``name: expected X, got Y (tolerance ...)``."""
+def compare_metrics(expected: dict, actual: dict, n_classes: int | None = None,
+                    here: str | None = None) -> list[str]:
+    """One line per disagreement: ``name: expected X, got Y (tolerance ...)``.
+
+    ``n_classes``: the classes the run evaluated (macro averages); ``here``: this machine's
+    :func:`lcc_utils.reproduce.processor` (looked up when not given).
+    """
+    from lcc_utils import reproduce
+
     tol = {**DEFAULT_TOLERANCE, **expected.get("tolerance", {})}
     per = expected.get("per_metric", {})
+    same_machine = expected.get("written_on") is not None and expected["written_on"] == (here or reproduce.processor())
+    only_there = expected.get("same_machine_only", {}).get("pattern")
+    wanted = {k: v for k, v in expected["metrics"].items()
+              if same_machine or not (only_there and re.search(only_there, k))}
+    kinds = None if same_machine else reproduce.compare_metrics(
+        wanted, {k: actual[k] for k in wanted if k in actual}, n_classes=n_classes).set_index("metric")
     problems = []
-    for name, want in expected["metrics"].items():
+    for name, want in wanted.items():
         if name not in actual:
             problems.append(f"{name}: expected {want!r}, missing from metrics.json")
             continue
@@ -40,17 +64,25 @@ def compare_metrics(expected: dict, actual: dict) -> list[str]:
         if isinstance(want, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
             if math.isnan(want) and math.isnan(got):
                 continue
-            if not abs(got - want) <= t["abs"] + t["rel"] * abs(want):
-                problems.append(f"{name}: expected {want!r}, got {got!r} (tolerance abs {t['abs']}, rel {t['rel']})")
-        elif got != want:
-            problems.append(f"{name}: expected {want!r}, got {got!r}")
+            if abs(got - want) <= t["abs"] + t["rel"] * abs(want):
+                continue
+            if kinds is not None and kinds.loc[name, "status"] in ("within", "identical", "not compared"):
+                continue
+            other = "" if kinds is None else (f"; another processor's {kinds.loc[name, 'kind']} tolerance "
+                                              f"{kinds.loc[name, 'tolerance']:.4g}")
+            problems.append(f"{name}: expected {want!r}, got {got!r} (tolerance abs {t['abs']}, rel {t['rel']}{other})")
+        elif got != want and not (kinds is not None and kinds.loc[name, "kind"] == "trajectory"
+                                  and kinds.loc[name, "status"] == "within"):
+            problems.append(f"{name}: expected {want!r}, got {got!r}")  # (best_epoch: +-3 on another processor)
     return problems
 
 
 def expected_from_run(run_dir: str | Path) -> dict:
     """The expected-metrics document of a finished run (volatile metrics left out)."""
+    from lcc_utils import reproduce
+
     metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
-    return {"tolerance": DEFAULT_TOLERANCE,
+    return {"tolerance": DEFAULT_TOLERANCE, "written_on": reproduce.processor(),
             "metrics": {k: v for k, v in sorted(metrics.items()) if not VOLATILE.search(k)
                         and not isinstance(v, (dict, list))}}
 

@@ -27,6 +27,7 @@ import nbformat
 import pytest
 
 from lcc_utils import runs
+from lcc_utils.reproduce import n_classes_of
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -154,7 +155,8 @@ def test_notebook_executes_matches_expected_metrics_and_passes_nbval(nb, shared_
     expected = ROOT / "tests" / "expected_metrics" / f"{nb.stem}.json"
     assert expected.exists(), (f"no expected metrics for {nb.name}: "
                                f"python tests/metric_check.py {d} > {expected.relative_to(ROOT)}")
-    problems = compare_metrics(json.loads(expected.read_text()), json.loads((d / "metrics.json").read_text()))
+    problems = compare_metrics(json.loads(expected.read_text()), json.loads((d / "metrics.json").read_text()),
+                               n_classes=n_classes_of(d))
     assert not problems, f"{nb.name}: metrics differ from {expected.relative_to(ROOT)}:\n" + "\n".join(problems)
 
     r = subprocess.run(

@@ -226,6 +226,43 @@ def test_compare_metrics_kinds_and_tolerances():
     assert set(changed["status"]) == {"FAIL"}
 
 
+def test_another_processors_smoke_rerun_passes_macro_averages_and_percentage_points():
+    """The first smoke reproduction on an Intel Xeon (committed on AMD EPYC): three FAILs that were
+    tolerance rules, not results (docs/reproducibility.md)."""
+    committed = {"test_accuracy": 0.2033, "test_macro_f1": 0.0978, "n_test": 182}
+    intel = {"test_accuracy": 0.2253, "test_macro_f1": 0.1565, "n_test": 182}
+    rep = reproduce.compare_metrics(committed, intel, n_classes=10).set_index("metric")
+    assert set(rep["status"]) == {"within", "identical"}
+    # ten per-class F1s on about 18 images each: the binomial error of 18 images, not of 182
+    assert rep.loc["test_macro_f1", "tolerance"] == pytest.approx(2 * (0.0978 * 0.9022 / 18) ** 0.5)
+    assert reproduce.compare_metrics(committed, intel).set_index("metric").loc["test_macro_f1", "status"] == "FAIL"
+    # paper B's ablation differences are percentage points, not relative floats
+    pp = reproduce.compare_metrics({"A4_vs_A2_diff_pp": 1.25, "A4_vs_A2_ci95_lo_pp": -2.60},
+                                   {"A4_vs_A2_diff_pp": 1.154, "A4_vs_A2_ci95_lo_pp": -2.79}).set_index("metric")
+    assert set(pp["kind"]) == {"points"} and set(pp["status"]) == {"within"}
+    assert reproduce.compare_metrics({"A4_vs_A2_diff_pp": 1.25}, {"A4_vs_A2_diff_pp": 5.0}).loc[0, "status"] == "FAIL"
+
+
+def test_expected_metrics_are_exact_where_written_and_kind_tolerant_elsewhere():
+    from metric_check import compare_metrics as check
+
+    expected = {"tolerance": {"abs": 0.01, "rel": 0.0}, "written_on": "cpu A",
+                "same_machine_only": {"pattern": "cr9", "why": "chaotic"},
+                "metrics": {"test_accuracy": 0.2033, "n_test": 182, "best_accuracy_cr9": 10.99, "model": "plain_cnn",
+                            "best_epoch": 4}}
+    moved = {"test_accuracy": 0.2253, "n_test": 182, "best_accuracy_cr9": 20.88, "model": "plain_cnn", "best_epoch": 5}
+    # the machine that wrote the file: 0.022 is a change of result, and so is another best epoch
+    on_a = check(expected, moved, here="cpu A")
+    assert [p.split(":")[0] for p in on_a] == ["test_accuracy", "best_accuracy_cr9", "best_epoch"]
+    # another processor: within 2 SE at n = 182, and the CR-9 number is not compared there
+    assert check(expected, moved, here="cpu B") == []
+    assert check({**expected, "written_on": None}, moved, here="cpu A") == []
+    # ... but a real change still fails there, and strings and counts stay exact
+    far = check(expected, {**moved, "test_accuracy": 0.40, "model": "resnet18", "best_epoch": 9}, here="cpu B")
+    assert [p.split(":")[0] for p in far] == ["test_accuracy", "model", "best_epoch"]
+    assert "another processor's rate tolerance 0.0" in far[0]
+
+
 def test_rate_tolerance_scales_with_the_evaluation_size():
     assert reproduce.rate_tolerance(0.24, 182) == pytest.approx(2 * (0.24 * 0.76 / 182) ** 0.5)  # 0.063
     assert reproduce.rate_tolerance(0.99, 100_000) == reproduce.RATE_FLOOR
