@@ -518,6 +518,33 @@ def load_dataset(
     cdir.mkdir(parents=True, exist_ok=True)
     stem = f"{name}-{key}-{on_bad}"
     meta_path, arr_path = cdir / f"{stem}.json", cdir / f"{stem}.raw"
+    from filelock import FileLock
+
+    # One process decodes a dataset; another that wants it meanwhile (a second Dask worker, the
+    # test suite beside `make reproduce` in CI) waits and reads the cache instead of decoding it
+    # again. The writes are atomic either way, so the lock saves work, not correctness.
+    with FileLock(str(cdir / f"{stem}.lock")):
+        meta = _cached_or_decoded(name, spec, folder, files, labels, key, twins, on_bad, meta_path, arr_path)
+    # bad entries found by this scan, not the cached ones: they are not part of the hash
+    skipped = [tuple(s) for s in meta["skipped"]] + others
+    if skipped:
+        names = ", ".join(s[0] for s in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
+        warnings.warn(f"{name}: skipped {len(skipped)} bad file(s) (on_bad='skip'): {names}",
+                      stacklevel=2)
+    images = open_npy(arr_path, _cache_remedy(meta_path, arr_path), rows=len(meta["files"]))
+    check_cached_array(images, meta, arr_path, _cache_remedy(meta_path, arr_path))
+    return ImageDataset(
+        name=name, root=folder, classes=list(spec.classes), files=meta["files"],
+        labels=np.asarray(meta["labels"], dtype=np.int64), images=images, bands=spec.bands,
+        hash=key, geo=pd.DataFrame(meta["geo"]) if meta["geo"] else None,
+        skipped=skipped, resized=meta["resized"],
+        converted=[tuple(c) for c in meta.get("converted", [])],
+    )
+
+
+def _cached_or_decoded(name: str, spec, folder: Path, files: list[str], labels, key: str, twins, on_bad: str,
+                       meta_path: Path, arr_path: Path) -> dict:
+    """The decoded-array cache entry's index, decoding the dataset into it first where it is missing."""
     if meta_path.exists() and arr_path.exists():
         meta = _read_cache_meta(meta_path, arr_path)
     else:
@@ -543,21 +570,7 @@ def load_dataset(
             "block_digests": array_block_digests(arr),
         }
         atomic_write(meta_path, json.dumps(meta))
-    # bad entries found by this scan, not the cached ones: they are not part of the hash
-    skipped = [tuple(s) for s in meta["skipped"]] + others
-    if skipped:
-        names = ", ".join(s[0] for s in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
-        warnings.warn(f"{name}: skipped {len(skipped)} bad file(s) (on_bad='skip'): {names}",
-                      stacklevel=2)
-    images = open_npy(arr_path, _cache_remedy(meta_path, arr_path), rows=len(meta["files"]))
-    check_cached_array(images, meta, arr_path, _cache_remedy(meta_path, arr_path))
-    return ImageDataset(
-        name=name, root=folder, classes=list(spec.classes), files=meta["files"],
-        labels=np.asarray(meta["labels"], dtype=np.int64), images=images, bands=spec.bands,
-        hash=key, geo=pd.DataFrame(meta["geo"]) if meta["geo"] else None,
-        skipped=skipped, resized=meta["resized"],
-        converted=[tuple(c) for c in meta.get("converted", [])],
-    )
+    return meta
 
 
 def _cross_class_twins(folder: Path, files: Sequence[str]) -> list[tuple[str, str]]:

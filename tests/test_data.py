@@ -24,6 +24,30 @@ def test_load_synthetic_eurosat(synthetic_root, tmp_cache):
     assert len(list((tmp_cache / "decoded").glob("eurosat-*.raw"))) == 1
 
 
+def test_two_loads_at_once_decode_a_dataset_once(synthetic_root, tmp_cache, monkeypatch):
+    """A second process (here: thread) asking for a dataset being decoded waits and reads the cache."""
+    import threading
+    import time
+
+    calls, real = [], data._decode_all
+
+    def slow_decode(*a, **k):
+        calls.append(threading.get_ident())
+        time.sleep(0.5)  # both loads are inside load_dataset while the first decodes
+        return real(*a, **k)
+
+    monkeypatch.setattr(data, "_decode_all", slow_decode)
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(data.load_dataset("eurosat", synthetic_root, download=False)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(out) == 2 and len(calls) == 1
+    assert np.array_equal(out[0].images, out[1].images) and out[0].hash == out[1].hash
+
+
 def test_ucmerced_odd_sizes_are_resized_and_reported(synthetic_root, tmp_cache):
     ds = data.load_dataset("ucmerced", synthetic_root, download=False)
     assert ds.images.shape == (42, 256, 256, 3)
