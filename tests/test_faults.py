@@ -7,6 +7,7 @@ what is wrong and what to do -- or, where the project can do the right thing its
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -278,13 +279,19 @@ def test_the_same_papermill_04_command_twice_one_finishes_the_other_refuses(synt
     try:
         while not list(train.glob("*/params.json")) and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
+        if first.poll() is not None:  # ended (an error) before its run folder existed: show why
+            pytest.fail(f"the first copy exited {first.returncode} before writing its run folder:\n"
+                        f"{first.communicate()[0][-2000:]}")
         os.killpg(first.pid, signal.SIGSTOP)  # papermill and its kernel, holding the run folder's lock
-        (d,) = [p.parent for p in train.glob("*/params.json")]
+        folders = [p.parent for p in train.glob("*/params.json")]
+        assert len(folders) == 1, f"after 120 s the first copy has {len(folders)} run folders, not 1: {folders}"
+        (d,) = folders
         assert not (d / "metrics.json").exists(), "the first copy finished before the second started: train longer"
         second = start("second.ipynb")
         out2, _ = second.communicate(timeout=300)
     finally:
-        os.killpg(first.pid, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):  # already gone: the failure above says why
+            os.killpg(first.pid, signal.SIGCONT)
     assert first.poll() is None, "the first copy ended before the second reached its run folder"
     assert second.returncode != 0
     assert "is being written by pid" in out2 and f"runs/train/{d.name}" in out2, out2[-2000:]
