@@ -606,6 +606,57 @@ def test_device_path_on_the_cpu_gives_the_cpu_paths_batches(case):
             assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ia, ib)
 
 
+@pytest.mark.parametrize("case", ["ucmerced_to_32", "float_dihedral"])
+def test_shrink_once_gives_the_batches_of_shrinking_every_batch(case, monkeypatch):
+    """The CPU path shrinks a loader's images once (its memo) and augments those copies each epoch.
+
+    Its batches must be bit-identical, strides included (the model's conv takes channels-last
+    input), to shrinking every batch anew, over several epochs and a short last batch, and the
+    stored pixels must be read once: a committed run's numbers cannot move.
+    """
+    from lcc_utils.data import IMAGENET_MEAN, IMAGENET_STD, BatchLoader
+
+    rng = np.random.default_rng(1)
+    if case == "ucmerced_to_32":
+        images = rng.integers(0, 256, (30, 256, 256, 3), dtype=np.uint8)
+        kw = dict(image_size=32, augment="trivial", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    else:
+        images = rng.normal(size=(30, 16, 16, 4)).astype(np.float32)
+        kw = dict(image_size=8, augment="dihedral")
+    idx = rng.permutation(30)[:23]  # unsorted, 23 = 2 x 8 + 7
+    memo = BatchLoader(images, np.arange(30) % 3, idx, 8, shuffle=True, seed=5, **kw)
+    anew = BatchLoader(images, np.arange(30) % 3, idx, 8, shuffle=True, seed=5, **kw)
+    anew._memo_on = False
+    assert memo._memo_on
+    reads = []
+    real_read = memo._read
+    monkeypatch.setattr(memo, "_read", lambda i: reads.append(len(i)) or real_read(i))
+    for epoch in (1, 2, 3):
+        memo.set_epoch(epoch)
+        anew.set_epoch(epoch)
+        batches = list(zip(memo, anew, strict=True))
+        assert [len(a[0]) for a, _ in batches] == [8, 8, 7]
+        for (xa, ya, ia), (xb, yb, ib) in batches:
+            assert xa.stride() == xb.stride()
+            assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ia, ib)
+    assert reads == [23], "the memo reads each stored image once, on the first epoch"
+
+
+def test_shrink_once_is_off_where_it_does_not_apply():
+    """No memo without a shrink (upsampling, no augmentation), on the device path, or over the size cap."""
+    from lcc_utils import data as D
+
+    images = np.zeros((4, 64, 64, 3), np.uint8)
+    make = lambda **kw: D.BatchLoader(images, np.zeros(4, int), np.arange(4), 2, **kw)  # noqa: E731
+    assert make(image_size=32, augment=True)._memo_on
+    assert not make(image_size=224, augment=True)._memo_on
+    assert not make(image_size=32)._memo_on
+    assert not make(image_size=32, augment=True, device="cpu")._memo_on
+    big = np.lib.stride_tricks.as_strided(images, (200_000, 64, 64, 3), (0, 192, 3, 1))
+    assert not D.BatchLoader(big, np.zeros(200_000, int), np.arange(200_000), 64, image_size=32,
+                             augment=True)._memo_on, "200k images at 32 px as uint8 is 614 MB, over the cap"
+
+
 def test_make_loaders_takes_the_device_path_only_for_cuda(monkeypatch, synthetic_root, tmp_cache):
     """The CPU keeps the CPU path (committed runs reproduce); a CUDA training device gets the device path."""
     assert data.loader_device(None) is None and data.loader_device("cpu") is None
