@@ -21,7 +21,7 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -560,8 +560,31 @@ def with_regime(runs_df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def planned_comparisons(planned: Sequence[Mapping[str, Any]],
+                        defaults: Mapping[str, Any]) -> dict[tuple[str, str, str], int]:
+    """Selector-vs-random comparisons per model x dataset x regime once every planned run has landed.
+
+    ``planned``: notebook 04's parameter sets of a profile (:func:`lcc_utils.study.profile_runs`),
+    ``defaults`` its parameters cell (:func:`lcc_utils.runs.notebook_defaults`) filling what a set
+    leaves out. A comparison is a (fraction < 1, coreset other than random) cell whose fraction
+    also has random runs: the Holm family :func:`table1` corrects over.
+    """
+    if not planned:
+        return {}
+    df = with_regime(pd.DataFrame([{**defaults, **p} for p in planned]))
+    df = df[df["fraction"].astype(float) < 1.0]
+    out: dict[tuple[str, str, str], int] = {}
+    for key, part in df.groupby(["model", "dataset", "regime"], sort=True):
+        with_random = set(part.loc[part["coreset"] == "random", "fraction"])
+        cells = {(f, c) for f, c in zip(part["fraction"], part["coreset"], strict=True)
+                 if c != "random" and f in with_random}
+        out[key] = len(cells)
+    return out
+
+
 def table1(runs_df: pd.DataFrame, paper: pd.DataFrame | None = None,
-           metric: str = "test_accuracy", num_classes: Mapping[str, int] = NUM_CLASSES) -> pd.DataFrame:
+           metric: str = "test_accuracy", num_classes: Mapping[str, int] = NUM_CLASSES,
+           planned: Mapping[tuple[str, str, str], int] | None = None) -> pd.DataFrame:
     """Paper A's Table 1, ours beside the paper's: one row per model x dataset x fraction x coreset.
 
     Columns: ``n_seeds``, ``mean`` and ``std`` of test accuracy (%) over seeds; for coresets
@@ -577,7 +600,11 @@ def table1(runs_df: pd.DataFrame, paper: pd.DataFrame | None = None,
 
     Runs of different regimes (:func:`regime`: from scratch or pretrained, the step budget)
     are separate rows and are never paired with each other; Holm runs over the comparisons of
-    one model, dataset and regime.
+    one model, dataset and regime. ``planned`` (:func:`planned_comparisons`) sizes each family as
+    it will be when every planned run has landed: while some comparisons are still training, the
+    ones present are corrected as the complete family will correct them (:func:`stats.holm`'s
+    ``family_size``), never less. ``holm_family`` is that size, ``tested`` how many of its
+    comparisons have a p-value yet (two or more pairs).
 
     ``pairs_same_backbone`` (pretrained cells, when the runs record ``backbone_state_sha256``):
     of the seeds paired with random, how many fine-tuned the same backbone weights. A backbone is
@@ -623,8 +650,15 @@ def table1(runs_df: pd.DataFrame, paper: pd.DataFrame | None = None,
         if col not in out:
             out[col] = np.nan
     out["p_holm"] = np.nan
-    for _, idx in out.groupby(["model", "dataset", "regime"]).groups.items():
-        out.loc[idx, "p_holm"] = stats.holm(out.loc[idx, "p"].to_numpy(dtype=float))
+    out["holm_family"] = 0
+    out["tested"] = 0
+    for key, idx in out.groupby(["model", "dataset", "regime"]).groups.items():
+        p = out.loc[idx, "p"].to_numpy(dtype=float)
+        tested = int((~np.isnan(p)).sum())
+        family = max(tested, int((planned or {}).get(key, 0)))
+        out.loc[idx, "p_holm"] = stats.holm(p, family_size=family)
+        out.loc[idx, "holm_family"] = family
+        out.loc[idx, "tested"] = tested
     if paper is not None:
         out = _with_paper(out, paper)
     return out

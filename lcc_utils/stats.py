@@ -123,13 +123,23 @@ def _check_n_boot(n_boot: int) -> int:
 
 
 # --------------------------------------------------------------------------- multiple testing, t-intervals
-def holm(pvalues: Sequence[float]) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values (statsmodels ``multipletests``); NaN stays NaN, not a test."""
+def holm(pvalues: Sequence[float], family_size: int | None = None) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (statsmodels ``multipletests``); NaN stays NaN, not a test.
+
+    ``family_size``: how many tests the family holds when every planned one has run, when only some
+    have (a study that is still training). The missing ones enter as p = 1, which makes the
+    correction the one the complete family will get for the p-values present: a comparison that
+    lands first is not corrected less than it will be. None: the family is the non-NaN p-values.
+    """
     p = np.asarray(pvalues, dtype=float)
     out = np.full_like(p, np.nan)
     ok = ~np.isnan(p)
-    if ok.any():
-        out[ok] = _statsmodels("stats.multitest", "multipletests")(p[ok], method="holm")[1]
+    n = int(ok.sum())
+    if family_size is not None and family_size < n:
+        raise ValueError(f"family_size={family_size} is smaller than the {n} p-values given")
+    if n:
+        padded = np.concatenate([p[ok], np.ones((family_size or n) - n)])
+        out[ok] = _statsmodels("stats.multitest", "multipletests")(padded, method="holm")[1][:n]
     return out
 
 

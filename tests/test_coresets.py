@@ -230,6 +230,29 @@ def test_table1_pairs_seeds_and_puts_paper_numbers_beside_ours():
         table1(df.drop(columns="seed"))
 
 
+def test_table1_corrects_a_regime_still_training_over_its_planned_family():
+    """The quick profile plans 8 comparisons per UC Merced regime (4 selectors x 2 fractions); with one
+    landed its Holm p is 8 x p, not p, and the table says how many of the family are tested."""
+    from lcc_utils import runs, study
+    from lcc_utils.paper_a import planned_comparisons
+
+    nb = runs.notebook_path("04_train")
+    planned = planned_comparisons(study.profile_runs(nb, "quick"), runs.notebook_defaults(nb))
+    assert planned[("plain_cnn", "ucmerced", "scratch, 3000 steps")] == 8
+    assert planned[("plain_cnn", "eurosat", "scratch, 3000 steps")] == 8
+    assert planned[("plain_cnn", "ucmerced", "pretrained, 1000 steps")] == 8
+    assert planned[("plain_cnn", "eurosat", "scratch, 300 steps")] == 14  # 7 selectors x 2 fractions
+    assert planned[("plain_cnn", "ucmerced", "scratch, 1000 steps")] == 0  # random only: no comparison
+    rows = [{"model": "plain_cnn", "dataset": "ucmerced", "fraction": 0.05, "coreset": c, "seed": s, "steps": 3000,
+             "test_accuracy": (50 + 3 * s + (4 + 2 * (s % 2) if c == "forgetting" else 0)) / 100}
+            for c in ("random", "forgetting") for s in range(3)]
+    alone = table1(pd.DataFrame(rows)).set_index("coreset").loc["forgetting"]
+    t = table1(pd.DataFrame(rows), planned=planned).set_index("coreset").loc["forgetting"]
+    assert alone["p_holm"] == pytest.approx(alone["p"]) and alone["holm_family"] == 1
+    assert t["p_holm"] == pytest.approx(min(1.0, 8 * t["p"])) and t["p"] < 0.05 < t["p_holm"]
+    assert (t["holm_family"], t["tested"]) == (8, 1)
+
+
 def test_table1_counts_the_pairs_that_fine_tuned_one_backbone():
     """Pretrained runs record their backbone's weights hash; a rebuilt backbone (another machine) differs."""
     rows = []

@@ -77,6 +77,18 @@ def test_holm_hand_computed_and_skips_nan():
     assert stats.holm([np.nan]).shape == (1,) and np.isnan(stats.holm([np.nan])[0])
 
 
+def test_holm_over_a_planned_family_corrects_the_landed_p_values_as_the_whole_family_will():
+    """A family of 4 planned tests with 2 landed: the 2 are adjusted as with the other 2 at p = 1."""
+    landed = [0.01, np.nan, 0.02]
+    # sorted 0.01, 0.02 (, 1, 1): 4 * 0.01 = 0.04, max(0.04, 3 * 0.02) = 0.06
+    adj = stats.holm(landed, family_size=4)
+    assert adj[[0, 2]].tolist() == pytest.approx([0.04, 0.06]) and np.isnan(adj[1])
+    assert stats.holm(landed).tolist()[::2] == pytest.approx([0.02, 0.02])  # the landed 2 alone: less
+    assert stats.holm(landed, family_size=2).tolist()[::2] == pytest.approx([0.02, 0.02])
+    with pytest.raises(ValueError, match="family_size=1 is smaller than the 2 p-values"):
+        stats.holm(landed, family_size=1)
+
+
 def test_mcnemar_exact_and_chi2():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 200)
