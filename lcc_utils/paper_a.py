@@ -840,7 +840,7 @@ def _regime_panel(ax: Any, cell: pd.DataFrame, regimes: list[str], colours: Mapp
     for reg in regimes:
         for r in cell[(cell["regime"] == reg) & (cell["coreset"] != "random")].itertuples():
             y = len(labels)
-            labels.append(f"{r.coreset} ({r.n_seeds} seeds)")
+            labels.append(f"{r.coreset} ({r.n_seeds} seed{'' if r.n_seeds == 1 else 's'})")
             if pd.isna(r.diff_vs_random):
                 continue
             err = [[r.diff_vs_random - r.ci_low], [r.ci_high - r.diff_vs_random]]
@@ -889,7 +889,7 @@ def plot_regime_map(table: pd.DataFrame, model: str | None = None) -> Figure:
                           colours, paper_cols)
             axes[i][j].set_title(f"{dataset}, {100 * fraction:g} % of the training split", fontsize=9)
     for ax in axes[-1]:
-        ax.set_xlabel("test accuracy minus random (points, 95 % CI)")
+        ax.set_xlabel("test accuracy minus random (points, 95 % CI; * Holm p < 0.05 in the planned family)")
     legend = {n: h for ax in axes.flat for h, n in zip(*ax.get_legend_handles_labels(), strict=True)}
     if legend:  # nothing to compare (one method, or no paired seeds): no legend
         fig.legend(legend.values(), legend.keys(), fontsize=8, loc="lower center", ncol=min(4, len(legend)),
