@@ -889,11 +889,11 @@ def plot_regime_map(table: pd.DataFrame, model: str | None = None) -> Figure:
                           colours, paper_cols)
             axes[i][j].set_title(f"{dataset}, {100 * fraction:g} % of the training split", fontsize=9)
     for ax in axes[-1]:
-        ax.set_xlabel("test accuracy minus random (points, 95 % CI; * Holm p < 0.05 in the planned family)")
+        ax.set_xlabel("test accuracy minus random (points, 95 % CI)")
     legend = {n: h for ax in axes.flat for h, n in zip(*ax.get_legend_handles_labels(), strict=True)}
     if legend:  # nothing to compare (one method, or no paired seeds): no legend
         fig.legend(legend.values(), legend.keys(), fontsize=8, loc="lower center", ncol=min(4, len(legend)),
-                   frameon=False)
+                   frameon=False, title="*: Holm p < 0.05 over the regime's planned comparisons", title_fontsize=8)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
 
