@@ -4,11 +4,13 @@ Paper A's quick coreset runs train the plain CNN at 32 px on a few dozen to a fe
 images (UC Merced 256 px, EuroSAT 64 px) for 3000 optimizer steps. Augmentation happens at the
 smaller size, so every batch was first shrunk from the stored size; the shrunk image does not
 depend on the epoch, and :class:`lcc_utils.data.BatchLoader` now shrinks each image once and keeps
-it. This script times what a run pays per optimizer step (the loader's batch plus forward, backward
-and AdamW step of the plain CNN, on one torch thread as training pins it) with the memo and with
-it switched off, on the quick profile's coreset sizes, alternating the two in one process. The
-ratio (anew / memo) is the result; the seconds depend on the machine and its other load. It also
-checks that both give bit-identical batches (else the ratio would compare different work).
+it. This script times what a run pays per optimizer step (the loader's batch plus forward,
+backward and optimizer step of the plain CNN under the ``fair_cpu`` recipe, by
+:func:`lcc_utils.training.seconds_per_step`, pinned to training's threads; its warm-up steps build
+the memo) with the memo and with it switched off, on the quick profile's coreset sizes,
+alternating the two in one process. The ratio (anew / memo) is the result; the seconds depend on
+the machine and its other load. It also checks that both give bit-identical batches (else the
+ratio would compare different work).
 
 Writes ``benchmarks/results/shrink_memo.csv``.
 
@@ -20,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,28 +30,9 @@ import torch
 
 from lcc_utils import data
 from lcc_utils.models import create_model
-from lcc_utils.training import seed_everything
+from lcc_utils.training import seconds_per_step, seed_everything
 
 RESULTS = Path(__file__).resolve().parent / "results" / "shrink_memo.csv"
-
-
-def seconds_per_step(loader: data.BatchLoader, model: torch.nn.Module, steps: int) -> float:
-    """Wall seconds per optimizer step over ``steps`` steps (epochs advance as training's do)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    done, epoch = 0, 0
-    t0 = time.perf_counter()
-    while done < steps:
-        epoch += 1
-        loader.set_epoch(epoch)
-        for x, y, _ in loader:
-            opt.zero_grad(set_to_none=True)
-            loss_fn(model(x), y).backward()
-            opt.step()
-            done += 1
-            if done == steps:
-                break
-    return (time.perf_counter() - t0) / steps
 
 
 def main() -> None:
@@ -59,7 +41,6 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60, help="timed optimizer steps per measurement")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    torch.set_num_threads(1)  # training's CPU_TRAIN_THREADS
     rows = []
     for name in ("ucmerced", "eurosat"):
         ds = data.load_dataset(name, args.data_dir)
@@ -78,7 +59,9 @@ def main() -> None:
                 for memo in (True, False):
                     seed_everything(0)
                     model = create_model("plain_cnn", num_classes=len(ds.classes), in_chans=3, image_size=32).train()
-                    times[memo].append(seconds_per_step(loaders[memo], model, args.steps))
+                    # warm-up steps build the memo (once per run, as on a run's first epoch)
+                    times[memo].append(seconds_per_step(model, loaders[memo], "fair_cpu", n_steps=args.steps,
+                                                        device="cpu", warmup=2))
             best = {m: min(t) for m, t in times.items()}
             rows.append({"dataset": name, "fraction": fraction, "coreset_images": n,
                          "stored_px": ds.images.shape[1], "sec_per_step_memo": round(best[True], 4),

@@ -834,7 +834,7 @@ class BatchLoader:
     augments those copies every epoch. The bilinear resize treats each image alone, so the
     batches are bit-identical to shrinking every batch anew (tested), and a run's numbers do not
     change; a 3000-step run on a 76-image coreset shrank each image ~2500 times
-    (``benchmarks/shrink_memo.py`` measures the ratio: 1.36x per optimizer step on UC Merced coresets).
+    (``benchmarks/shrink_memo.py`` measures the ratio: 1.30x per optimizer step on UC Merced coresets).
     """
 
     def __init__(
@@ -876,8 +876,8 @@ class BatchLoader:
         self.device = None if device is None else torch.device(device)
         # augment at the smaller size: shrink first (see the class docstring)
         self._shrinks = self.augment and image_size is not None and image_size < images.shape[2]
-        memo_bytes = len(np.unique(self.indices)) * nb * (image_size or 0) ** 2 * (1 if self._trivial else 4)
-        self._memo_on = self.device is None and self._shrinks and memo_bytes <= SHRUNK_MEMO_MAX_BYTES
+        self._memo_on = self.device is None and self._shrinks and (
+            len(np.unique(self.indices)) * nb * image_size**2 * (1 if self._trivial else 4) <= SHRUNK_MEMO_MAX_BYTES)
         self._memo: tuple[np.ndarray, torch.Tensor] | None = None
         if self.device is not None and self.mean is not None:
             self._mean, self._std = self.mean.to(self.device), self.std.to(self.device)
@@ -937,15 +937,10 @@ class BatchLoader:
         keys, memo = self._memo
         return memo[torch.from_numpy(np.searchsorted(keys, idx))]  # a copy: augmenting it leaves the memo
 
-    def _transform(self, raw: torch.Tensor | None, rng: np.random.Generator,
-                   idx: np.ndarray | None = None) -> torch.Tensor:
-        """Stored (B, H, W, C) pixels -> the model's float (B, C, H, W) batch, on ``raw``'s device.
-
-        ``raw`` None: the shrink-once memo's rows ``idx`` stand for the stored pixels.
-        """
+    def _transform(self, raw: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Stored (B, H, W, C) pixels -> the model's float (B, C, H, W) batch, on ``raw``'s device."""
         if self._shrinks:
-            x = self._augment(self._shrunk(raw) if raw is not None else self._shrunk_rows(idx), rng)
-            return self._normalised(x)
+            return self._normalised(self._augment(self._shrunk(raw), rng))
         x = raw.permute(0, 3, 1, 2)  # a view: channels-last memory, as the CPU path always had
         if self.augment:
             x = self._augment(x if self._trivial else _scaled(x, self._scale), rng)
@@ -982,10 +977,14 @@ class BatchLoader:
         buf.numpy()[srt] = self.images[idx[srt]]
         return buf
 
+    def _batch_indices(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """The epoch's batches of dataset indices (the permutation is ``rng``'s first draw)."""
+        order = rng.permutation(self.indices) if self.shuffle else self.indices
+        return [order[b * self.batch_size:(b + 1) * self.batch_size] for b in range(len(self))]
+
     def _read_ahead(self, rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
         """The epoch's (stored pixels, indices), each read in a thread while the one before is used."""
-        order = rng.permutation(self.indices) if self.shuffle else self.indices
-        batches = [order[b * self.batch_size:(b + 1) * self.batch_size] for b in range(len(self))]
+        batches = self._batch_indices(rng)
         if self.device is None:
             for idx in batches:
                 yield self._read(idx), idx
@@ -1012,10 +1011,9 @@ class BatchLoader:
         # both paths draw the same numbers (the device path reads in a thread, draws here).
         rng = np.random.default_rng([self.seed, self.epoch])
         if self._memo_on:  # the same permutation, then the same augmentation draws, batch by batch
-            order = rng.permutation(self.indices) if self.shuffle else self.indices
-            for b in range(len(self)):
-                idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-                yield self._transform(None, rng, idx), torch.from_numpy(self.all_labels[idx]), torch.from_numpy(idx)
+            for idx in self._batch_indices(rng):
+                x = self._normalised(self._augment(self._shrunk_rows(idx), rng))
+                yield x, torch.from_numpy(self.all_labels[idx]), torch.from_numpy(idx)
             return
         for host, idx in self._read_ahead(rng):
             if self.device is None:
