@@ -833,6 +833,72 @@ def pretraining_gain(runs_df: pd.DataFrame, metric: str = "test_accuracy",
     return pd.DataFrame(rows)
 
 
+#: The doubling rule (docs/paper_a_regimes.md): a budget counts as converged when twice the
+#: steps buys less than this many test-accuracy points, shown by a one-sided paired test.
+DOUBLING_MARGIN_POINTS = 1.0
+#: Paired seeds planned for each doubling check: tested once, when all of them are in.
+DOUBLING_PLANNED_SEEDS = 3
+
+
+def budget_doubling(runs_df: pd.DataFrame, metric: str = "test_accuracy",
+                    margin: float = DOUBLING_MARGIN_POINTS,
+                    planned_seeds: int = DOUBLING_PLANNED_SEEDS) -> pd.DataFrame:
+    """What twice the steps buys the same coresets: the doubling rule, paired by seed.
+
+    Issue 21 asked for a step budget at which random "has stopped improving", measured as a
+    validation rise of < 1 point over the last 30 % of the steps. Under the one-cycle schedule
+    that window always holds the anneal to zero, so the rise never falls below 1 point at any
+    budget we can afford (docs/paper_a_regimes.md). The doubling rule asks the question on the
+    test set instead: for each model, dataset, start, coreset and fraction run at ``N`` and at
+    ``2N`` steps, the paired difference (``2N`` minus ``N``, points) over the seeds both ran
+    (same split, same coreset), its two-sided 95 % t-interval, and a one-sided test that the gain
+    is below ``margin`` (H0: gain >= margin). ``converged`` is that test at 0.05, i.e. the one-sided
+    95 % upper bound below the margin: "not shown" is not read as "still improving", nor the
+    reverse.
+
+    The check is planned at ``planned_seeds`` pairs and tested exactly once, when they are all in
+    (later seeds are not a second look); with fewer it is ``status`` "pending": its mean gain is
+    shown as a reading, without interval, p-value or verdict.
+    """
+    df = with_regime(runs_df)
+    df = df[df["fraction"].astype(float) < 1.0].copy()
+    if df.empty or "steps" not in df:
+        return pd.DataFrame()
+    df["init"] = df["regime"].str.split(", ").str[0]
+    df["steps"] = df["steps"].astype(int)
+    df["acc"] = 100.0 * df[metric].astype(float)
+    rows = []
+    for (model, dataset, init, coreset, fraction), part in df.groupby(
+            ["model", "dataset", "init", "coreset", "fraction"], sort=True):
+        by_steps = {int(n): g.set_index("seed")["acc"] for n, g in part.groupby("steps")}
+        for n in sorted(by_steps):
+            if n <= 0 or 2 * n not in by_steps:
+                continue
+            short, long_ = by_steps[n], by_steps[2 * n]
+            shared = sorted(set(short.index) & set(long_.index))[:planned_seeds]
+            if not shared:
+                continue
+            d = long_.loc[shared].to_numpy() - short.loc[shared].to_numpy()
+            pending = len(shared) < planned_seeds
+            mean, lo, hi, _ = stats.paired_difference(d)
+            upper = p = float("nan")
+            if not pending:
+                upper = stats.paired_difference(d, level=0.90)[2]  # = the one-sided 95 % upper bound
+                p = stats.below_margin_test(d, margin)
+            else:
+                lo = hi = float("nan")
+            rows.append({"model": model, "dataset": dataset, "init": init, "coreset": coreset,
+                         "fraction": fraction, "steps": n, "doubled_steps": 2 * n, "n_seeds": len(shared),
+                         "mean_steps": float(short.loc[shared].mean()),
+                         "mean_doubled": float(long_.loc[shared].mean()), "gain": mean,
+                         "ci_low": lo, "ci_high": hi, "upper_one_sided_95": upper, "margin": margin,
+                         "p_below_margin": p, "converged": bool(p < 0.05) if pd.notna(p) else False,
+                         "status": (f"pending ({len(shared)} of {planned_seeds} planned pairs)" if pending
+                                    else "tested"),
+                         "wins": f"{int((d > 0).sum())}/{len(d)}"})
+    return pd.DataFrame(rows)
+
+
 def _regime_panel(ax: Any, cell: pd.DataFrame, regimes: list[str], colours: Mapping[str, Any],
                   paper_cols: list[str]) -> None:
     """One panel of :func:`plot_regime_map`: a group of rows per regime, then paper A's marks."""
@@ -952,8 +1018,10 @@ def table1_metrics(table: pd.DataFrame, runs_found: int, expected: int) -> dict[
     return out
 
 
-def regime_metrics(gain: pd.DataFrame, probes: pd.DataFrame, convergence: pd.DataFrame) -> dict[str, Any]:
-    """Notebook 09's metrics of the pretraining gain and the linear probes (``convergence``: see below)."""
+def regime_metrics(gain: pd.DataFrame, probes: pd.DataFrame, convergence: pd.DataFrame,
+                   doubling: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Notebook 09's metrics of the pretraining gain, the linear probes and the doubling rule
+    (:func:`budget_doubling`; ``convergence``: see below)."""
     # random's convergence stays in convergence.csv, not here: it is read from each run's
     # history.csv, which a profile may not commit (smoke keeps params and metrics only)
     out: dict[str, Any] = {}
@@ -967,6 +1035,11 @@ def regime_metrics(gain: pd.DataFrame, probes: pd.DataFrame, convergence: pd.Dat
         key = f"probe_{r.dataset}_{r.method}_{r.fraction:g}"
         out[f"{key}_percentile_mean"] = round(float(r.percentile_mean), 2)
         out[f"{key}_acc_mean"] = round(float(r.accuracy_mean), 4)
+    for r in (doubling if doubling is not None else pd.DataFrame()).itertuples():
+        key = f"doubling_{r.dataset}_{r.model}_{r.init}_{r.coreset}_{r.fraction:g}_{r.steps}steps"
+        out[f"{key}_gain_points"] = round(float(r.gain), 4)
+        out[f"{key}_converged"] = bool(r.converged)  # one-sided 95 % bound below the margin
+        out[f"{key}_status"] = str(r.status)
     return out
 
 

@@ -179,6 +179,22 @@ def equivalence_test(x_a: Sequence[float] | np.ndarray, x_b: Sequence[float] | n
     return float(_statsmodels("stats.weightstats", "ttost_paired")(a, b, -margin, margin)[0])
 
 
+def below_margin_test(diffs: Sequence[float] | np.ndarray, margin: float) -> float:
+    """One-sided paired t-test that the mean difference lies below ``margin`` (H0: mean >= margin).
+
+    statsmodels' ``DescrStatsW.ttest_mean(margin, alternative="smaller")``: "shown below the
+    margin" at level alpha when the returned p-value is below alpha, i.e. when the one-sided
+    upper ``1 - alpha`` bound lies below ``margin``. Differences without spread (the t statistic
+    undefined) are below exactly when they are.
+    """
+    d = np.asarray(diffs, dtype=float)
+    if d.ndim != 1 or d.size < 2:
+        raise ValueError(f"diffs must be a 1-D sample of >= 2 paired differences, got shape {d.shape}")
+    if np.ptp(d) == 0:
+        return 0.0 if d[0] < margin else 1.0
+    return float(_statsmodels("stats.weightstats", "DescrStatsW")(d).ttest_mean(margin, alternative="smaller")[1])
+
+
 # --------------------------------------------------------------------------- McNemar (patch level)
 def mcnemar(
     y_true: Sequence[int] | np.ndarray,

@@ -317,6 +317,47 @@ def test_pretraining_gain_leaves_a_second_look_pending_until_its_planned_pairs_a
     assert full["shown"] and full["wins"] == "10/10"
 
 
+def test_budget_doubling_pairs_seeds_and_calls_a_budget_converged_only_below_the_margin():
+    from lcc_utils.paper_a import budget_doubling
+
+    gains = {0.05: [0.2, 0.4, 0.3], 0.1: [0.5, 2.5, 1.2]}  # points bought by twice the steps
+    rows = []
+    for fraction, g in gains.items():
+        for seed, d in enumerate(g):
+            base = 85.0 + seed  # seeds differ; the pair shares its split and coreset
+            for steps, acc in ((3000, base), (6000, base + d)):
+                rows.append({"model": "plain_cnn", "dataset": "eurosat", "coreset": "random", "fraction": fraction,
+                             "seed": seed, "steps": steps, "backbone_run": {}, "weights": "",
+                             "test_accuracy": acc / 100})
+    # 300 steps has no 600-step twin, and a full-data run is never a coreset budget: neither is paired
+    rows.append({**rows[0], "steps": 300, "test_accuracy": 0.7})
+    rows.append({**rows[0], "fraction": 1.0, "steps": 0, "epochs": 15})
+    out = budget_doubling(pd.DataFrame(rows)).set_index("fraction")
+    assert len(out) == 2 and (out["steps"] == 3000).all() and (out["doubled_steps"] == 6000).all()
+    small, large = out.loc[0.05], out.loc[0.1]
+    assert small["gain"] == pytest.approx(0.3) and small["wins"] == "3/3" and small["status"] == "tested"
+    # 0.3 +- 0.1 points: the one-sided upper bound (t(0.95, 2) = 2.92) sits far below 1 point
+    assert small["upper_one_sided_95"] == pytest.approx(0.3 + student_t.ppf(0.95, 2) * 0.1 / np.sqrt(3))
+    assert small["converged"] and small["p_below_margin"] < 0.05
+    # a mean gain above the margin is not converged, whatever its interval
+    assert large["gain"] == pytest.approx(1.4) and not large["converged"] and large["p_below_margin"] > 0.5
+    # two of three planned pairs: a reading, not a test
+    two = budget_doubling(pd.DataFrame([r for r in rows if r["seed"] < 2])).set_index("fraction").loc[0.05]
+    assert two["status"] == "pending (2 of 3 planned pairs)" and two["gain"] == pytest.approx(0.3)
+    assert np.isnan(two["ci_low"]) and np.isnan(two["p_below_margin"]) and not two["converged"]
+
+
+def test_below_margin_test_matches_the_one_sided_t_bound():
+    from lcc_utils.stats import below_margin_test
+
+    d = np.array([0.2, 0.9, 0.4, 0.7])
+    t = (d.mean() - 1.0) / (d.std(ddof=1) / np.sqrt(4))
+    assert below_margin_test(d, 1.0) == pytest.approx(student_t.cdf(t, 3))
+    assert below_margin_test([0.5, 0.5], 1.0) == 0.0 and below_margin_test([1.5, 1.5], 1.0) == 1.0
+    with pytest.raises(ValueError, match="paired differences"):
+        below_margin_test([0.5], 1.0)
+
+
 def test_holm_adjusts_in_order_and_skips_nan():
     adj = holm([0.01, 0.04, np.nan, 0.03])
     assert adj[0] == pytest.approx(0.03) and adj[3] == pytest.approx(0.06)
