@@ -882,11 +882,11 @@ def budget_doubling(runs_df: pd.DataFrame, metric: str = "test_accuracy",
             pending = len(shared) < planned_seeds
             mean, lo, hi, _ = stats.paired_difference(d)
             upper = p = float("nan")
-            if not pending:
+            if pending:  # a reading: no interval, p-value or verdict before the planned pairs are in
+                lo = hi = float("nan")
+            else:
                 upper = stats.paired_difference(d, level=0.90)[2]  # = the one-sided 95 % upper bound
                 p = stats.below_margin_test(d, margin)
-            else:
-                lo = hi = float("nan")
             rows.append({"model": model, "dataset": dataset, "init": init, "coreset": coreset,
                          "fraction": fraction, "steps": n, "doubled_steps": 2 * n, "n_seeds": len(shared),
                          "mean_steps": float(short.loc[shared].mean()),
@@ -1020,8 +1020,10 @@ def table1_metrics(table: pd.DataFrame, runs_found: int, expected: int) -> dict[
 
 def regime_metrics(gain: pd.DataFrame, probes: pd.DataFrame, convergence: pd.DataFrame,
                    doubling: pd.DataFrame | None = None) -> dict[str, Any]:
-    """Notebook 09's metrics of the pretraining gain, the linear probes and the doubling rule
-    (:func:`budget_doubling`; ``convergence``: see below)."""
+    """Notebook 09's metrics of the pretraining gain, the linear probes and the doubling rule.
+
+    ``doubling``: :func:`budget_doubling`'s table; ``convergence``: see below.
+    """
     # random's convergence stays in convergence.csv, not here: it is read from each run's
     # history.csv, which a profile may not commit (smoke keeps params and metrics only)
     out: dict[str, Any] = {}

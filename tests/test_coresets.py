@@ -347,17 +347,6 @@ def test_budget_doubling_pairs_seeds_and_calls_a_budget_converged_only_below_the
     assert np.isnan(two["ci_low"]) and np.isnan(two["p_below_margin"]) and not two["converged"]
 
 
-def test_below_margin_test_matches_the_one_sided_t_bound():
-    from lcc_utils.stats import below_margin_test
-
-    d = np.array([0.2, 0.9, 0.4, 0.7])
-    t = (d.mean() - 1.0) / (d.std(ddof=1) / np.sqrt(4))
-    assert below_margin_test(d, 1.0) == pytest.approx(student_t.cdf(t, 3))
-    assert below_margin_test([0.5, 0.5], 1.0) == 0.0 and below_margin_test([1.5, 1.5], 1.0) == 1.0
-    with pytest.raises(ValueError, match="paired differences"):
-        below_margin_test([0.5], 1.0)
-
-
 def test_holm_adjusts_in_order_and_skips_nan():
     adj = holm([0.01, 0.04, np.nan, 0.03])
     assert adj[0] == pytest.approx(0.03) and adj[3] == pytest.approx(0.06)
