@@ -147,7 +147,6 @@ def test_equivalence_test_is_tost_by_hand():
         stats.equivalence_test(a, b, 0.0)
 
 
-
 def test_below_margin_test_matches_the_one_sided_t_bound():
     d = np.array([0.2, 0.9, 0.4, 0.7])
     t = (d.mean() - 1.0) / (d.std(ddof=1) / np.sqrt(4))
@@ -155,6 +154,7 @@ def test_below_margin_test_matches_the_one_sided_t_bound():
     assert stats.below_margin_test([0.5, 0.5], 1.0) == 0.0 and stats.below_margin_test([1.5, 1.5], 1.0) == 1.0
     with pytest.raises(ValueError, match="paired differences"):
         stats.below_margin_test([0.5], 1.0)
+
 
 def test_permutation_test_enumerates_sign_flips():
     # 16 sign patterns of (1, 1, 1, -0.5); |sum| >= 2.5 for (+,+,+,-), (+,+,+,+) and their negatives
