@@ -345,6 +345,13 @@ def test_budget_doubling_pairs_seeds_and_calls_a_budget_converged_only_below_the
     two = budget_doubling(pd.DataFrame([r for r in rows if r["seed"] < 2])).set_index("fraction").loc[0.05]
     assert two["status"] == "pending (2 of 3 planned pairs)" and two["gain"] == pytest.approx(0.3)
     assert np.isnan(two["ci_low"]) and np.isnan(two["p_below_margin"]) and not two["converged"]
+    # a chain of budgets is tested link by link: 6000 -> 12000 is its own check, pending at 2 pairs
+    chain = [{**r, "steps": 12000, "test_accuracy": r["test_accuracy"] + 0.001} for r in rows
+             if r["steps"] == 6000 and r["fraction"] == 0.05 and r["seed"] < 2]
+    links = budget_doubling(pd.DataFrame(rows + chain))
+    link = links[links["steps"] == 6000].iloc[0]
+    assert len(links) == 3 and link["doubled_steps"] == 12000 and link["gain"] == pytest.approx(0.1)
+    assert link["status"] == "pending (2 of 3 planned pairs)" and link["mean_steps"] == pytest.approx(85.8)
 
 
 def test_holm_adjusts_in_order_and_skips_nan():
