@@ -376,6 +376,8 @@ def prepare_training(
 #: The convergence window of issue 21: a run is still rising when its validation accuracy gains
 #: a point or more over the last 30 % of its optimizer steps.
 RISE_WINDOW = 0.3
+#: Seeds a cell needs before :func:`convergence_table` gives a verdict (issue 21: ">= 3 seeds").
+CONVERGENCE_MIN_SEEDS = 3
 
 
 def val_rise(history: pd.DataFrame, window: float = RISE_WINDOW) -> float:
@@ -746,13 +748,19 @@ def plot_table1(table: pd.DataFrame, model: str | None = None) -> Figure:
     return fig
 
 
-def convergence_table(runs_df: pd.DataFrame) -> pd.DataFrame:
+def convergence_table(runs_df: pd.DataFrame, min_seeds: int = CONVERGENCE_MIN_SEEDS) -> pd.DataFrame:
     """Is each regime's budget converged? Per dataset x regime x fraction x coreset, over seeds.
 
     ``val_rise`` (:func:`val_rise`, points gained over the last 30 % of the steps) is recomputed
     from every run's ``history.csv``, so runs made before it was recorded are covered too;
-    ``coreset_fit`` (the kept model on its own coreset) is read where the run recorded it. Issue
-    21's rule: a budget is converged when random's median rise is below 1 point.
+    ``coreset_fit`` (the kept model on its own coreset) is read where the run recorded it.
+
+    ``converged`` is issue 21's rule read as its done-when words it, "every run" rising < 1 point:
+    True only when the cell's largest rise is below 1 point, and only once it has
+    ``min_seeds`` seeds (None before: one seed below 1 point is not a verdict). A median below
+    1 point with one seed above is not converged; the median is kept beside it for reading. The
+    rise is the difference of two validation accuracies (EuroSAT: 2,160 images, a standard error
+    near 0.7 points each at 89 %), so a single run's figure is noisy at the 1-point scale.
     """
     rows = []
     for r in with_regime(runs_df).to_dict("records"):
@@ -769,7 +777,8 @@ def convergence_table(runs_df: pd.DataFrame) -> pd.DataFrame:
     out = g.agg(n_seeds=("seed", "nunique"), val_rise_median=("val_rise", "median"),
                 val_rise_min=("val_rise", "min"), val_rise_max=("val_rise", "max"),
                 coreset_fit_mean=("coreset_fit", "mean")).reset_index()
-    out["converged"] = out["val_rise_median"] < 1.0
+    out["converged"] = [bool(m < 1.0) if n >= min_seeds else None
+                        for m, n in zip(out["val_rise_max"], out["n_seeds"], strict=True)]
     return out
 
 

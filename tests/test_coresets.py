@@ -354,6 +354,31 @@ def test_budget_doubling_pairs_seeds_and_calls_a_budget_converged_only_below_the
     assert link["status"] == "pending (2 of 3 planned pairs)" and link["mean_steps"] == pytest.approx(85.8)
 
 
+def test_convergence_needs_every_seed_below_one_point_and_three_seeds(tmp_path):
+    from lcc_utils.paper_a import convergence_table
+
+    # validation at 70 % of the steps, then at the end: the rise over the last 30 % in points
+    rises = {("random", 0): 0.5, ("random", 1): 0.9, ("random", 2): 1.3, ("margin", 0): 0.2,
+             ("margin", 1): 0.4, ("margin", 2): 0.6, ("ccs", 0): 0.1}
+    rows = []
+    for (coreset, seed), rise in rises.items():
+        folder = tmp_path / f"{coreset}-{seed}"
+        folder.mkdir()
+        pd.DataFrame({"step": [6000, 8400, 12000], "val_accuracy": [0.80, 0.88, 0.88 + rise / 100]}).to_csv(
+            folder / "history.csv", index=False)
+        rows.append({"dataset": "eurosat", "model": "plain_cnn", "coreset": coreset, "fraction": 0.05,
+                     "seed": seed, "steps": 12000, "weights": "random init", "run_dir": str(folder),
+                     "coreset_train_accuracy": 1.0})
+    out = convergence_table(pd.DataFrame(rows)).set_index("coreset")
+    assert (out["regime"] == "scratch, 12000 steps").all()
+    # random's median rise (0.9) is below 1 point, but one of its runs rose 1.3: not converged
+    assert out.loc["random", "val_rise_median"] == pytest.approx(0.9)
+    assert out.loc["random", "val_rise_max"] == pytest.approx(1.3) and out.loc["random", "converged"] is False
+    assert out.loc["margin", "converged"] is True
+    # one seed below 1 point is no verdict
+    assert out.loc["ccs", "n_seeds"] == 1 and out.loc["ccs", "converged"] is None
+
+
 def test_holm_adjusts_in_order_and_skips_nan():
     adj = holm([0.01, 0.04, np.nan, 0.03])
     assert adj[0] == pytest.approx(0.03) and adj[3] == pytest.approx(0.06)
