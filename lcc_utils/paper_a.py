@@ -777,8 +777,9 @@ def convergence_table(runs_df: pd.DataFrame, min_seeds: int = CONVERGENCE_MIN_SE
     out = g.agg(n_seeds=("seed", "nunique"), val_rise_median=("val_rise", "median"),
                 val_rise_min=("val_rise", "min"), val_rise_max=("val_rise", "max"),
                 coreset_fit_mean=("coreset_fit", "mean")).reset_index()
-    out["converged"] = [bool(m < 1.0) if n >= min_seeds else None
-                        for m, n in zip(out["val_rise_max"], out["n_seeds"], strict=True)]
+    measured = g["val_rise"].count().to_numpy()  # a run without history.csv has no rise: no verdict
+    out["converged"] = [bool(m < 1.0) if n >= min_seeds and k == n else None
+                        for m, n, k in zip(out["val_rise_max"], out["n_seeds"], measured, strict=True)]
     return out
 
 

@@ -377,6 +377,9 @@ def test_convergence_needs_every_seed_below_one_point_and_three_seeds(tmp_path):
     assert out.loc["margin", "converged"] is True
     # one seed below 1 point is no verdict
     assert out.loc["ccs", "n_seeds"] == 1 and out.loc["ccs", "converged"] is None
+    # a run without its history has no rise, and its cell no verdict
+    (tmp_path / "margin-2" / "history.csv").unlink()
+    assert convergence_table(pd.DataFrame(rows)).set_index("coreset").loc["margin", "converged"] is None
 
 
 def test_holm_adjusts_in_order_and_skips_nan():
