@@ -861,9 +861,8 @@ def budget_doubling(runs_df: pd.DataFrame, metric: str = "test_accuracy",
     run at 3000 and 6000 steps (docs/paper_a_regimes.md; :func:`convergence_table` keeps it).
     The doubling rule asks the question on the test set instead: for each model, dataset,
     start, coreset and fraction run at ``N`` and at ``2N`` steps, the paired difference
-    (``2N`` minus ``N``, points) over the seeds both ran
-    (same split, same coreset), its two-sided 95 % t-interval, and a one-sided test that the gain
-    is below ``margin`` (H0: gain >= margin). ``converged`` is that test at 0.05, i.e. the one-sided
+    (``2N`` minus ``N``, points) over the seeds both ran (same split, same coreset), its
+    two-sided 95 % t-interval, and a one-sided test that the gain is below ``margin`` (H0: gain >= margin). ``converged`` is that test at 0.05, i.e. the one-sided
     95 % upper bound below the margin: "not shown" is not read as "still improving", nor the
     reverse.
 
