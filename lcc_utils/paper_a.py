@@ -862,9 +862,9 @@ def budget_doubling(runs_df: pd.DataFrame, metric: str = "test_accuracy",
     The doubling rule asks the question on the test set instead: for each model, dataset,
     start, coreset and fraction run at ``N`` and at ``2N`` steps, the paired difference
     (``2N`` minus ``N``, points) over the seeds both ran (same split, same coreset), its
-    two-sided 95 % t-interval, and a one-sided test that the gain is below ``margin`` (H0: gain >= margin). ``converged`` is that test at 0.05, i.e. the one-sided
-    95 % upper bound below the margin: "not shown" is not read as "still improving", nor the
-    reverse.
+    two-sided 95 % t-interval, and a one-sided test that the gain is below ``margin`` (H0: gain
+    >= margin). ``converged`` is that test at 0.05, i.e. the one-sided 95 % upper bound below the
+    margin: "not shown" is not read as "still improving", nor the reverse.
 
     The check is planned at ``planned_seeds`` pairs and tested exactly once, when they are all in
     (later seeds are not a second look); with fewer it is ``status`` "pending": its mean gain is
