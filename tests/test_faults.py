@@ -254,13 +254,19 @@ def test_the_same_papermill_04_command_twice_one_finishes_the_other_refuses(synt
     while the first trains. The second stops naming the folder and its holder before writing; the
     first finishes, and no file of the run folder is newer than its metrics.json.
 
-    The first copy is frozen (SIGSTOP to its process group: papermill and its kernel) from the
-    moment its run folder exists until the second has given up, so it holds the folder's lock
-    however long the second takes to start on a loaded machine; it then trains on. Without the
-    freeze the first had to train ~400 epochs (about 100 s of a CI core) to outlive the second.
+    The first copy's kernel (it holds the folder's lock) is frozen with SIGSTOP in the middle of its
+    training cell until the second has given up, so it holds the lock however long the second takes
+    to start on a loaded machine; it then trains on. Only the kernel is frozen, and only mid-cell:
+    papermill itself waits for a cell's reply without a time limit, but once the reply has come it
+    allows the kernel 4 s (nbclient's iopub_timeout) for the cell's last output. Freezing papermill
+    (its process group; the kernel runs in a session of its own) inside that window made the first
+    copy fail on resume (CI, stop 36). Without any freeze the first had to train ~400 epochs (about
+    100 s of a CI core) to outlive the second.
     """
     import signal
     import time
+
+    import psutil  # installed with distributed (a declared dependency)
 
     nb = runs.notebook_path("04")
     args = ["-p", "dataset", "eurosat", "-p", "data_dir", str(synthetic_root), "-p", "model", "lightweight_cnn",
@@ -276,22 +282,28 @@ def test_the_same_papermill_04_command_twice_one_finishes_the_other_refuses(synt
     first = start("first.ipynb")
     train = tmp_path / "runs" / "train"
     deadline = time.monotonic() + 120
+    kernel = None
     try:
-        while not list(train.glob("*/params.json")) and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if first.poll() is not None:  # ended (an error) before its run folder existed: show why
-            pytest.fail(f"the first copy exited {first.returncode} before writing its run folder:\n"
+        # history.csv is written after every epoch of the training cell: once it exists the kernel is inside
+        # that cell, with the run folder locked
+        while not list(train.glob("*/history.csv")) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if first.poll() is not None:  # ended (an error) before it trained: show why
+            pytest.fail(f"the first copy exited {first.returncode} before it trained:\n"
                         f"{first.communicate()[0][-2000:]}")
-        os.killpg(first.pid, signal.SIGSTOP)  # papermill and its kernel, holding the run folder's lock
+        (kernel,) = [c for c in psutil.Process(first.pid).children() if "ipykernel" in " ".join(c.cmdline())]
+        os.killpg(kernel.pid, signal.SIGSTOP)  # the kernel leads a session of its own (jupyter_client)
         folders = [p.parent for p in train.glob("*/params.json")]
         assert len(folders) == 1, f"after 120 s the first copy has {len(folders)} run folders, not 1: {folders}"
         (d,) = folders
-        assert not (d / "metrics.json").exists(), "the first copy finished before the second started: train longer"
+        epochs_done = len(pd.read_csv(d / "history.csv"))
+        assert epochs_done < 29, f"the first copy had trained {epochs_done} of 30 epochs when frozen: train longer"
         second = start("second.ipynb")
         out2, _ = second.communicate(timeout=300)
     finally:
-        with contextlib.suppress(ProcessLookupError):  # already gone: the failure above says why
-            os.killpg(first.pid, signal.SIGCONT)
+        if kernel is not None:
+            with contextlib.suppress(ProcessLookupError):  # already gone: the failure above says why
+                os.killpg(kernel.pid, signal.SIGCONT)
     assert first.poll() is None, "the first copy ended before the second reached its run folder"
     assert second.returncode != 0
     assert "is being written by pid" in out2 and f"runs/train/{d.name}" in out2, out2[-2000:]
