@@ -291,6 +291,8 @@ def test_the_same_papermill_04_command_twice_one_finishes_the_other_refuses(synt
         if first.poll() is not None:  # ended (an error) before it trained: show why
             pytest.fail(f"the first copy exited {first.returncode} before it trained:\n"
                         f"{first.communicate()[0][-2000:]}")
+        if not list(train.glob("*/history.csv")):
+            pytest.fail("after 120 s the first copy has not finished an epoch (no history.csv in its run folder)")
         (kernel,) = [c for c in psutil.Process(first.pid).children() if "ipykernel" in " ".join(c.cmdline())]
         os.killpg(kernel.pid, signal.SIGSTOP)  # the kernel leads a session of its own (jupyter_client)
         folders = [p.parent for p in train.glob("*/params.json")]
