@@ -242,6 +242,7 @@ def test_table1_corrects_a_regime_still_training_over_its_planned_family():
     assert planned[("plain_cnn", "eurosat", "scratch, 3000 steps")] == 8
     assert planned[("plain_cnn", "eurosat", "scratch, 12000 steps")] == 8  # the selectors at 4x the arm's budget
     assert planned[("plain_cnn", "eurosat", "scratch, 6000 steps")] == 0  # random only: the doubling rule's test
+    assert planned[("plain_cnn", "eurosat", "scratch, 24000 steps")] == 0  # random only: the rise pilot at 8x
     assert planned[("plain_cnn", "ucmerced", "pretrained, 1000 steps")] == 8
     assert planned[("plain_cnn", "eurosat", "scratch, 300 steps")] == 14  # 7 selectors x 2 fractions
     assert planned[("plain_cnn", "ucmerced", "scratch, 1000 steps")] == 0  # random only: no comparison
