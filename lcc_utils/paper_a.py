@@ -380,22 +380,54 @@ RISE_WINDOW = 0.3
 CONVERGENCE_MIN_SEEDS = 3
 
 
-def val_rise(history: pd.DataFrame, window: float = RISE_WINDOW) -> float:
+#: Where the rise's window starts when no validation falls on the cut (1 - window) x steps:
+#: ``"before"`` (the recorded metric) takes the last validation at or before the cut, so the
+#: window spans *at least* 30 % of the steps; ``"after"`` takes the first one at or after it, so
+#: it spans *at most* 30 %. Validations come every 10 % of the epochs, so the two differ by up to
+#: a tenth of the run: e.g. 38-39.5 % against 27.7-29.5 % for EuroSAT at 10 % (a hard choice the
+#: issue leaves open; docs/paper_a_regimes.md gives both).
+RISE_ANCHORS = ("before", "after")
+
+
+def _rise_start(h: pd.DataFrame, window: float, anchor: str) -> pd.Series:
+    if anchor not in RISE_ANCHORS:
+        raise ValueError(f"anchor={anchor!r}: choose one of {', '.join(RISE_ANCHORS)}")
+    cut = (1.0 - window) * float(h["step"].max())
+    side = h[h["step"] <= cut] if anchor == "before" else h[h["step"] >= cut]
+    if side.empty:
+        return h.iloc[0]
+    return side.iloc[-1] if anchor == "before" else side.iloc[0]
+
+
+def val_rise(history: pd.DataFrame, window: float = RISE_WINDOW, anchor: str = "before") -> float:
     """Points of validation accuracy gained over the last ``window`` of a run's steps.
 
-    The last validation minus the last validation at or before step ``(1 - window) x steps``
-    (a run validated only inside the window compares with its first validation). The budget
-    rule of issue 21: a step budget has converged when random's rise is under 1 point. With a
-    one-cycle schedule a late rise is partly the learning rate annealing to zero, so this
-    reads "did the last 30 % of the budget still buy accuracy", not "is the loss flat".
+    The last validation minus the validation that starts the window: with ``anchor="before"``
+    (the metric every run records) the last one at or before step ``(1 - window) x steps``, with
+    ``"after"`` the first one at or after it (see :data:`RISE_ANCHORS`; a run validated only
+    inside the window compares with its first validation). The budget rule of issue 21: a step
+    budget has converged when random's rise is under 1 point. With a one-cycle schedule a late
+    rise is partly the learning rate annealing to zero, so this reads "did the last 30 % of the
+    budget still buy accuracy", not "is the loss flat".
     """
     h = history.dropna(subset=["val_accuracy"]).sort_values("step")
     if h.empty:
         return float("nan")
-    cut = (1.0 - window) * float(h["step"].max())
-    before = h[h["step"] <= cut]
-    start = before.iloc[-1] if len(before) else h.iloc[0]
+    start = _rise_start(h, window, anchor)
     return round(100.0 * float(h["val_accuracy"].iloc[-1] - start["val_accuracy"]), 4)
+
+
+def rise_span(history: pd.DataFrame, window: float = RISE_WINDOW, anchor: str = "before") -> float:
+    """The share of the run's steps that :func:`val_rise` actually spans.
+
+    0.3 only where a validation falls on the cut; otherwise more (``"before"``) or less
+    (``"after"``), by up to the gap between two validations.
+    """
+    h = history.dropna(subset=["val_accuracy"]).sort_values("step")
+    if h.empty:
+        return float("nan")
+    last = float(h["step"].max())
+    return round(1.0 - float(_rise_start(h, window, anchor)["step"]) / last, 4) if last > 0 else float("nan")
 
 
 def coreset_fit(setup: TrainingSetup, device: str = "auto") -> float:
@@ -754,6 +786,11 @@ def convergence_table(runs_df: pd.DataFrame, min_seeds: int = CONVERGENCE_MIN_SE
     ``val_rise`` (:func:`val_rise`, points gained over the last 30 % of the steps) is recomputed
     from every run's ``history.csv``, so runs made before it was recorded are covered too;
     ``coreset_fit`` (the kept model on its own coreset) is read where the run recorded it.
+    ``window_max`` is the largest share of the steps the rise actually spans over the cell's
+    runs (validations come every 10 % of the epochs, so it is 0.3 only where one falls on the
+    cut); ``val_rise_inner_max``, ``window_inner_min`` and ``converged_inner`` give the same rule
+    on the window that starts at the first validation at or after the cut (at most 30 %), so a
+    reader sees whether a verdict depends on that choice (:data:`RISE_ANCHORS`).
 
     ``converged`` is issue 21's rule read as its done-when words it, "every run" rising < 1 point:
     True only when the cell's largest rise is below 1 point, and only once it has
@@ -766,9 +803,14 @@ def convergence_table(runs_df: pd.DataFrame, min_seeds: int = CONVERGENCE_MIN_SE
     for r in with_regime(runs_df).to_dict("records"):
         folder = Path(str(r["run_dir"]))  # collect_runs: relative to the project, else absolute
         hist = (folder if folder.is_absolute() else project_root() / folder) / "history.csv"
-        rise = val_rise(pd.read_csv(hist)) if hist.is_file() else float("nan")
+        h = pd.read_csv(hist) if hist.is_file() else None
+        nan = float("nan")
         rows.append({"dataset": r["dataset"], "model": r["model"], "regime": r["regime"],
-                     "fraction": r["fraction"], "coreset": r["coreset"], "seed": r["seed"], "val_rise": rise,
+                     "fraction": r["fraction"], "coreset": r["coreset"], "seed": r["seed"],
+                     "val_rise": val_rise(h) if h is not None else nan,
+                     "window": rise_span(h) if h is not None else nan,
+                     "val_rise_inner": val_rise(h, anchor="after") if h is not None else nan,
+                     "window_inner": rise_span(h, anchor="after") if h is not None else nan,
                      "coreset_fit": r.get("coreset_train_accuracy", float("nan"))})
     df = pd.DataFrame(rows)
     if df.empty:
@@ -776,10 +818,13 @@ def convergence_table(runs_df: pd.DataFrame, min_seeds: int = CONVERGENCE_MIN_SE
     g = df.groupby(["dataset", "model", "regime", "fraction", "coreset"], sort=True)
     out = g.agg(n_seeds=("seed", "nunique"), val_rise_median=("val_rise", "median"),
                 val_rise_min=("val_rise", "min"), val_rise_max=("val_rise", "max"),
-                coreset_fit_mean=("coreset_fit", "mean")).reset_index()
+                coreset_fit_mean=("coreset_fit", "mean"), window_max=("window", "max"),
+                val_rise_inner_max=("val_rise_inner", "max"),
+                window_inner_min=("window_inner", "min")).reset_index()
     measured = g["val_rise"].count().to_numpy()  # a run without history.csv has no rise: no verdict
-    out["converged"] = [bool(m < 1.0) if n >= min_seeds and k == n else None
-                        for m, n, k in zip(out["val_rise_max"], out["n_seeds"], measured, strict=True)]
+    for col, rise in (("converged", "val_rise_max"), ("converged_inner", "val_rise_inner_max")):
+        out[col] = [bool(m < 1.0) if n >= min_seeds and k == n else None
+                    for m, n, k in zip(out[rise], out["n_seeds"], measured, strict=True)]
     return out
 
 

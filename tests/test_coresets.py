@@ -385,6 +385,33 @@ def test_convergence_needs_every_seed_below_one_point_and_three_seeds(tmp_path):
     assert convergence_table(pd.DataFrame(rows)).set_index("coreset").loc["margin", "converged"] is None
 
 
+def test_rise_window_names_the_share_of_steps_it_spans_when_no_validation_falls_on_the_cut(tmp_path):
+    """EuroSAT at 10 % validates at 60.5 % and 70.5 % of the steps, not at 70 %: the recorded rise
+    (from the last validation at or before the cut) spans 39.5 % of the run, the inner one 29.5 %."""
+    from lcc_utils.paper_a import convergence_table, rise_span, val_rise
+
+    h = pd.DataFrame({"step": [2418, 7254, 8463, 12000], "val_accuracy": [0.70, 0.90, 0.925, 0.93]})
+    assert val_rise(h) == pytest.approx(3.0) and rise_span(h) == pytest.approx(0.3955, abs=1e-3)
+    assert val_rise(h, anchor="after") == pytest.approx(0.5)
+    assert rise_span(h, anchor="after") == pytest.approx(0.2948, abs=1e-3)
+    on_cut = pd.DataFrame({"step": [8400, 12000], "val_accuracy": [0.88, 0.89]})
+    assert val_rise(on_cut) == val_rise(on_cut, anchor="after") and rise_span(on_cut) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="anchor"):
+        val_rise(h, anchor="nearest")
+    rows = []
+    for seed in range(3):
+        folder = tmp_path / f"random-{seed}"
+        folder.mkdir()
+        h.to_csv(folder / "history.csv", index=False)
+        rows.append({"dataset": "eurosat", "model": "plain_cnn", "coreset": "random", "fraction": 0.1,
+                     "seed": seed, "steps": 12000, "weights": "random init", "run_dir": str(folder)})
+    out = convergence_table(pd.DataFrame(rows)).iloc[0]
+    # the verdict depends on the window here, and the table shows both
+    assert (out["converged"], out["converged_inner"]) == (False, True)
+    assert out["window_max"] == pytest.approx(0.3955, abs=1e-3)
+    assert out["window_inner_min"] == pytest.approx(0.2948, abs=1e-3)
+
+
 def test_holm_adjusts_in_order_and_skips_nan():
     adj = holm([0.01, 0.04, np.nan, 0.03])
     assert adj[0] == pytest.approx(0.03) and adj[3] == pytest.approx(0.06)
