@@ -383,9 +383,9 @@ CONVERGENCE_MIN_SEEDS = 3
 #: Where the rise's window starts when no validation falls on the cut (1 - window) x steps:
 #: ``"before"`` (the recorded metric) takes the last validation at or before the cut, so the
 #: window spans *at least* 30 % of the steps; ``"after"`` takes the first one at or after it, so
-#: it spans *at most* 30 %. Validations come every 10 % of the epochs, so the two differ by up to
-#: a tenth of the run: e.g. 38-39.5 % against 27.7-29.5 % for EuroSAT at 10 % (a hard choice the
-#: issue leaves open; docs/paper_a_regimes.md gives both).
+#: it spans *at most* 30 %. A run validates every ceil(epochs / VALIDATIONS_PER_RUN) epochs, so
+#: the two differ by up to about a tenth of the run: e.g. 38-39.5 % against 27.7-29.5 % for
+#: EuroSAT at 10 % (a hard choice the issue leaves open; docs/paper_a_regimes.md gives both).
 RISE_ANCHORS = ("before", "after")
 
 
@@ -803,14 +803,12 @@ def convergence_table(runs_df: pd.DataFrame, min_seeds: int = CONVERGENCE_MIN_SE
     for r in with_regime(runs_df).to_dict("records"):
         folder = Path(str(r["run_dir"]))  # collect_runs: relative to the project, else absolute
         hist = (folder if folder.is_absolute() else project_root() / folder) / "history.csv"
-        h = pd.read_csv(hist) if hist.is_file() else None
-        nan = float("nan")
+        # no history.csv: an empty one, whose rise and span are NaN
+        h = pd.read_csv(hist) if hist.is_file() else pd.DataFrame(columns=["step", "val_accuracy"])
         rows.append({"dataset": r["dataset"], "model": r["model"], "regime": r["regime"],
                      "fraction": r["fraction"], "coreset": r["coreset"], "seed": r["seed"],
-                     "val_rise": val_rise(h) if h is not None else nan,
-                     "window": rise_span(h) if h is not None else nan,
-                     "val_rise_inner": val_rise(h, anchor="after") if h is not None else nan,
-                     "window_inner": rise_span(h, anchor="after") if h is not None else nan,
+                     "val_rise": val_rise(h), "window": rise_span(h),
+                     "val_rise_inner": val_rise(h, anchor="after"), "window_inner": rise_span(h, anchor="after"),
                      "coreset_fit": r.get("coreset_train_accuracy", float("nan"))})
     df = pd.DataFrame(rows)
     if df.empty:
